@@ -1,0 +1,155 @@
+"""Command-line / YAML configuration.
+
+Three dataclasses are parsed together by TRL's `TrlParser` (YAML via `--config FILE`, then CLI flags override it;
+both `--output_dir` and `--output-dir` spellings work):
+
+- `ScriptArguments` (ours): which model families, which data, publishing, demo and run-control options;
+- `trl.DPOConfig` (TRL's, reused as is): DPO and Trainer hyper-parameters (beta, loss_type, learning_rate, ...);
+- `ModelArguments` (TRL's `ModelConfig` with LoRA switched on by default): LoRA rank/alpha/dropout/targets, 4-bit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from trl import DPOConfig, ModelConfig, TrlParser
+
+DEFAULT_DATASET = "HumanLLMs/Human-Like-DPO-Dataset"
+
+
+class ConfigError(ValueError):
+    """A bad option or model reference; reported as one line with exit code 2."""
+
+# Our defaults where TRL's are tuned for full fine-tuning of large models on GPUs: LoRA wants a much larger learning
+# rate than TRL's 1e-6; CPU runs are faster without gradient checkpointing and in fp32 (bf16 autocast on CPUs without
+# native bf16 is slower); reference log-probs are computed once and reused every epoch.
+PRODUCT_DEFAULTS: dict[str, object] = {
+    "learning_rate": 5e-5,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 16,
+    "max_length": 512,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "report_to": "none",
+    "precompute_ref_log_probs": True,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "dataloader_num_workers": 0,
+}
+
+
+@dataclass
+class ScriptArguments:
+    """Options of `train_dpo.py` itself (TRL's DPOConfig and ModelConfig options follow in --help)."""
+
+    models: str = field(
+        default="gpt2,t5",
+        metadata={
+            "help": "Comma-separated model families to train. A family is `gpt2`, `t5`, or any Hub id / local path "
+            "of a causal LM or seq2seq LM (the architecture is read from its config)."
+        },
+    )
+    dataset: str = field(
+        default=DEFAULT_DATASET,
+        metadata={
+            "help": "Preference data: a Hub dataset id or a local .jsonl/.json/.csv/.parquet file with `prompt`, "
+            "`chosen`, `rejected` (strings, or conversational lists of {role, content})."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to read when --dataset is a Hub id."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Optional held-out preference file/Hub id; when unset, --eval-fraction of --dataset is held out."},
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of prompts held out for evaluation (deterministic, by prompt hash)."}
+    )
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Use at most this many training pairs."})
+    max_eval_pairs: int | None = field(default=None, metadata={"help": "Use at most this many held-out pairs."})
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "Drop invalid rows (and report how many) instead of stopping at the first."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace finished outputs already in --output-dir."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue an interrupted run from its last checkpoint in --output-dir."}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep intermediate Trainer checkpoints after a family finishes."}
+    )
+    # Offline demo
+    demo: bool = field(
+        default=False,
+        metadata={
+            "help": "Offline demo: build small GPT-2/T5-architecture models from config with a tokenizer trained on "
+            "the data, give them a short SFT warm start on the chosen and rejected replies, then run LoRA DPO."
+        },
+    )
+    demo_sft_epochs: float = field(default=4.0, metadata={"help": "Demo only: epochs of the SFT warm start."})
+    demo_sft_learning_rate: float = field(default=2e-3, metadata={"help": "Demo only: warm-start learning rate."})
+    demo_vocab_size: int = field(default=1200, metadata={"help": "Demo only: vocabulary size of the trained tokenizer."})
+    demo_hidden_size: int = field(default=128, metadata={"help": "Demo only: hidden size of the built models."})
+    demo_layers: int = field(default=3, metadata={"help": "Demo only: layers of the built models."})
+    # Evidence
+    eval_generations: int = field(
+        default=32, metadata={"help": "Held-out prompts to generate from (base vs DPO) for the evidence report; 0 = off."}
+    )
+    generation_max_new_tokens: int = field(default=48, metadata={"help": "Cap on generated tokens for the evidence."})
+    # Publishing
+    push: bool = field(default=False, metadata={"help": "Publish the outputs to the Hugging Face Hub after training."})
+    push_only: str | None = field(
+        default=None, metadata={"help": "Publish outputs that already exist in this directory, without training."}
+    )
+    hub_namespace: str | None = field(
+        default=None, metadata={"help": "User or organisation to publish under (repos `<ns>/<family>-dpo[-lora]`)."}
+    )
+    hub_repo_ids: str | None = field(
+        default=None,
+        metadata={"help": "Explicit repo ids, e.g. `gpt2=me/gpt2-dpo,t5=me/t5-dpo` (adapters go to `<id>-lora`)."},
+    )
+    private: bool = field(default=False, metadata={"help": "Create private repos."})
+    commit_message: str = field(default="Upload DPO model trained with dpo_studio", metadata={"help": "Hub commit message."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    trust_remote_code_models: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub (off: only built-in architectures)."}
+    )
+
+    def family_list(self) -> list[str]:
+        families = [name.strip() for name in self.models.split(",") if name.strip()]
+        if not families:
+            raise ConfigError("--models is empty: give e.g. `gpt2,t5`")
+        return families
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig with LoRA on by default (this tool trains LoRA adapters unless told otherwise)."""
+
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (default). --use-peft false: full DPO."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps DPO's reference exact)."})
+
+
+def build_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, DPOConfig, ModelArguments))
+    parser.set_defaults_with_config(**PRODUCT_DEFAULTS)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[ScriptArguments, DPOConfig, ModelArguments]:
+    """Parse `--config FILE` and CLI flags into the three dataclasses."""
+    script_args, training_args, model_args = build_parser().parse_args_and_config(args=argv)
+    return script_args, training_args, model_args
+
+
+def family_dir_name(family: str) -> str:
+    """Output folder name for a family: `gpt2`, `t5`, or a filesystem-safe form of a repo id / path."""
+    name = family.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"

@@ -1,0 +1,301 @@
+"""The training pipeline, per family:
+
+    (demo: build + warm start) -> evaluate before -> LoRA DPO -> evaluate after -> save outputs atomically
+
+Outputs of family F are assembled in `DIR/.work/F/staging` and moved to `DIR/F` only when complete, so an interrupted
+run never leaves a folder that looks finished. Trainer checkpoints live in `DIR/.work/F/checkpoints` (for --resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig
+
+from . import __version__
+from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
+from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
+from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
+from .prompt_format import PromptFormat
+from .report import strip_eval_prefix, write_json, write_plots
+
+logger = logging.getLogger("dpo_studio")
+
+FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
+DPO_CONFIG_FILE = "dpo_config.json"  # beta etc., read back by the app to score implicit rewards
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+@dataclass
+class PreparedData:
+    train: list[PreferencePair]
+    eval: list[PreferencePair]
+    info: dict[str, Any]
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    output_dir: Path
+    metrics: dict[str, Any]
+    skipped: bool = False
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+def prepare_data(script_args: ScriptArguments, seed: int) -> PreparedData:
+    pairs, report = load_pairs(script_args.dataset, script_args.dataset_split, script_args.skip_invalid)
+    reports: list[LoadReport] = [report]
+    if script_args.eval_dataset:
+        eval_pairs, eval_report = load_pairs(script_args.eval_dataset, "test", script_args.skip_invalid)
+        reports.append(eval_report)
+        train_pairs = pairs
+    else:
+        train_pairs, eval_pairs = split_pairs(pairs, script_args.eval_fraction, seed)
+    if script_args.max_train_pairs:
+        train_pairs = train_pairs[: script_args.max_train_pairs]
+    if script_args.max_eval_pairs:
+        eval_pairs = eval_pairs[: script_args.max_eval_pairs]
+    for rep in reports:
+        if rep.rows_skipped:
+            logger.warning("%s: skipped %d invalid rows (first: %s)", rep.source, rep.rows_skipped, rep.skipped_examples[0])
+    info = {
+        "dataset": script_args.dataset,
+        "eval_dataset": script_args.eval_dataset or f"{script_args.eval_fraction:g} of {script_args.dataset} (by prompt hash)",
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "load_reports": [rep.as_dict() for rep in reports],
+    }
+    return PreparedData(train_pairs, eval_pairs, info)
+
+
+# ------------------------------------------------------------------------------------------------------------ models
+def prepare_base(
+    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture, str, bool]:
+    """Returns (model, tokenizer, architecture, base model id, built_locally)."""
+    if not script_args.demo:
+        model_id = resolve_model_id(family)
+        quant = None
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            from trl import get_quantization_config
+
+            if not torch.cuda.is_available():
+                raise ConfigError("--load-in-4bit/--load-in-8bit (bitsandbytes QLoRA) needs a CUDA GPU; none is available")
+            quant = get_quantization_config(model_args)
+        model, tokenizer, arch = load_model_and_tokenizer(
+            model_id, model_args.model_revision, script_args.trust_remote_code_models, quant
+        )
+        return model, tokenizer, arch, model_id, False
+
+    from .demo import build_model, train_tokenizer, warm_start
+
+    if family not in ("gpt2", "t5"):
+        raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{family}'")
+    encoder_decoder = family == "t5"
+    base_dir = work / "base"
+    arch_cls = "T5ForConditionalGeneration" if encoder_decoder else "GPT2LMHeadModel"
+    if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
+        from transformers import AutoTokenizer
+
+        import transformers
+
+        model = getattr(transformers, arch_cls).from_pretrained(base_dir)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        return model, tokenizer, architecture_of(model.config), str(base_dir), True
+    texts = [text for pair in data.train for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
+    tokenizer = train_tokenizer(texts, script_args.demo_vocab_size, encoder_decoder)
+    model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
+    arch = architecture_of(model.config)
+    logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))
+    history = warm_start(
+        model, tokenizer, data.train, arch.prompt_format, script_args.demo_sft_epochs,
+        script_args.demo_sft_learning_rate, seed,
+    )
+    if is_main_process():
+        tmp = base_dir.with_name("base.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        arch.prompt_format.save(tmp)
+        write_json(tmp / FINISHED_MARKER, {"warm_start_log_history": history})
+        shutil.rmtree(base_dir, ignore_errors=True)
+        os.replace(tmp, base_dir)
+    return model, tokenizer, arch, str(base_dir), True
+
+
+# ----------------------------------------------------------------------------------------------------------- saving
+def save_outputs(
+    stage: Path,
+    trainer,
+    tokenizer: PreTrainedTokenizerBase,
+    arch: Architecture,
+    base_dir: Path | None,
+    base_model_id: str,
+    training_args: DPOConfig,
+    metrics: dict[str, Any],
+) -> None:
+    """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder."""
+    prompt_format: PromptFormat = arch.prompt_format
+    dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
+    model = trainer.model
+    adapter_dir, merged_dir = stage / "adapter", stage / "merged"
+    if hasattr(model, "peft_config"):
+        model.peft_config["default"].base_model_name_or_path = base_model_id
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+        prompt_format.save(adapter_dir)
+        write_json(adapter_dir / DPO_CONFIG_FILE, dpo_settings)
+        merged = model.merge_and_unload()  # PEFT folds the LoRA deltas into the base weights
+    else:
+        merged = model
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+    prompt_format.save(merged_dir)
+    write_json(merged_dir / DPO_CONFIG_FILE, dpo_settings)
+    if base_dir is not None:
+        shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
+    write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
+
+
+def publish_staging(stage: Path, final: Path) -> None:
+    """Swap the complete staging folder into place; an existing finished folder is replaced only after that."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------- training
+def selected_hyperparameters(training_args: DPOConfig, model_args: ModelArguments, lora_config) -> dict[str, Any]:
+    keys = (
+        "beta", "loss_type", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "max_length", "lr_scheduler_type", "warmup_steps", "seed",
+        "precompute_ref_log_probs", "bf16",
+    )
+    params = {key: getattr(training_args, key) for key in keys}
+    params["loss_type"] = ",".join(params["loss_type"])
+    if lora_config is not None:
+        params.update(
+            lora_r=lora_config.r, lora_alpha=lora_config.lora_alpha, lora_dropout=lora_config.lora_dropout,
+            lora_target_modules=sorted(lora_config.target_modules) if lora_config.target_modules else "peft default",
+        )
+    return params
+
+
+def train_family(
+    family: str,
+    data: PreparedData,
+    script_args: ScriptArguments,
+    training_args: DPOConfig,
+    model_args: ModelArguments,
+) -> FamilyResult:
+    out_root = Path(training_args.output_dir)
+    name = family_dir_name(family)
+    final, work = out_root / name, out_root / ".work" / name
+    if (final / FINISHED_MARKER).exists():
+        if script_args.resume:
+            logger.info("[%s] already finished in %s; skipping", family, final)
+            return FamilyResult(family, final, {}, skipped=True)
+        if not script_args.overwrite:
+            raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
+    checkpoints = work / "checkpoints"
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None
+    if not script_args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    set_seed(training_args.seed)
+    model, tokenizer, arch, base_model_id, built_locally = prepare_base(
+        family, data, script_args, model_args, work, training_args.seed
+    )
+    prepare_tokenizer(tokenizer, arch)
+    train_ds = to_dataset(data.train, arch.prompt_format)
+    eval_ds = to_dataset(data.eval, arch.prompt_format)
+    lora_config = (
+        arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
+        if model_args.use_peft
+        else None
+    )
+    args = dataclasses.replace(training_args, output_dir=str(checkpoints))
+    trainer = arch.trainer_class()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=lora_config,
+    )
+    logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
+    eval_before = strip_eval_prefix(trainer.evaluate())
+    logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    runtime = time.perf_counter() - started
+    eval_after = strip_eval_prefix(trainer.evaluate())
+    pairs_seen = len(train_ds) * float(args.num_train_epochs)
+    metrics: dict[str, Any] = {
+        "family": name,
+        "architecture": arch.kind,
+        "model_type": arch.model_type,
+        "base_model": base_model_id if not built_locally else f"{name} built from config (demo), see base/",
+        "dataset": data.info["dataset"],
+        "data": data.info,
+        "train_runtime_s": round(runtime, 3),
+        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
+        "train_loss": train_output.training_loss,
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
+        "prompt_format": dataclasses.asdict(arch.prompt_format),
+        "versions": _versions(),
+        "log_history": trainer.state.log_history,
+    }
+    if not trainer.is_world_process_zero():  # DDP: rank 0 alone writes outputs
+        return FamilyResult(family, final, metrics)
+    stage = work / "staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    save_outputs(
+        stage, trainer, tokenizer, arch, work / "base" if built_locally else None, base_model_id, args, metrics
+    )
+    write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
+    publish_staging(stage, final)
+    if not script_args.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("[%s] outputs written to %s", family, final)
+    return FamilyResult(family, final, metrics)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+    import trl
+
+    return {
+        "dpo_studio": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "trl": trl.__version__, "peft": peft.__version__,
+    }
+
+
+def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelArguments) -> list[FamilyResult]:
+    """Train every requested family; data is loaded and validated once, before any model is touched."""
+    families = script_args.family_list()
+    if model_args.model_name_or_path:
+        families = [model_args.model_name_or_path]
+    data = prepare_data(script_args, training_args.seed)
+    return [train_family(family, data, script_args, training_args, model_args) for family in families]

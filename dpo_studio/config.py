@@ -42,6 +42,7 @@ PRODUCT_DEFAULTS: dict[str, object] = {
     "lr_scheduler_type": "linear",
     "warmup_steps": 0,
     "dataloader_num_workers": 0,
+    "dataloader_pin_memory": False,
 }
 
 

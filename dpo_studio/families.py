@@ -72,6 +72,8 @@ class Architecture:
         self, r: int, alpha: int, dropout: float, target_modules: list[str] | None = None, **extra
     ) -> LoraConfig:
         targets = target_modules or LORA_TARGETS.get(self.model_type)  # None -> PEFT's per-model default
+        if self.model_type == "gpt2":
+            extra.setdefault("fan_in_fan_out", True)  # GPT-2's Conv1D stores weights transposed
         return LoraConfig(
             task_type=self.task_type, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
             bias="none", **extra,

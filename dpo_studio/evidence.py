@@ -6,7 +6,7 @@ model; `evaluate_generations` turns the two lists into the `generation_before` /
 `comparison` / `warnings` figures recorded in `metrics.json` and shown on the model card.
 
 Tokenization used by the health metrics (`words`):
-    the text is lower-cased, then every maximal run of letters and digits (Unicode-aware, underscore excluded),
+    the text is lower-cased and typographic apostrophes (U+2019) become "'", then every maximal run of letters and digits (Unicode-aware, underscore excluded),
     optionally joined by internal apostrophes ("don't", "it's"), is one word. Whitespace and punctuation only
     separate words and are dropped. "Hello, World! It's 2 p.m." -> ["hello", "world", "it's", "2", "p", "m"].
 The style judge additionally keeps every single punctuation mark / symbol / emoji as its own token
@@ -35,14 +35,19 @@ _WORD_RE = re.compile(_WORD)
 _JUDGE_TOKEN_RE = re.compile(_WORD + r"|[^\w\s]")
 
 
+def _normalize(text: str) -> str:
+    # Models and datasets mix "don't" and "don’t"; both must be the same word.
+    return text.lower().replace("\u2019", "'")
+
+
 def words(text: str) -> list[str]:
     """Lower-cased word tokens of `text` (see the module docstring for the exact rule)."""
-    return _WORD_RE.findall(text.lower())
+    return _WORD_RE.findall(_normalize(text))
 
 
 def judge_tokens(text: str) -> list[str]:
     """Lower-cased words plus single punctuation/symbol characters, in order: the style judge's tokens."""
-    return _JUDGE_TOKEN_RE.findall(text.lower())
+    return _JUDGE_TOKEN_RE.findall(_normalize(text))
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:

@@ -34,6 +34,7 @@ class Out:
 def test_tokenization_rules():
     assert ev.words("Hello, World! It's 2 p.m.") == ["hello", "world", "it's", "2", "p", "m"]
     assert ev.words("  \n ...!!") == []
+    assert ev.words("Don\u2019t stop") == ["don't", "stop"]  # typographic apostrophe normalized
     # the judge also keeps each punctuation mark / emoji as its own token
     assert ev.judge_tokens("Wow!! Great 😊") == ["wow", "!", "!", "great", "😊"]
 

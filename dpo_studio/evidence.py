@@ -6,8 +6,9 @@ model; `evaluate_generations` turns the two lists into the `generation_before` /
 `comparison` / `warnings` figures recorded in `metrics.json` and shown on the model card.
 
 Tokenization used by the health metrics (`words`):
-    the text is lower-cased and typographic apostrophes (U+2019) become "'", then every maximal run of letters and digits (Unicode-aware, underscore excluded),
-    optionally joined by internal apostrophes ("don't", "it's"), is one word. Whitespace and punctuation only
+    the text is lower-cased and typographic apostrophes (U+2019) become "'"; then every maximal run of letters
+    and digits (Unicode-aware, underscore excluded), optionally joined by internal apostrophes ("don't", "it's"),
+    is one word. Whitespace and punctuation only
     separate words and are dropped. "Hello, World! It's 2 p.m." -> ["hello", "world", "it's", "2", "p", "m"].
 The style judge additionally keeps every single punctuation mark / symbol / emoji as its own token
 (`judge_tokens`), because "!" or an emoji is exactly the kind of cue that separates a warm from a formal reply.

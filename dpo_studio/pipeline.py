@@ -201,6 +201,20 @@ def selected_hyperparameters(training_args: DPOConfig, model_args: ModelArgument
     return params
 
 
+def build_trainer(
+    arch: Architecture, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_ds, eval_ds,
+    args: DPOConfig, lora_config,
+):
+    """The DPO trainer for one family: TRL's DPOTrainer for causal LMs, our Seq2SeqDPOTrainer for encoder-decoders.
+
+    The reference model is the base with the LoRA adapter disabled (no second copy of the weights).
+    """
+    return arch.trainer_class()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=lora_config,
+    )
+
+
 def train_family(
     family: str,
     data: PreparedData,
@@ -236,10 +250,7 @@ def train_family(
         else None
     )
     args = dataclasses.replace(training_args, output_dir=str(checkpoints))
-    trainer = arch.trainer_class()(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=lora_config,
-    )
+    trainer = build_trainer(arch, model, tokenizer, train_ds, eval_ds, args, lora_config)
     logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
     eval_before = strip_eval_prefix(trainer.evaluate())
     logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)

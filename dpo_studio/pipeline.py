@@ -207,11 +207,14 @@ def build_trainer(
 ):
     """The DPO trainer for one family: TRL's DPOTrainer for causal LMs, our Seq2SeqDPOTrainer for encoder-decoders.
 
-    The reference model is the base with the LoRA adapter disabled (no second copy of the weights).
+    The reference model is the base with the LoRA adapter disabled (no second copy of the weights). Speed features
+    (length-grouped batches, in-batch length buckets, compact LM head, threads, native-CPU bf16) come from `speed`.
     """
-    return arch.trainer_class()(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=lora_config,
+    from .speed import fast_trainer
+
+    return fast_trainer(
+        arch.trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, peft_config=lora_config,
     )
 
 

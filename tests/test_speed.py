@@ -1,0 +1,216 @@
+"""Speed features keep every pair's loss: samplers are permutations, buckets are exact, trained runs agree."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from trl import DPOConfig, DPOTrainer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dpo_studio import speed  # noqa: E402
+from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
+
+WORDS = ["<pad>", "</s>", "<unk>"] + [f"{p}{i}" for p in "pab" for i in range(10)]
+PAD, EOS = 0, 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: extra intra-op threads only spin-wait on a busy machine."""
+    previous, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # fast_trainer's configure_threads honours it
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+def make_tokenizer(t5: bool) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if t5:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def rows(n: int, seed: int) -> list[dict[str, str]]:
+    """Widely varying completion lengths so that batches carry padding and buckets matter."""
+    rng = random.Random(seed)
+
+    def words(prefix: str, lo: int, hi: int) -> str:
+        return " ".join(f"{prefix}{rng.randrange(10)}" for _ in range(rng.randint(lo, hi)))
+
+    return [{"prompt": words("p", 2, 6), "chosen": words("a", 1, 12), "rejected": words("b", 1, 20)} for _ in range(n)]
+
+
+def tiny_model(t5: bool):
+    torch.manual_seed(0)
+    if t5:
+        return T5ForConditionalGeneration(T5Config(
+            vocab_size=len(WORDS), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=2,
+            decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                      eos_token_id=EOS, pad_token_id=PAD))
+
+
+def dpo_args(tmp_path, **overrides) -> DPOConfig:
+    kwargs = dict(output_dir=str(tmp_path), report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True,
+                  logging_steps=1, save_strategy="no", per_device_train_batch_size=4, per_device_eval_batch_size=8,
+                  beta=0.1, learning_rate=5e-3, num_train_epochs=2, seed=0, precompute_ref_log_probs=True)
+    kwargs.update(overrides)
+    return DPOConfig(**kwargs)
+
+
+def build(tmp_path, t5: bool, fast: bool, **overrides):
+    cls = Seq2SeqDPOTrainer if t5 else DPOTrainer
+    lora = LoraConfig(task_type="SEQ_2_SEQ_LM" if t5 else "CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                      target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
+    kwargs = dict(model=tiny_model(t5), args=dpo_args(tmp_path, **overrides),
+                  train_dataset=Dataset.from_list(rows(24, seed=1)), eval_dataset=Dataset.from_list(rows(12, seed=2)),
+                  processing_class=make_tokenizer(t5), peft_config=lora)
+    return speed.fast_trainer(cls, **kwargs) if fast else cls(**kwargs)
+
+
+def perturb_lora(model: torch.nn.Module, seed: int = 0) -> None:
+    """LoRA B starts at zero (policy == reference); random values make the policy differ."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+
+
+# ---------------------------------------------------------------------------------------------------------- sampler
+def test_length_grouped_indices_are_a_seeded_permutation_with_grouped_batches():
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 300) for _ in range(203)]
+    order = speed.length_grouped_indices(lengths, 8, torch.Generator().manual_seed(5))
+    assert sorted(order) == list(range(203))
+    assert order == speed.length_grouped_indices(lengths, 8, torch.Generator().manual_seed(5))
+    assert order != speed.length_grouped_indices(lengths, 8, torch.Generator().manual_seed(6))
+    # Padded tokens (batch max * batch size) are far fewer than for a random order of the same batches.
+    def padded(indices):
+        return sum(max(lengths[i] for i in indices[k:k + 8]) * len(indices[k:k + 8]) for k in range(0, 203, 8))
+    random_order = torch.randperm(203, generator=torch.Generator().manual_seed(5)).tolist()
+    assert padded(order) < 0.8 * padded(random_order)
+    assert padded(order) >= sum(lengths)
+
+
+def test_sampler_gives_a_new_permutation_each_epoch_and_repeats_for_the_same_epoch():
+    lengths = list(range(50))
+    sampler = speed.LengthGroupedPairSampler(lengths, batch_size=4, seed=1)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert sorted(first) == sorted(second) == list(range(50)) and first != second
+    assert len(sampler) == 50
+
+
+def test_pair_lengths_count_prompt_and_longer_completion():
+    ds = Dataset.from_list([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5, 6]}])
+    assert speed.pair_lengths(ds) == [5]
+
+
+# ---------------------------------------------------------------------------------------------------------- buckets
+def test_buckets_cover_every_row_once_with_their_longest_length():
+    lengths = [5, 100, 7, 98, 6, 50, 52, 101]
+    groups = speed.bucketed_rows(lengths)
+    assert sorted(i for rows_, _ in groups for i in rows_) == list(range(8))
+    for rows_, length in groups:
+        assert length == max(lengths[i] for i in rows_)
+    padded = sum(len(rows_) * length for rows_, length in groups)
+    assert padded < 0.7 * 8 * max(lengths)  # one bucket would pad everything to 101
+    assert speed.bucketed_rows([9, 9, 9]) == [([0, 1, 2], 9)]  # equal lengths: nothing to gain from a split
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5):
+    stock, fast = build(tmp_path / "s", t5, fast=False), build(tmp_path / "f", t5, fast=True)
+    for trainer in (stock, fast):
+        perturb_lora(trainer.model)
+    examples = [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in stock.train_dataset]
+    batch = stock.data_collator(examples[:12])
+    assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # padding present
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    inputs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+    outs = []
+    for trainer in (stock, fast):
+        trainer.model.train()
+        out = trainer.model(**inputs, labels=labels, fused_lm_head=True, use_cache=False)
+        out.log_probs.sum().backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        outs.append((out.log_probs.detach(), out.is_top1, grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(outs[0][1], outs[1][1])
+    assert outs[0][2].keys() == outs[1][2].keys() and outs[0][2]
+    for name in outs[0][2]:
+        torch.testing.assert_close(outs[0][2][name], outs[1][2][name], atol=1e-5, rtol=1e-4)
+    # Precomputed reference log-probs (fast path inside TRL's __init__) equal the stock ones.
+    torch.testing.assert_close(torch.tensor(stock.train_dataset["ref_chosen_logps"]),
+                               torch.tensor(fast.train_dataset["ref_chosen_logps"]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_trained_run_reaches_the_same_eval_metrics(tmp_path, t5):
+    results = []
+    for fast in (False, True):
+        trainer = build(tmp_path / str(fast), t5, fast=fast)
+        if fast:
+            assert isinstance(trainer._get_train_sampler(), speed.LengthGroupedPairSampler)
+        before = trainer.evaluate()
+        trainer.train()
+        results.append((before, trainer.evaluate()))
+    (stock_before, stock_after), (fast_before, fast_after) = results
+    assert fast_before["eval_loss"] == pytest.approx(stock_before["eval_loss"], abs=1e-5)
+    # Different batch composition (grouped by length) changes the optimisation path a little, not the outcome.
+    assert stock_after["eval_loss"] < stock_before["eval_loss"] - 0.02
+    assert fast_after["eval_loss"] == pytest.approx(stock_after["eval_loss"], rel=0.1, abs=0.02)
+    assert fast_after["eval_rewards/accuracies"] == pytest.approx(stock_after["eval_rewards/accuracies"], abs=0.2)
+
+
+def test_generation_is_untouched_by_the_patches(tmp_path):
+    for t5 in (False, True):
+        trainer = build(tmp_path / str(t5), t5, fast=True)
+        model = trainer.model.eval()
+        ids = torch.tensor([[3 + 10, 3 + 11, 3 + 12]])  # p-words
+        with torch.no_grad(), model.disable_adapter():
+            out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+        reference = tiny_model(t5).eval().generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+        assert torch.equal(out, reference)
+
+
+# ---------------------------------------------------------------------------------------------------------- CPU
+def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert speed.configure_threads() == torch.get_num_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert speed.configure_threads() == speed.physical_cores() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_bf16_only_with_native_cpu_support(tmp_path, monkeypatch):
+    args = dpo_args(tmp_path)
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)
+    assert speed.resolve_precision(args).bf16 is False
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert speed.resolve_precision(args).bf16 is True
+    monkeypatch.setenv("DPO_STUDIO_CPU_BF16", "0")
+    assert speed.resolve_precision(args).bf16 is False

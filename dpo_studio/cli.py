@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import ConfigError, parse_config
-from .data import DataError
-from .pipeline import FamilyResult, OutputExistsError, is_main_process, run
+from .publish import PublishError, PushTarget, check_push_access, parse_repo_ids, push_outputs, push_requested, require_token
+
+if TYPE_CHECKING:  # the training stack (torch, TRL) is imported inside run_cli, after the fast --push token check
+    from .pipeline import FamilyResult
 
 EXIT_BAD_INPUT = 2
 
 logger = logging.getLogger("dpo_studio")
 
 
-def summary_table(results: list[FamilyResult]) -> str:
+def summary_table(results: list["FamilyResult"]) -> str:
     """A plain-text table of held-out metrics before/after DPO, one row per family."""
     header = f"{'family':<10} {'acc before':>10} {'acc after':>10} {'margin after':>12} {'logp gap before':>15} {'logp gap after':>14} {'pairs/s':>8}"
     lines = [header, "-" * len(header)]
@@ -33,14 +36,46 @@ def summary_table(results: list[FamilyResult]) -> str:
 
 def run_cli(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:  # --push without a token fails here, in about a second: before TRL/torch are even imported
+        if push_requested(sys.argv[1:] if argv is None else argv):
+            require_token()
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+    from .config import ConfigError, family_dir_name, parse_config
+    from .data import DataError
+    from .pipeline import OutputExistsError, is_main_process, run
+
     try:
         script_args, training_args, model_args = parse_config(argv)
-        results = run(script_args, training_args, model_args)
+        target = None
+        if script_args.push or script_args.push_only:  # whoami + namespace rights, before any data or model
+            target = check_push_access(PushTarget(
+                script_args.hub_namespace, parse_repo_ids(script_args.hub_repo_ids), script_args.private,
+                script_args.revision, script_args.commit_message))
+            unknown = set(target.explicit or {}) - {family_dir_name(f) for f in script_args.family_list()}
+            if unknown and not script_args.push_only:
+                raise ConfigError(f"--hub-repo-ids names families not in --models: {', '.join(sorted(unknown))}")
+        if script_args.push_only:
+            pushed = push_outputs(Path(script_args.push_only), target)
+        else:
+            results = run(script_args, training_args, model_args)
+            pushed = {}
+            if target is not None and is_main_process():
+                families = [r.output_dir for r in results]
+                pushed = push_outputs(Path(training_args.output_dir), target, families)
     except (DataError, ConfigError, OutputExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if is_main_process():
-        print(summary_table(results))
-        for result in results:
-            print(f"{result.family}: {result.output_dir}")
+        if not script_args.push_only:
+            print(summary_table(results))
+            for result in results:
+                print(f"{result.family}: {result.output_dir}")
+        for repo_id, commit in pushed.items():
+            print(f"pushed {repo_id} (commit {commit[:10]})")
     return 0

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the training stack (torch, TRL) is imported inside run_cli,
     from .pipeline import FamilyResult
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell convention for a run stopped by a signal
 
 logger = logging.getLogger("dpo_studio")
 
@@ -46,6 +47,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     from .config import ConfigError, family_dir_name, parse_config
     from .data import DataError
     from .pipeline import OutputExistsError, is_main_process, run
+    from .signals import TrainingInterrupted
 
     try:
         script_args, training_args, model_args = parse_config(argv)
@@ -68,6 +70,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, OutputExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,7 +27,8 @@ from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_nam
 from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
 from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
 from .prompt_format import PromptFormat
-from .report import strip_eval_prefix, write_json, write_plots
+from .signals import StopOnSignal, TrainingInterrupted
+from .report import strip_eval_prefix, write_json, write_plots, write_report_html
 
 logger = logging.getLogger("dpo_studio")
 
@@ -172,6 +173,7 @@ def save_outputs(
     if base_dir is not None:
         shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
     write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
+    write_report_html(stage, metrics)
 
 
 def publish_staging(stage: Path, final: Path) -> None:
@@ -218,6 +220,56 @@ def build_trainer(
     )
 
 
+# Sampling settings of the evidence generations: the same for base and DPO, and the app's defaults.
+EVIDENCE_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+NUM_CARD_SAMPLES = 5
+
+
+def generation_evidence(
+    model, tokenizer: PreTrainedTokenizerBase, arch: Architecture, data: PreparedData, script_args: ScriptArguments,
+    seed: int,
+) -> dict[str, Any]:
+    """Generate from base and DPO (one set of weights, mixed adapters) on held-out prompts and measure both sides.
+
+    Returns the metrics.json keys `generation_before`, `generation_after`, `generation_comparison`,
+    `generation_warnings`, `samples` and `judge` (the style judge, trained on the training split's replies).
+    """
+    from .evidence import StyleJudge, evaluate_generations
+    from .generation import LoadedPair, generate_pair_results
+
+    judge = StyleJudge.fit([p.chosen for p in data.train], [p.rejected for p in data.train])
+    prompts = [list(pair.message_dicts()) for pair in data.eval[: script_args.eval_generations]]
+    model.eval()
+    pair = LoadedPair(model=model, tokenizer=tokenizer, prompt_format=arch.prompt_format,
+                      is_encoder_decoder=arch.is_encoder_decoder)
+    results = generate_pair_results(
+        pair, prompts, max_new_tokens=script_args.generation_max_new_tokens, seed=seed, batch_size=16,
+        **EVIDENCE_SAMPLING,
+    )
+    base_outputs, dpo_outputs = [r[0] for r in results], [r[1] for r in results]
+    evaluation = evaluate_generations(base_outputs, dpo_outputs, judge)
+    return {
+        "generation_before": evaluation["generation_before"],
+        "generation_after": evaluation["generation_after"],
+        "generation_comparison": evaluation["comparison"],
+        "generation_warnings": evaluation["warnings"],
+        "generation_settings": {
+            **EVIDENCE_SAMPLING, "max_new_tokens": script_args.generation_max_new_tokens, "seed": seed,
+            "prompts": len(prompts),
+        },
+        "samples": [
+            {"prompt": prompt[-1]["content"], "base": base.text, "dpo": dpo.text}
+            for prompt, (base, dpo) in list(zip(prompts, results))[:NUM_CARD_SAMPLES]
+        ],
+        "judge": {
+            "kind": "naive Bayes on word unigrams+bigrams",
+            "train_replies": 2 * len(data.train),
+            "heldout_accuracy": judge.accuracy([p.chosen for p in data.eval], [p.rejected for p in data.eval]),
+            "top_features": judge.top_features(8),
+        },
+    }
+
+
 def train_family(
     family: str,
     data: PreparedData,
@@ -257,11 +309,23 @@ def train_family(
     logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
     eval_before = strip_eval_prefix(trainer.evaluate())
     logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    with stopper.installed():
+        train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
     runtime = time.perf_counter() - started
+    if stopper.requested:
+        raise TrainingInterrupted(
+            f"[{family}] {stopper.signal_name} received: checkpoint saved at step {stopper.stopped_at_step} in "
+            f"{checkpoints}; nothing was published. Continue with the same command plus --resume"
+        )
     eval_after = strip_eval_prefix(trainer.evaluate())
-    pairs_seen = len(train_ds) * float(args.num_train_epochs)
+    # Pairs trained in this process (a resumed run counts only the steps it ran itself).
+    start_step = int(last_checkpoint.rsplit("-", 1)[-1]) if last_checkpoint else 0
+    steps_run = trainer.state.global_step - start_step
+    pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    pairs_seen = min(steps_run * pairs_per_step, len(train_ds) * float(args.num_train_epochs))
     metrics: dict[str, Any] = {
         "family": name,
         "architecture": arch.kind,
@@ -272,6 +336,7 @@ def train_family(
         "train_runtime_s": round(runtime, 3),
         "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
         "train_loss": train_output.training_loss,
+        "resumed_from_step": start_step or None,
         "eval_before": eval_before,
         "eval_after": eval_after,
         "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
@@ -279,6 +344,11 @@ def train_family(
         "versions": _versions(),
         "log_history": trainer.state.log_history,
     }
+    if script_args.eval_generations > 0 and trainer.is_world_process_zero():
+        logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
+        metrics.update(generation_evidence(trainer.model, tokenizer, arch, data, script_args, args.seed))
+        for warning in metrics["generation_warnings"]:
+            logger.warning("[%s] %s", family, warning)
     if not trainer.is_world_process_zero():  # DDP: rank 0 alone writes outputs
         return FamilyResult(family, final, metrics)
     stage = work / "staging"

@@ -1,0 +1,528 @@
+"""The comparison app: base vs DPO side by side (Gradio Blocks), blind A/B votes, implicit-reward scoring.
+
+Layout and callbacks only: generation, log-ratios and scoring come from `dpo_studio.generation`, model sources and
+loading from `dpo_studio.app_config`, vote storage and export from `dpo_studio.votes`.
+
+API: `gradio_client.Client(url).predict(prompt, family, api_name="/compare")` -> (base output, DPO output), with
+optional `max_new_tokens`, `temperature`, `top_p`, `seed`; `/score` -> implicit rewards of two replies. Both are
+`gr.api` endpoints (typed from the Python signatures), so out-of-range numbers are capped/validated here instead of
+being rejected by a slider's bounds, and family names or labels both work.
+"""
+
+# No `from __future__ import annotations`: gr.api reads the return annotation (`tuple[str, str]` = two outputs)
+# without evaluating strings.
+
+import argparse
+import html
+import logging
+import os
+import random
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from dpo_studio.app_config import (
+    AppConfigError,
+    FamilySource,
+    ModelLoadError,
+    ModelRegistry,
+    one_line,
+    resolve_sources,
+)
+from dpo_studio.generation import GenerationResult, LoadedPair, generate_pair_results, score_pair, token_log_ratios
+from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore, export_votes, make_vote
+
+logger = logging.getLogger(__name__)
+
+MAX_NEW_TOKENS_CAP = 256  # server-side cap, whatever a client sends
+MAX_PROMPT_CHARS = 2000
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+DEFAULT_SEED = 0
+ALL_FAMILIES = "both"
+PROMPTS_FILE = Path("examples") / "prompts.txt"
+PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parent.parent / PROMPTS_FILE
+# Gradio 6 takes theme/css at launch. Soft uses fonts served by Gradio itself (no Google Fonts on a closed network).
+THEME = gr.themes.Soft()
+CSS = ".reply textarea {font-size: 0.95rem}"
+
+
+def md_text(text: str) -> str:
+    """Model or user text made inert inside Markdown/HTML: HTML-escaped, Markdown syntax as entities."""
+    escaped = html.escape(text, quote=True)
+    return re.sub(r"[\\`*_{}\[\]()#+\-.!|~<>]", lambda m: f"&#{ord(m.group())};", escaped)
+
+
+def load_example_prompts() -> list[str]:
+    """Example prompts from ./examples/prompts.txt (a Space) or the repository's copy; none if neither exists."""
+    for path in (Path.cwd() / PROMPTS_FILE, PACKAGE_PROMPTS_FILE):
+        if path.is_file():
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return []
+
+
+def _user_error(message: str) -> gr.Error:
+    # Input problems are not server faults: no traceback in the log.
+    return gr.Error(message, print_exception=False)
+
+
+class Studio:
+    """What the app does, behind the Gradio callbacks (also called directly by tests)."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        votes: VoteStore,
+        *,
+        max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.votes = votes
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_prompt_chars = max_prompt_chars
+        self.rng = rng or random.SystemRandom()  # blind order must not be guessable from the seed
+        self._aliases: dict[str, list[str]] = {}
+        for name, source in registry.families.items():
+            for alias in (name, source.label):
+                self._aliases[alias.lower()] = [name]
+                self._aliases[re.sub(r"[^a-z0-9]", "", alias.lower())] = [name]
+        if len(registry.families) > 1:
+            for alias in (ALL_FAMILIES, "all"):
+                self._aliases[alias] = list(registry.families)
+
+    # -------------------------------------------------------------------------------------------- input checks
+    @property
+    def family_choices(self) -> list[tuple[str, str]]:
+        choices = [(s.label, name) for name, s in self.registry.families.items()]
+        if len(choices) > 1:
+            choices.append(("Both" if len(choices) == 2 else "All", ALL_FAMILIES))
+        return choices
+
+    def families_for(self, family: str | None) -> list[str]:
+        """Family names for a selector value: a name ("gpt2"), a label ("GPT-2") or "both"."""
+        key = (family or "").strip().lower()
+        names = self._aliases.get(key) or self._aliases.get(re.sub(r"[^a-z0-9]", "", key))
+        if not names:
+            options = ", ".join(value for _, value in self.family_choices)
+            raise _user_error(f"Unknown model family {html.escape(repr(family), quote=False)}; choose one of: {options}.")
+        return names
+
+    def check_prompt(self, prompt: str | None, what: str = "prompt") -> str:
+        text = (prompt or "").strip()
+        if not text:
+            raise _user_error(f"Please enter a {what}: it is empty.")
+        if len(text) > self.max_prompt_chars:
+            raise _user_error(f"The {what} is {len(text)} characters long; the limit is {self.max_prompt_chars}.")
+        return text
+
+    def settings(self, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any) -> dict[str, Any]:
+        """Validated generation settings; max_new_tokens is capped server-side."""
+        try:
+            max_new = int(DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens)
+            temp = float(DEFAULT_TEMPERATURE if temperature is None else temperature)
+            top = float(DEFAULT_TOP_P if top_p is None else top_p)
+            seed_value = int(DEFAULT_SEED if seed is None else seed)
+        except (TypeError, ValueError):
+            raise _user_error("Generation settings must be numbers (max_new_tokens, temperature, top_p, seed).")
+        if max_new < 1:
+            raise _user_error(f"max_new_tokens must be at least 1, got {max_new}.")
+        if temp < 0:
+            raise _user_error(f"temperature must be >= 0 (0 = greedy), got {temp}.")
+        if not 0 < top <= 1:
+            raise _user_error(f"top_p must be in (0, 1], got {top}.")
+        return {"max_new_tokens": min(max_new, self.max_new_tokens_cap), "temperature": temp, "top_p": top,
+                "seed": seed_value}
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def pair(self, family: str) -> LoadedPair:
+        try:
+            return self.registry.get(family)
+        except ModelLoadError as exc:
+            raise gr.Error(html.escape(str(exc), quote=False)) from None
+
+    def _fit_context(self, pair: LoadedPair, prompt: str, settings: dict[str, Any], label: str) -> dict[str, Any]:
+        """Shrink max_new_tokens to the model's context window (GPT-2's positions are finite; T5's are not)."""
+        model = pair.model if pair.model is not None else pair.base_model
+        config = model.config  # type: ignore[union-attr]
+        limit = None if pair.is_encoder_decoder else (
+            getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None))
+        if limit is None:
+            return settings
+        n_prompt = len(pair.tokenizer(pair.prompt_format.prompt_from_text(prompt))["input_ids"])
+        room = limit - n_prompt
+        if room < 1:
+            raise _user_error(f"The prompt is {n_prompt} tokens; {label} reads at most {limit} tokens.")
+        return {**settings, "max_new_tokens": min(settings["max_new_tokens"], room)}
+
+    def generate(self, family: str, prompt: str, settings: dict[str, Any]) -> tuple[GenerationResult, GenerationResult]:
+        """Base and DPO results for one prompt, same seed and settings, through the shared engine."""
+        pair = self.pair(family)
+        label = self.registry.source(family).label
+        settings = self._fit_context(pair, prompt, settings, label)
+        try:
+            [(base, dpo)] = generate_pair_results(pair, [prompt], **settings)
+        except Exception as exc:  # a model fault, not the user's: log it, show one line
+            logger.exception("Generation with %s failed", label)
+            raise gr.Error(f"{label}: generation failed: {html.escape(one_line(exc), quote=False)}") from None
+        return base, dpo
+
+    def compare(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
+                temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P, seed: Any = DEFAULT_SEED,
+                progress: Any = None) -> tuple[str, str, list[dict[str, Any]]]:
+        """(base text, DPO text, runs) for one family, or every family with a "[Label]" header per section.
+
+        `runs` (one dict per family) feeds the "What DPO changed" view. With several families a family that fails
+        to load shows its message in its section; a single family's failure is raised as gr.Error.
+        """
+        text = self.check_prompt(prompt)
+        names = self.families_for(family)
+        settings = self.settings(max_new_tokens, temperature, top_p, seed)
+        runs: list[dict[str, Any]] = []
+        for i, name in enumerate(names):
+            label = self.registry.source(name).label
+            if progress is not None:
+                loading = "loading the models (first request), then generating" if not self.registry.is_loaded(
+                    name) else "generating"
+                progress(i / len(names), desc=f"{label}: {loading}")
+            try:
+                base, dpo = self.generate(name, text, settings)
+            except gr.Error as exc:
+                if len(names) == 1:
+                    raise
+                runs.append({"family": name, "label": label, "error": exc.message})
+                continue
+            runs.append({"family": name, "label": label, "prompt": text, "base": base.text, "dpo": dpo.text,
+                         "dpo_ended": dpo.ended_with_eos, "settings": settings})
+        if all("error" in run for run in runs):
+            raise gr.Error(" / ".join(run["error"] for run in runs))
+        if len(runs) == 1:
+            return runs[0]["base"], runs[0]["dpo"], runs
+
+        def section(run: dict[str, Any], side: str) -> str:
+            body = run.get(side, f"⚠ {run.get('error', '')}")
+            return f"[{run['label']}]\n{body}"
+
+        return ("\n\n".join(section(r, "base") for r in runs), "\n\n".join(section(r, "dpo") for r in runs), runs)
+
+    def changes(self, runs: list[dict[str, Any]] | None) -> tuple[dict[str, list[tuple[str, float]]], str]:
+        """Per-token log pi_dpo - log pi_base of each DPO reply, as HighlightedText data per family, and a summary.
+
+        Scores are scaled per reply into [-1, 1] (what Gradio colours), so the largest change is fully coloured;
+        the summary gives the scale and the raw sums.
+        """
+        highlights: dict[str, list[tuple[str, float]]] = {}
+        lines: list[str] = []
+        for run in runs or []:
+            source = self.registry.source(run["family"])
+            if "error" in run:
+                lines.append(f"**{md_text(source.label)}**: {md_text(run['error'])}")
+                continue
+            pair = self.registry.get(run["family"])
+            ratios = token_log_ratios(pair, run["prompt"], run["dpo"])
+            if not run["dpo_ended"] and ratios:
+                ratios = ratios[:-1]  # the reply was cut at max_new_tokens: the model never emitted this EOS
+            scale = max((abs(r) for _, r in ratios), default=0.0) or 1.0
+            highlights[run["family"]] = [(token, max(-1.0, min(1.0, r / scale))) for token, r in ratios]
+            total = sum(r for _, r in ratios)
+            mode = ("one base model + LoRA adapter (mixed-adapter batch)" if pair.shares_weights
+                    else "serving two models: no adapter published")
+            line = (f"**{md_text(source.label)}**: Σ log-ratio over {len(ratios)} tokens = {total:+.3f} nats "
+                    f"(implicit reward β·Σ = {pair.beta * total:+.4f}, β = {pair.beta:g}); colour scale ±{scale:.3f}")
+            if ratios:
+                up = max(ratios, key=lambda t: t[1])
+                down = min(ratios, key=lambda t: t[1])
+                line += (f"; most boosted <code>{md_text(up[0])}</code> ({up[1]:+.3f}), most suppressed "
+                         f"<code>{md_text(down[0])}</code> ({down[1]:+.3f})")
+            lines.append(f"{line}. Serving: {mode}.")
+        return highlights, "\n\n".join(lines)
+
+    def serving_summary(self) -> str:
+        """Markdown table of the configured sources and how each family is served."""
+        rows = ["| Family | Base | Adapter | Merged | Serving |", "|---|---|---|---|---|"]
+        for name, source in self.registry.families.items():
+            cells = [source.label, source.base or "(from adapter)", source.adapter or "—", source.merged or "—",
+                     source.serving_mode + (" (loaded)" if self.registry.is_loaded(name) else "")]
+            rows.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+        return "\n".join(rows)
+
+    # -------------------------------------------------------------------------------------------------- scoring
+    def score(self, prompt: str, reply_a: str, reply_b: str, family: str) -> tuple[list[list[Any]], str]:
+        """Implicit rewards of two replies under each selected family: table rows and a verdict line per family."""
+        text = self.check_prompt(prompt)
+        replies = {"A": self.check_prompt(reply_a, "reply A"), "B": self.check_prompt(reply_b, "reply B")}
+        rows: list[list[Any]] = []
+        verdicts: list[str] = []
+        for name in self.families_for(family):
+            label = self.registry.source(name).label
+            result = score_pair(self.pair(name), text, replies["A"], replies["B"])
+            for side in ("a", "b"):
+                rows.append([label, side.upper(), round(result[f"logp_base_{side}"], 4),
+                             round(result[f"logp_dpo_{side}"], 4), round(result[f"reward_{side}"], 5)])
+            preferred = result["preferred"]
+            choice = "neither (tie)" if preferred == "tie" else f"reply {preferred.upper()}"
+            verdicts.append(f"**{md_text(label)}**: DPO prefers {choice} (reward margin A − B = "
+                            f"{result['margin']:+.5f}, β = {result['beta']:g}).")
+        return rows, "\n\n".join(verdicts)
+
+    # ------------------------------------------------------------------------------------------------ blind A/B
+    def votes_status(self) -> str:
+        return f"Votes collected: **{self.votes.count}** (saved to <code>{md_text(str(self.votes.path))}</code>)."
+
+    def blind_generate(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
+                       seed: Any) -> tuple[str, str, dict[str, Any], str]:
+        """Generate base and DPO replies and show them in random order: (reply A, reply B, round, status)."""
+        text = self.check_prompt(prompt)
+        names = self.families_for(family)
+        name = names[0] if len(names) == 1 else self.rng.choice(names)  # "both": the family stays blind too
+        settings = self.settings(max_new_tokens, temperature, top_p, seed)
+        base, dpo = self.generate(name, text, settings)
+        base_first = self.rng.random() < 0.5
+        sides = {"A": "base", "B": "dpo"} if base_first else {"A": "dpo", "B": "base"}
+        texts = {"base": base.text, "dpo": dpo.text}
+        replies = {side: texts[model] for side, model in sides.items()}
+        source = self.registry.source(name)
+        round_ = {"prompt": text, "family": name, "replies": replies, "sides": sides, "settings": settings,
+                  "models": {"base": source.base or "", "dpo": source.adapter or source.merged or ""}}
+        status = "Which reply is better? Vote below. " + self.votes_status()
+        return replies["A"], replies["B"], round_, status
+
+    def vote(self, round_: dict[str, Any] | None, choice: str) -> tuple[str, None]:
+        """Record a vote ("A", "B" or "tie") for the pending round; returns (message, cleared round)."""
+        if not round_:
+            return "Generate a pair of replies first. " + self.votes_status(), None
+        sides, label = round_["sides"], self.registry.source(round_["family"]).label
+        names = {"base": "base", "dpo": "DPO"}
+        reveal = f"Reply A was the **{names[sides['A']]}** model, reply B the **{names[sides['B']]}** model " \
+                 f"({md_text(label)})."
+        if choice not in ("A", "B"):
+            return f"Skipped: ties are not preference pairs, nothing recorded. {reveal} " + self.votes_status(), None
+        if round_["replies"]["A"] == round_["replies"]["B"]:
+            return (f"Both replies are identical, so there is no preference to record. {reveal} "
+                    + self.votes_status()), None
+        record = make_vote(prompt=round_["prompt"], replies=round_["replies"], sides=sides, winner_side=choice,
+                           family=round_["family"], settings=round_["settings"], models=round_["models"])
+        self.votes.append(record)
+        return f"Saved: you preferred reply {choice}. {reveal} " + self.votes_status(), None
+
+    def export(self, repo_id: str, private: bool, token: str | None) -> str:
+        """Push the votes file to a Hub dataset repo; the message (never the token) is shown in the UI."""
+        try:
+            url = export_votes(self.votes, repo_id or "", token=(token or "").strip() or None, private=bool(private))
+        except Exception as exc:  # network, auth, bad repo id: shown as one line, the server keeps running
+            logger.warning("Export of votes failed: %s", one_line(exc))
+            return f"Export failed: {md_text(one_line(exc))}"
+        return f"Exported {self.votes.count} votes to {md_text(url)} (file `data/train.jsonl`)."
+
+
+def build_app(
+    registry: ModelRegistry | None = None,
+    *,
+    config: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    votes_file: str | Path = DEFAULT_VOTES_FILE,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
+    example_prompts: Sequence[str] | None = None,
+    concurrency_limit: int = 1,
+    max_queue_size: int = 32,
+    rng: random.Random | None = None,
+) -> gr.Blocks:
+    """The Gradio app. Models come from `registry`, else `models_dir`, else the config (see app_config).
+
+    The Studio behind the callbacks is available as `demo.studio` (tests inspect its registry and votes).
+    """
+    if registry is None:
+        registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
+    studio = Studio(registry, VoteStore(votes_file), max_new_tokens_cap=max_new_tokens_cap,
+                    max_prompt_chars=max_prompt_chars, rng=rng)
+    prompts = list(load_example_prompts() if example_prompts is None else example_prompts)
+    first_family = next(iter(registry.families))
+    # All model work shares one concurrency group: the engine seeds torch's global RNG per call, so running two
+    # generations at once would make seeded sampling irreproducible; the queue shows waiting users their position.
+    model_events = {"concurrency_id": "models", "concurrency_limit": concurrency_limit}
+
+    with gr.Blocks(title="DPO Studio: base vs DPO") as demo:
+        gr.Markdown("# DPO Studio: base vs DPO\nThe same prompt, seed and sampling settings go to the base model "
+                    "and its DPO-tuned version. Temperature 0 means greedy decoding.")
+        with gr.Row():
+            family = gr.Radio(studio.family_choices, value=first_family, label="Model family", scale=1)
+            with gr.Accordion("Generation settings", open=False):
+                with gr.Row():
+                    max_new = gr.Slider(1, max_new_tokens_cap, value=min(DEFAULT_MAX_NEW_TOKENS, max_new_tokens_cap),
+                                        step=1, label="Max new tokens")
+                    temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.05, label="Top-p")
+                    seed = gr.Number(value=DEFAULT_SEED, precision=0, label="Seed")
+        settings_inputs = [max_new, temperature, top_p, seed]
+
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                prompt = gr.Textbox(label="Prompt", lines=2, max_length=max_prompt_chars, elem_id="prompt",
+                                    placeholder="Ask something, e.g. How was your weekend?")
+                if prompts:
+                    gr.Examples([[p] for p in prompts], inputs=[prompt], label="Example prompts")
+                compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                with gr.Row():
+                    base_out = gr.Textbox(label="Base model", lines=6, interactive=False, elem_id="base-out",
+                                          elem_classes="reply")
+                    dpo_out = gr.Textbox(label="DPO model", lines=6, interactive=False, elem_id="dpo-out",
+                                         elem_classes="reply")
+                gr.Markdown("**What DPO changed**: log π_DPO − log π_base for each token of the DPO reply "
+                            "(red: DPO made the token more likely, purple: less likely).")
+                changes = {name: gr.HighlightedText(label=source.label, visible=False, elem_id=f"changes-{name}")
+                           for name, source in registry.families.items()}
+                changes_md = gr.Markdown()
+                runs = gr.State([])
+
+            with gr.Tab("Blind A/B", id="blind"):
+                gr.Markdown("Two replies, one from each model, in random order. Pick the better one: each vote "
+                            "is saved as a preference pair (prompt, chosen, rejected).")
+                blind_prompt = gr.Textbox(label="Prompt", lines=2, max_length=max_prompt_chars, elem_id="blind-prompt")
+                if prompts:
+                    gr.Examples([[p] for p in prompts], inputs=[blind_prompt], label="Example prompts")
+                blind_btn = gr.Button("Generate two replies", variant="primary", elem_id="blind-btn")
+                with gr.Row():
+                    reply_a = gr.Textbox(label="Reply A", lines=6, interactive=False, elem_id="reply-a",
+                                         elem_classes="reply")
+                    reply_b = gr.Textbox(label="Reply B", lines=6, interactive=False, elem_id="reply-b",
+                                         elem_classes="reply")
+                with gr.Row():
+                    vote_a = gr.Button("A is better", elem_id="vote-a")
+                    vote_b = gr.Button("B is better", elem_id="vote-b")
+                    vote_tie = gr.Button("Tie / skip", elem_id="vote-tie")
+                blind_status = gr.Markdown(studio.votes_status(), elem_id="blind-status")
+                blind_round = gr.State(None)
+                with gr.Accordion("Export votes to the Hub (dataset repo)", open=False):
+                    export_repo = gr.Textbox(label="Dataset repo id", placeholder="your-name/dpo-studio-votes")
+                    export_private = gr.Checkbox(label="Private", value=True)
+                    export_token = gr.Textbox(label="Hub token (write access; empty = this server's login)",
+                                              type="password")
+                    export_btn = gr.Button("Push votes")
+                    export_msg = gr.Markdown()
+
+            with gr.Tab("Score a pair", id="score"):
+                gr.Markdown("DPO's implicit reward of a reply is β · (log π_DPO(reply | prompt) − "
+                            "log π_base(reply | prompt)), with the β it was trained with. The higher reward is the "
+                            "reply DPO prefers.")
+                score_prompt = gr.Textbox(label="Prompt", lines=2, max_length=max_prompt_chars)
+                with gr.Row():
+                    score_a = gr.Textbox(label="Reply A", lines=4, max_length=max_prompt_chars)
+                    score_b = gr.Textbox(label="Reply B", lines=4, max_length=max_prompt_chars)
+                score_btn = gr.Button("Score", variant="primary")
+                score_table = gr.Dataframe(
+                    headers=["Model", "Reply", "log p base", "log p DPO", "implicit reward"], interactive=False
+                )
+                score_verdict = gr.Markdown()
+
+            with gr.Tab("Models", id="models"):
+                models_md = gr.Markdown(studio.serving_summary())
+                refresh_btn = gr.Button("Refresh")
+
+        # ---------------------------------------------------------------------------------------------- events
+        # UI events are private and named ui_*, so the public names /compare and /score stay free for gr.api.
+        def ui_compare(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value,
+                       progress=gr.Progress()):
+            return studio.compare(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value,
+                                  progress=progress)
+
+        def ui_changes(runs_value):
+            highlights, summary = studio.changes(runs_value)
+            views = [gr.update(value=highlights.get(name), visible=name in highlights) for name in changes]
+            return *views, summary
+
+        gr.on([compare_btn.click, prompt.submit], ui_compare, [prompt, family, *settings_inputs],
+              [base_out, dpo_out, runs], api_name="ui_compare", api_visibility="private", **model_events).success(
+            ui_changes, [runs], [*changes.values(), changes_md], api_name="ui_changes", api_visibility="private",
+            **model_events)
+
+        gr.on([blind_btn.click, blind_prompt.submit], studio.blind_generate,
+              [blind_prompt, family, *settings_inputs], [reply_a, reply_b, blind_round, blind_status],
+              api_name="ui_blind", api_visibility="private", **model_events)
+        for button, choice in ((vote_a, "A"), (vote_b, "B"), (vote_tie, "tie")):
+            button.click(lambda round_, c=choice: studio.vote(round_, c), [blind_round],
+                         [blind_status, blind_round], api_name=f"ui_vote_{choice}", api_visibility="private")
+        export_btn.click(studio.export, [export_repo, export_private, export_token], [export_msg],
+                         api_name="ui_export", api_visibility="private")
+        score_btn.click(studio.score, [score_prompt, score_a, score_b, family], [score_table, score_verdict],
+                        api_name="ui_score", api_visibility="private", **model_events)
+        refresh_btn.click(studio.serving_summary, None, [models_md], api_name="ui_models", api_visibility="private")
+        demo.load(studio.votes_status, None, [blind_status], api_name="ui_votes", api_visibility="private")
+
+        # -------------------------------------------------------------------------------------- API endpoints
+        def compare(prompt: str, family: str = first_family, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                    seed: int = DEFAULT_SEED) -> tuple[str, str]:
+            """Base and DPO outputs for a prompt (family: a name such as "gpt2", a label, or "both").
+
+            Same seed and settings for both sides; temperature 0 = greedy; max_new_tokens is capped server-side.
+            """
+            base_text, dpo_text, _ = studio.compare(prompt, family, max_new_tokens, temperature, top_p, seed)
+            return base_text, dpo_text
+
+        def score(prompt: str, reply_a: str, reply_b: str, family: str = first_family) -> dict:
+            """DPO's implicit rewards of two replies and which one it prefers (per family)."""
+            text = studio.check_prompt(prompt)
+            out = {}
+            for name in studio.families_for(family):
+                out[name] = score_pair(studio.pair(name), text, studio.check_prompt(reply_a, "reply A"),
+                                       studio.check_prompt(reply_b, "reply B"))
+            return out
+
+        gr.api(compare, api_name="compare", **model_events)
+        gr.api(score, api_name="score", **model_events)
+
+    demo.queue(default_concurrency_limit=2, max_size=max_queue_size)
+    demo.studio = studio  # type: ignore[attr-defined]
+    return demo
+
+
+def launch(demo: gr.Blocks, *, server_name: str | None = None, server_port: int | None = None,
+           prevent_thread_lock: bool = False, quiet: bool = False) -> None:
+    """`demo.launch` with the app's theme and CSS (Gradio 6 takes them at launch)."""
+    demo.launch(server_name=server_name, server_port=server_port, prevent_thread_lock=prevent_thread_lock,
+                quiet=quiet, theme=THEME, css=CSS)
+
+
+def _port_from_env() -> int:
+    value = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    try:
+        port = int(value)
+    except ValueError:
+        raise AppConfigError(f"GRADIO_SERVER_PORT={value!r} is not a port number") from None
+    return port
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python app.py [--models-dir DIR] [--config FILE] [--port N] [--votes-file F]`."""
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Serve the DPO Studio comparison app (base vs DPO, blind A/B votes).")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--models-dir", help="use what train_dpo.py wrote into DIR (DIR/<family>/adapter|merged)")
+    source.add_argument("--config", help="YAML file with Hub repo ids per family (default: $DPO_STUDIO_CONFIG, "
+                                         "./app_config.yaml, else examples/app_config.yaml)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (default: $GRADIO_SERVER_PORT or 7860); host: $GRADIO_SERVER_NAME or 127.0.0.1")
+    parser.add_argument("--votes-file", default=str(DEFAULT_VOTES_FILE),
+                        help=f"JSONL file the blind A/B votes are appended to (default: {DEFAULT_VOTES_FILE})")
+    parser.add_argument("--max-new-tokens-cap", type=int, default=MAX_NEW_TOKENS_CAP,
+                        help=f"server-side cap on max new tokens (default: {MAX_NEW_TOKENS_CAP})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        port = args.port if args.port is not None else _port_from_env()
+        demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,
+                         max_new_tokens_cap=args.max_new_tokens_cap)
+    except AppConfigError as exc:
+        parser.exit(2, f"app.py: error: {exc}\n")
+    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

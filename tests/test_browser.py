@@ -1,0 +1,116 @@
+"""The app in a real browser (Debian chromium driven by playwright): compare, blind A/B vote, no console errors.
+
+Set DPO_STUDIO_UPDATE_SCREENSHOT=1 to also copy the screenshot to docs/app.png (the README's picture); by default
+the test writes only under its tmp dir, so running the suite never changes tracked files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+import torch
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed"),
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
+
+from dpo_studio import ui  # noqa: E402
+from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
+from tiny_models import build_models_dir  # noqa: E402
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "app.png"
+PROMPT = "How was your morning?"
+TIMEOUT_MS = 60_000  # generous: a busy 2-core CI box; the waits return as soon as the condition holds
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def app_url(tmp_path: Path):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    build_models_dir(tmp_path / "models")
+    votes_file = tmp_path / "votes" / "votes.jsonl"
+    demo = ui.build_app(ModelRegistry(discover_models_dir(tmp_path / "models")), votes_file=votes_file,
+                        max_new_tokens_cap=32)
+    port = _free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", votes_file
+    finally:
+        demo.close()
+        torch.set_num_threads(previous)
+
+
+def _value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea").input_value()
+
+
+def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
+    url, votes_file = app_url
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+
+            # Compare tab: both families, default sampling settings.
+            page.get_by_label("Both").check()
+            page.locator("#prompt textarea").fill(PROMPT)
+            page.locator("#compare-btn").click()
+            page.wait_for_function(
+                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value)")
+            base, dpo = _value(page, "base-out"), _value(page, "dpo-out")
+            assert base.startswith("[GPT-2]\n") and "\n\n[T5]\n" in base
+            assert dpo.startswith("[GPT-2]\n") and "\n\n[T5]\n" in dpo
+            assert all(section.split("\n", 1)[1].strip() for section in (base + "\n\n" + dpo).split("\n\n"))
+            page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # "What DPO changed" summary arrived
+            for family in ("gpt2", "t5"):  # one highlighted view per family, with its tokens
+                assert page.locator(f"#changes-{family}").is_visible()
+                assert page.locator(f"#changes-{family}").inner_text().strip()
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
+                DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+                shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+            # Blind A/B tab: generate, vote once, the vote is in the dataset file.
+            page.get_by_role("tab", name="Blind A/B").click()
+            page.locator("#blind-prompt textarea").fill(PROMPT)
+            page.locator("#blind-btn").click()
+            page.wait_for_function(
+                "() => ['reply-a', 'reply-b'].every(id => document.querySelector(`#${id} textarea`)?.value)")
+            reply_a, reply_b = _value(page, "reply-a"), _value(page, "reply-b")
+            page.locator("#vote-a").click()
+            page.locator("#blind-status").get_by_text("Votes collected: 1", exact=False).wait_for()
+            page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
+        finally:
+            browser.close()
+
+    [line] = votes_file.read_text(encoding="utf-8").splitlines()
+    vote = json.loads(line)
+    assert (vote["prompt"], vote["chosen"], vote["rejected"], vote["winner_side"]) == (PROMPT, reply_a, reply_b, "A")
+    assert vote["family"] in ("gpt2", "t5")  # "Both" selected: the blind round drew one family at random
+    # Every console error fails the test: the page loads nothing from the (closed) network.
+    assert errors == []

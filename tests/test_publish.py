@@ -316,3 +316,16 @@ def test_token_never_written_or_printed(outputs, local_hub, tmp_path):
         assert not path.is_file() or planted.encode() not in path.read_bytes()
     for path in (tmp_path / "home").rglob("*"):
         assert not path.is_file() or planted.encode() not in path.read_bytes(), f"token stored in {path}"
+
+
+def test_cli_trains_then_pushes(local_hub, tmp_path, capsys):
+    data = write_toy_pairs(tmp_path / "pairs.jsonl", 16)
+    out = tmp_path / "out"
+    rc = run_cli(["--dataset", str(data), "--output-dir", str(out), "--models", "gpt2", *TINY_DEMO,
+                  "--num-train-epochs", "1", "--demo-sft-epochs", "1", "--push", "--hub-repo-ids", "gpt2=test-org/g"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    for repo_id in ("test-org/g", "test-org/g-lora", "test-org/g-base"):
+        assert f"pushed {repo_id} (commit" in stdout
+    assert local_hub.files("test-org/g")["metrics.json"] == (out / "gpt2" / "metrics.json").read_bytes()
+    assert ModelCard.load("test-org/g-lora").data.base_model == "test-org/g-base"

@@ -96,11 +96,13 @@ def sft_features(
     tokenizer: PreTrainedTokenizerFast, arch: Architecture, prompt: str, completion: str
 ) -> dict[str, list[int]]:
     """Tokenise one (prompt, completion) the way DPO training will see it; loss only on the completion + EOS."""
+    limit = tokenizer.model_max_length  # over-long pairs keep their start, as DPO training truncates them
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if arch.is_encoder_decoder:
-        return {"input_ids": tokenizer(prompt)["input_ids"], "labels": completion_ids}
+        return {"input_ids": tokenizer(prompt)["input_ids"][:limit], "labels": completion_ids[:limit]}
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
+    input_ids = (prompt_ids + completion_ids)[:limit]
+    return {"input_ids": input_ids, "labels": ([-100] * len(prompt_ids) + completion_ids)[:limit]}
 
 
 def warm_start(

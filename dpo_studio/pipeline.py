@@ -174,6 +174,9 @@ def save_outputs(
         shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
     write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
     write_report_html(stage, metrics)
+    from .publish import write_model_cards  # cards in merged/ and adapter/ use local paths until published
+
+    write_model_cards(stage, metrics)
 
 
 def publish_staging(stage: Path, final: Path) -> None:
@@ -218,6 +221,24 @@ def build_trainer(
         arch.trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, peft_config=lora_config,
     )
+
+
+def count_truncation(trainer, n_train: int, n_eval: int, max_length: int | None) -> dict[str, dict[str, int]]:
+    """How many pairs the trainer truncates (or drops) to fit `max_length`, per split.
+
+    Our seq2seq trainer counts while tokenising; for TRL's causal path we count from its tokenised columns: a pair is
+    truncated when prompt + the longer completion exceeds max_length, and dropped when the prompt alone fills it.
+    """
+    if hasattr(trainer, "truncation_counts"):
+        return {split: {"rows": c["rows"], "dropped": 0, "total": c["total"]} for split, c in trainer.truncation_counts.items()}
+    out = {}
+    for split, dataset, total in (("train", trainer.train_dataset, n_train), ("eval", trainer.eval_dataset, n_eval)):
+        rows = 0
+        if max_length is not None and dataset is not None:
+            for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+                rows += len(prompt) + max(len(chosen), len(rejected)) > max_length
+        out[split] = {"rows": rows, "dropped": total - (len(dataset) if dataset is not None else 0), "total": total}
+    return out
 
 
 # Sampling settings of the evidence generations: the same for base and DPO, and the app's defaults.
@@ -306,6 +327,9 @@ def train_family(
     )
     args = dataclasses.replace(training_args, output_dir=str(checkpoints))
     trainer = build_trainer(arch, model, tokenizer, train_ds, eval_ds, args, lora_config)
+    truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
+    if any(counts["rows"] for counts in truncation.values()):
+        logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", family, args.max_length, truncation)
     logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
     eval_before = strip_eval_prefix(trainer.evaluate())
     logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
@@ -336,6 +360,7 @@ def train_family(
         "train_runtime_s": round(runtime, 3),
         "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
         "train_loss": train_output.training_loss,
+        "truncation": truncation,
         "resumed_from_step": start_step or None,
         "eval_before": eval_before,
         "eval_after": eval_after,
@@ -381,5 +406,9 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
     families = script_args.family_list()
     if model_args.model_name_or_path:
         families = [model_args.model_name_or_path]
+    if script_args.demo:  # option errors first: nothing is loaded before the whole command is known to be valid
+        unknown = [family for family in families if family not in ("gpt2", "t5")]
+        if unknown:
+            raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{unknown[0]}'")
     data = prepare_data(script_args, training_args.seed)
     return [train_family(family, data, script_args, training_args, model_args) for family in families]

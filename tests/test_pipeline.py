@@ -27,6 +27,9 @@ TINY_DEMO = [
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     data = write_toy_pairs(root / "pairs.jsonl", 60)
+    with open(data, "a", encoding="utf-8") as f:  # one gigantic pair, far beyond max_length: truncated, counted
+        f.write(json.dumps({"prompt": "Tell me everything about tea?", "chosen": "Oh, tea! " * 400,
+                            "rejected": "Certainly. Tea is a beverage. " * 300}) + "\n")
     out = root / "out"
     args = parse_config(["--dataset", str(data), "--output-dir", str(out), "--models", "gpt2", *TINY_DEMO])
     results = run(*args)
@@ -47,12 +50,20 @@ def test_dpo_loss_drops_and_accuracy_rises(demo_run):
     assert train_losses[-1] < train_losses[0]
 
 
+def test_over_long_pairs_are_truncated_and_counted(demo_run):
+    out, _ = demo_run
+    truncation = json.loads((out / "gpt2" / "metrics.json").read_text())["truncation"]
+    assert sum(split["rows"] for split in truncation.values()) == 1
+    assert truncation["train"]["total"] + truncation["eval"]["total"] == 61
+
+
 def test_output_layout(demo_run):
     out, _ = demo_run
     family = out / "gpt2"
     for path in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/prompt_format.json",
                  "merged/model.safetensors", "merged/config.json", "merged/generation_config.json",
-                 "merged/tokenizer.json", "merged/prompt_format.json", "base/model.safetensors", "metrics.json",
+                 "merged/tokenizer.json", "merged/prompt_format.json", "merged/README.md", "adapter/README.md",
+                 "base/model.safetensors", "metrics.json", "report.html",
                  "plots/loss.png", "plots/rewards.png", "plots/margins.png", "plots/accuracy.png"):
         assert (family / path).is_file(), path
     assert not list(family.rglob("*.bin")), "only safetensors are written"

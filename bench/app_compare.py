@@ -1,0 +1,146 @@
+"""One app compare request (base + DPO, 64 new tokens, greedy): one-weights mixed-adapter generate vs two models.
+
+    python bench/app_compare.py [--preset full|small] [--families gpt2,t5] [--rounds 3]
+
+* product: `dpo_studio.generation.load_pair(base, adapter)` — the base weights once plus the LoRA adapter; one
+  `generate` call holds the base row (adapter off) and the DPO row (adapter on) via PEFT's mixed `adapter_names`.
+* two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
+
+Each variant runs in its own fresh process (so peak memory is its own), alternating product / two-models for
+`--rounds` rounds; latency is the median of the requests after one warm-up request. Peak memory is the process's
+peak RSS above its RSS after imports (what the models and the request add), and the total peak RSS.
+The adapter is given random non-zero weights so base and DPO outputs differ; both variants must produce the same
+greedy tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401
+import torch
+from common import PRESETS, build_model, current_rss_mb, machine, make_pairs, peak_rss_mb, table, tokenizer_for
+
+PROMPT = "What's a good way to spend a rainy Sunday afternoon at home?"
+NEW_TOKENS = 64
+
+
+def prepare(kind: str, shape: dict, root: Path) -> None:
+    """base/, adapter/ (random LoRA in the product's config), merged/ — as train_dpo.py writes them."""
+    from peft import get_peft_model
+
+    from dpo_studio.families import architecture_of, prepare_tokenizer
+
+    pairs = make_pairs(64, 0.5, seed=0)
+    tokenizer = tokenizer_for(pairs, kind == "t5")
+    model = build_model(kind, shape, tokenizer, seed=0)
+    arch = architecture_of(model.config)
+    prepare_tokenizer(tokenizer, arch)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    for sub, obj in (("base", model),):
+        obj.save_pretrained(root / sub)
+        tokenizer.save_pretrained(root / sub)
+        arch.prompt_format.save(root / sub)
+    peft_model = get_peft_model(model, arch.lora_config(16, 32, 0.0))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    peft_model.peft_config["default"].base_model_name_or_path = str(root / "base")
+    peft_model.save_pretrained(root / "adapter")
+    tokenizer.save_pretrained(root / "adapter")
+    arch.prompt_format.save(root / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(root / "merged")
+    tokenizer.save_pretrained(root / "merged")
+    arch.prompt_format.save(root / "merged")
+
+
+def child(variant: str, root: Path, requests: int) -> None:
+    from dpo_studio.generation import generate_pair_results, load_pair
+    from dpo_studio.speed import configure_threads
+
+    configure_threads()
+    rss0 = current_rss_mb()
+    started = time.perf_counter()
+    if variant == "product":
+        pair = load_pair(str(root / "base"), str(root / "adapter"))
+    else:
+        pair = load_pair(str(root / "base"), None, str(root / "merged"))
+    load_s = time.perf_counter() - started
+    prompts = [[{"role": "user", "content": PROMPT}]]
+    times, result = [], None
+    for i in range(requests + 1):
+        start = time.perf_counter()
+        result = generate_pair_results(pair, prompts, max_new_tokens=NEW_TOKENS, temperature=0.0)
+        if i:  # the first request is a warm-up
+            times.append(time.perf_counter() - start)
+    base, dpo = result[0]
+    print(json.dumps({
+        "variant": variant, "load_s": load_s, "latency_s": statistics.median(times), "rss_after_imports_mb": rss0,
+        "peak_rss_mb": peak_rss_mb(), "base_tokens": base.token_ids, "dpo_tokens": dpo.token_ids,
+        "shares_weights": pair.shares_weights,
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--families", default="gpt2,t5")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating product / two-model processes")
+    parser.add_argument("--requests", type=int, default=3, help="timed requests per process (after one warm-up)")
+    parser.add_argument("--child", choices=["product", "two-models"], help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.child:
+        child(opts.child, opts.dir, opts.requests)
+        return
+    preset = PRESETS[opts.preset]
+    print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}")
+    rows, ratios = [], []
+    for kind in opts.families.split(","):
+        shape = getattr(preset, kind)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            prepare(kind, shape, root)
+            runs: dict[str, list[dict]] = {"product": [], "two-models": []}
+            for _ in range(opts.rounds):
+                for variant in runs:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", variant, "--dir", str(root), "--requests",
+                         str(opts.requests)], capture_output=True, text=True, check=True,
+                    ).stdout.strip().splitlines()[-1]
+                    runs[variant].append(json.loads(out))
+        summary = {}
+        for variant, results in runs.items():
+            latency = statistics.median(r["latency_s"] for r in results)
+            delta = statistics.median(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in results)
+            peak = statistics.median(r["peak_rss_mb"] for r in results)
+            load = statistics.median(r["load_s"] for r in results)
+            summary[variant] = dict(latency=latency, delta=delta, peak=peak, tokens=(results[0]["base_tokens"],
+                                                                                   results[0]["dpo_tokens"]))
+            rows.append([f"{kind}: {variant}", f"{shape}", round(load, 2), round(latency, 3), round(delta),
+                         round(peak)])
+        same = summary["product"]["tokens"] == summary["two-models"]["tokens"]
+        differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
+        ratios.append((kind, summary, same, differs))
+    print(table(["variant", "model", "load s", "request latency s", "peak memory MB (above imports)",
+                 "peak RSS MB (total)"], rows))
+    for kind, s, same, differs in ratios:
+        p, t = s["product"], s["two-models"]
+        print(f"ratio {kind}: two-models / product latency = {t['latency'] / p['latency']:.2f}x (target >= 1.6x); "
+              f"product / two-models peak memory = {p['delta'] / t['delta']:.2f}x above imports, "
+              f"{p['peak'] / t['peak']:.2f}x total (target <= 0.55x); same greedy tokens: {same} "
+              f"(base != DPO output: {differs})")
+
+
+if __name__ == "__main__":
+    main()

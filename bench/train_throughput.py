@@ -1,0 +1,152 @@
+"""Preference pairs per second: stock TRL vs the product (GPT-2), naive seq2seq DPO vs the product (T5).
+
+    python bench/train_throughput.py [--preset small|full] [--pairs N] [--epochs 3] [--stock-bf16] [--bf16-check]
+
+Same model (built from config, fixed seed), same data, same LoRA (the product's per-architecture config), same
+hyper-parameters (lr, batch, epochs, beta, seed) in every variant; only the speed-relevant settings differ:
+
+* stock TRL: `trl.DPOTrainer` with TRL's defaults (gradient checkpointing on, reference forward every step, random
+  batches). TRL's default bf16=True is emulated (slow) on CPUs without native bf16, so the baseline runs fp32 (equal
+  arithmetic, stricter baseline); `--stock-bf16` adds the literal TRL default too.
+* naive seq2seq: our Seq2SeqDPOTrainer with the encoder run separately for the chosen and the rejected rows (as a
+  concatenated seq2seq DPO forward does), the reference forward every step, random batches.
+* product: `dpo_studio.pipeline.build_trainer` with `config.PRODUCT_DEFAULTS` (what `train_dpo.py` runs).
+
+Time = trainer construction (tokenization, one-off reference pass) + training. Final loss = DPO loss of the trained
+model over all training pairs, computed after timing by the same `evaluate` code for every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+
+import common  # noqa: F401  (sets offline env, sys.path)
+import torch
+from common import PRESETS, build_model, make_pairs, machine, table, tokenizer_for
+
+from dpo_studio.config import PRODUCT_DEFAULTS
+from dpo_studio.data import to_dataset
+from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
+from dpo_studio.pipeline import build_trainer
+from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
+from dpo_studio.speed import configure_threads, cpu_supports_bf16
+from trl import DPOConfig, DPOTrainer
+
+# Hyper-parameters shared by all variants. lr is above the product's 5e-5 so that a few dozen steps move the loss
+# visibly (equal final loss is then a real check, not 0.693 everywhere).
+SHARED = dict(learning_rate=1e-3, per_device_train_batch_size=8, per_device_eval_batch_size=16, beta=0.1, seed=0,
+              max_length=1024, lr_scheduler_type="linear", warmup_steps=0)
+RUN = dict(report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, use_cpu=True,
+           disable_tqdm=True)
+
+
+class NaiveSeq2SeqCollator(DataCollatorForSeq2SeqPreference):
+    """One encoder row per decoder row: the encoder runs separately for the chosen and the rejected completion."""
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        for key in ("encoder_input_ids", "encoder_attention_mask"):
+            batch[key] = torch.cat([batch[key], batch[key]], dim=0)
+        return batch
+
+
+def make_tokenizer(kind: str, pairs):
+    return prepare_tokenizer(tokenizer_for(pairs, kind == "t5"), Architecture(kind == "t5", kind))
+
+
+def run_variant(name, kind, preset, pairs, tokenizer, epochs, out_dir, trainer_kind, bf16=False):
+    model = build_model(kind, getattr(preset, kind), tokenizer, seed=0)
+    arch = architecture_of(model.config)
+    lora = arch.lora_config(16, 32, 0.0)  # the product's LoRA (families.LORA_TARGETS), r/alpha/dropout defaults
+    train_ds = to_dataset(pairs, arch.prompt_format)
+    common_args = dict(output_dir=out_dir, num_train_epochs=epochs, **SHARED, **RUN)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    if trainer_kind == "product":
+        args = DPOConfig(**{**PRODUCT_DEFAULTS, **common_args, "bf16": bf16 or PRODUCT_DEFAULTS["bf16"]})
+        trainer = build_trainer(arch, model, tokenizer, train_ds, None, args, lora)
+    elif trainer_kind == "stock":
+        args = DPOConfig(**common_args, bf16=bf16)  # TRL defaults otherwise (gradient_checkpointing=True, ...)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                             peft_config=lora)
+    else:  # naive seq2seq
+        args = DPOConfig(**common_args, bf16=False, gradient_checkpointing=False, precompute_ref_log_probs=False)
+        collator = NaiveSeq2SeqCollator(pad_token_id=tokenizer.pad_token_id,
+                                        decoder_start_token_id=model.config.decoder_start_token_id)
+        trainer = Seq2SeqDPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                                    peft_config=lora, data_collator=collator)
+    result = trainer.train()
+    elapsed = time.perf_counter() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    steps_per_epoch = max(1, len(losses) // epochs)
+    final = trainer.evaluate(eval_dataset=to_dataset(pairs, arch.prompt_format))["eval_loss"]
+    settings = (f"gc={args.gradient_checkpointing}, bf16={args.bf16}, precompute_ref={args.precompute_ref_log_probs}, "
+                f"sampler={type(trainer._get_train_sampler()).__name__}")
+    row = dict(name=name, seconds=elapsed, pairs_per_s=len(pairs) * epochs / elapsed, train_loss=result.training_loss,
+               last_epoch_loss=sum(losses[-steps_per_epoch:]) / steps_per_epoch, final_loss=final, settings=settings)
+    del trainer, model
+    common.collect()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--pairs", type=int, default=None, help="override the preset's number of pairs")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--families", default="gpt2,t5")
+    parser.add_argument("--stock-bf16", action="store_true", help="also run stock TRL with its literal bf16 default")
+    parser.add_argument("--bf16-check", action="store_true",
+                        help="product fp32 vs bf16 loss curves (only on CPUs with native bf16)")
+    opts = parser.parse_args()
+    configure_threads()
+    preset = PRESETS[opts.preset]
+    n = opts.pairs or preset.pairs
+    pairs = make_pairs(n, preset.length_scale, seed=0)
+    print(f"# train_throughput — preset {preset.name}: {n} pairs x {opts.epochs} epochs; {machine()}")
+    rows, ratios = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in opts.families.split(","):
+            tokenizer = make_tokenizer(kind, pairs)
+            enc = [len(tokenizer(p.messages[-1][1] + p.chosen)["input_ids"]) for p in pairs]
+            shape = getattr(preset, kind)
+            print(f"# {kind}: {shape}, prompt+chosen tokens mean {sum(enc) / len(enc):.0f} (min {min(enc)}, max {max(enc)})")
+            baseline_kind = "stock" if kind == "gpt2" else "naive"
+            baseline_name = f"{kind}: stock TRL DPOTrainer (fp32)" if kind == "gpt2" else f"{kind}: naive seq2seq DPO"
+            variants = [(baseline_name, baseline_kind, False), (f"{kind}: product", "product", False)]
+            if kind == "gpt2" and opts.stock_bf16:
+                variants.insert(1, (f"{kind}: stock TRL DPOTrainer (TRL default bf16)", "stock", True))
+            results = [run_variant(name, kind, preset, pairs, tokenizer, opts.epochs, tmp, tk, bf16)
+                       for name, tk, bf16 in variants]
+            for r in results:
+                rows.append([r["name"], round(r["seconds"], 1), round(r["pairs_per_s"], 3), round(r["train_loss"], 4),
+                             round(r["last_epoch_loss"], 4), round(r["final_loss"], 4), r["settings"]])
+            base, product = results[0], results[-1]
+            ratios.append((kind, base, product))
+            if kind == "gpt2" and opts.stock_bf16:
+                ratios.append((kind, results[1], product))
+        if opts.bf16_check:
+            if not cpu_supports_bf16():
+                print("# bf16 check: not supported on this CPU (no avx512_bf16/amx_bf16); the product stays fp32 here")
+            else:
+                for kind in opts.families.split(","):
+                    tokenizer = make_tokenizer(kind, pairs)
+                    fp32 = run_variant(f"{kind}: product fp32", kind, preset, pairs, tokenizer, opts.epochs, tmp, "product")
+                    bf16 = run_variant(f"{kind}: product bf16", kind, preset, pairs, tokenizer, opts.epochs, tmp, "product", True)
+                    rel = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
+                    print(f"# bf16 check {kind}: final loss fp32 {fp32['final_loss']:.4f} bf16 {bf16['final_loss']:.4f} "
+                          f"(rel diff {rel:.2%}); pairs/s fp32 {fp32['pairs_per_s']:.3f} bf16 {bf16['pairs_per_s']:.3f}")
+    print(table(["variant", "time s", "pairs/s", "train loss (mean)", "last-epoch loss", "final loss", "settings"], rows))
+    for kind, base, product in ratios:
+        diff = (product["final_loss"] - base["final_loss"]) / base["final_loss"]
+        target = "stock TRL" if "stock" in base["name"] else "naive seq2seq"
+        bf = " (TRL default bf16)" if "bf16" in base["name"] else ""
+        print(f"ratio {kind}: product / {target}{bf} pairs/s = {product['pairs_per_s'] / base['pairs_per_s']:.2f}x "
+              f"(target >= 2.0x); final loss {product['final_loss']:.4f} vs {base['final_loss']:.4f} ({diff:+.2%}, target +-2%)")
+
+
+if __name__ == "__main__":
+    main()

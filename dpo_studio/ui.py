@@ -15,6 +15,7 @@ being rejected by a slider's bounds, and family names or labels both work.
 import argparse
 import html
 import logging
+import math
 import os
 import random
 import re
@@ -27,7 +28,6 @@ import gradio as gr
 
 from dpo_studio.app_config import (
     AppConfigError,
-    FamilySource,
     ModelLoadError,
     ModelRegistry,
     one_line,
@@ -107,14 +107,17 @@ class Studio:
 
     def families_for(self, family: str | None) -> list[str]:
         """Family names for a selector value: a name ("gpt2"), a label ("GPT-2") or "both"."""
-        key = (family or "").strip().lower()
+        key = str(family or "").strip().lower()
         names = self._aliases.get(key) or self._aliases.get(re.sub(r"[^a-z0-9]", "", key))
         if not names:
             options = ", ".join(value for _, value in self.family_choices)
-            raise _user_error(f"Unknown model family {html.escape(repr(family), quote=False)}; choose one of: {options}.")
+            shown = html.escape(repr(family), quote=False)
+            raise _user_error(f"Unknown model family {shown}; choose one of: {options}.")
         return names
 
     def check_prompt(self, prompt: str | None, what: str = "prompt") -> str:
+        if prompt is not None and not isinstance(prompt, str):
+            raise _user_error(f"The {what} must be text, got {type(prompt).__name__}.")
         text = (prompt or "").strip()
         if not text:
             raise _user_error(f"Please enter a {what}: it is empty.")
@@ -129,14 +132,18 @@ class Studio:
             temp = float(DEFAULT_TEMPERATURE if temperature is None else temperature)
             top = float(DEFAULT_TOP_P if top_p is None else top_p)
             seed_value = int(DEFAULT_SEED if seed is None else seed)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _user_error("Generation settings must be numbers (max_new_tokens, temperature, top_p, seed).")
         if max_new < 1:
             raise _user_error(f"max_new_tokens must be at least 1, got {max_new}.")
+        if not (math.isfinite(temp) and math.isfinite(top)):
+            raise _user_error("temperature and top_p must be finite numbers.")
         if temp < 0:
             raise _user_error(f"temperature must be >= 0 (0 = greedy), got {temp}.")
         if not 0 < top <= 1:
             raise _user_error(f"top_p must be in (0, 1], got {top}.")
+        if not 0 <= seed_value < 2**63:  # what torch.manual_seed accepts
+            raise _user_error(f"seed must be in [0, 2^63), got {seed_value}.")
         return {"max_new_tokens": min(max_new, self.max_new_tokens_cap), "temperature": temp, "top_p": top,
                 "seed": seed_value}
 
@@ -446,8 +453,10 @@ def build_app(
               [blind_prompt, family, *settings_inputs], [reply_a, reply_b, blind_round, blind_status],
               api_name="ui_blind", api_visibility="private", **model_events)
         for button, choice in ((vote_a, "A"), (vote_b, "B"), (vote_tie, "tie")):
+            # One vote at a time per app: a double click then sees the round already cleared, not twice.
             button.click(lambda round_, c=choice: studio.vote(round_, c), [blind_round],
-                         [blind_status, blind_round], api_name=f"ui_vote_{choice}", api_visibility="private")
+                         [blind_status, blind_round], api_name=f"ui_vote_{choice}", api_visibility="private",
+                         concurrency_id="votes", concurrency_limit=1)
         export_btn.click(studio.export, [export_repo, export_private, export_token], [export_msg],
                          api_name="ui_export", api_visibility="private")
         score_btn.click(studio.score, [score_prompt, score_a, score_b, family], [score_table, score_verdict],

@@ -86,8 +86,9 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
             assert all(section.split("\n", 1)[1].strip() for section in (base + "\n\n" + dpo).split("\n\n"))
             page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # "What DPO changed" summary arrived
             for family in ("gpt2", "t5"):  # one highlighted view per family, with its tokens
-                assert page.locator(f"#changes-{family}").is_visible()
-                assert page.locator(f"#changes-{family}").inner_text().strip()
+                view = page.locator(f"#changes-{family}")
+                view.wait_for(state="visible")
+                assert view.inner_text().strip()
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -10,6 +10,7 @@ both `--output_dir` and `--output-dir` spellings work):
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -146,6 +147,12 @@ def build_parser() -> TrlParser:
 
 def parse_config(argv: list[str] | None = None) -> tuple[ScriptArguments, DPOConfig, ModelArguments]:
     """Parse `--config FILE` and CLI flags into the three dataclasses."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # Without this, transformers sets up a single CPU process even under torchrun/accelerate launch; with it,
+        # CPU ranks join a gloo process group and train with DDP.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     script_args, training_args, model_args = build_parser().parse_args_and_config(args=argv)
     return script_args, training_args, model_args
 

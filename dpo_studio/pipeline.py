@@ -206,6 +206,20 @@ def selected_hyperparameters(training_args: DPOConfig, model_args: ModelArgument
     return params
 
 
+def shared_on_disk(dataset, path: Path, args: DPOConfig):
+    """Under DDP, give every rank the same on-disk copy of a dataset.
+
+    TRL caches precomputed reference log-probs next to the dataset's files, written by rank 0 and read by the others;
+    an in-memory dataset's cache lives in a per-process temp dir that the other ranks cannot see.
+    """
+    from datasets import load_from_disk
+
+    with args.main_process_first(desc=f"saving {path.name} split"):
+        if args.process_index == 0:
+            dataset.save_to_disk(str(path))
+    return load_from_disk(str(path))
+
+
 def build_trainer(
     arch: Architecture, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_ds, eval_ds,
     args: DPOConfig, lora_config,
@@ -309,9 +323,10 @@ def train_family(
             raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
     checkpoints = work / "checkpoints"
     last_checkpoint = get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None
-    if not script_args.resume:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # under DDP only rank 0 touches the output tree
+        if not script_args.resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
 
     set_seed(training_args.seed)
     model, tokenizer, arch, base_model_id, built_locally = prepare_base(
@@ -320,12 +335,15 @@ def train_family(
     prepare_tokenizer(tokenizer, arch)
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
+    args = dataclasses.replace(training_args, output_dir=str(checkpoints))
+    if args.world_size > 1:
+        train_ds = shared_on_disk(train_ds, work / "data" / "train", args)
+        eval_ds = shared_on_disk(eval_ds, work / "data" / "eval", args)
     lora_config = (
         arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
         if model_args.use_peft
         else None
     )
-    args = dataclasses.replace(training_args, output_dir=str(checkpoints))
     trainer = build_trainer(arch, model, tokenizer, train_ds, eval_ds, args, lora_config)
     truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
     if any(counts["rows"] for counts in truncation.values()):
@@ -344,6 +362,9 @@ def train_family(
             f"[{family}] {stopper.signal_name} received: checkpoint saved at step {stopper.stopped_at_step} in "
             f"{checkpoints}; nothing was published. Continue with the same command plus --resume"
         )
+    logger.info(
+        "[%s] rank %d/%d finished %d DPO steps", family, args.process_index, args.world_size, trainer.state.global_step
+    )
     eval_after = strip_eval_prefix(trainer.evaluate())
     # Pairs trained in this process (a resumed run counts only the steps it ran itself).
     start_step = int(last_checkpoint.rsplit("-", 1)[-1]) if last_checkpoint else 0
@@ -362,6 +383,7 @@ def train_family(
         "train_loss": train_output.training_loss,
         "truncation": truncation,
         "resumed_from_step": start_step or None,
+        "world_size": args.world_size,
         "eval_before": eval_before,
         "eval_after": eval_after,
         "hyperparameters": selected_hyperparameters(args, model_args, lora_config),

@@ -97,8 +97,6 @@ def prepare_base(
         if model_args.load_in_4bit or model_args.load_in_8bit:
             from trl import get_quantization_config
 
-            if not torch.cuda.is_available():
-                raise ConfigError("--load-in-4bit/--load-in-8bit (bitsandbytes QLoRA) needs a CUDA GPU; none is available")
             quant = get_quantization_config(model_args)
         model, tokenizer, arch = load_model_and_tokenizer(
             model_id, model_args.model_revision, script_args.trust_remote_code_models, quant
@@ -428,6 +426,8 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
     families = script_args.family_list()
     if model_args.model_name_or_path:
         families = [model_args.model_name_or_path]
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
+        raise ConfigError("--load-in-4bit/--load-in-8bit (bitsandbytes QLoRA) needs a CUDA GPU; none is available")
     if script_args.demo:  # option errors first: nothing is loaded before the whole command is known to be valid
         unknown = [family for family in families if family not in ("gpt2", "t5")]
         if unknown:

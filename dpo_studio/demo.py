@@ -128,6 +128,7 @@ def warm_start(
             output_dir=scratch, num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=16,
             lr_scheduler_type="cosine", warmup_steps=10, logging_steps=20, save_strategy="no", report_to=[],
             seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+            train_sampling_strategy="group_by_length",  # replies vary in length: batch similar ones, pad less
         )
         collator = DataCollatorForSeq2Seq(tokenizer, model=model if arch.is_encoder_decoder else None, padding=True)
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features), data_collator=collator)

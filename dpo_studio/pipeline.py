@@ -384,7 +384,8 @@ def train_family(
         "world_size": args.world_size,
         "eval_before": eval_before,
         "eval_after": eval_after,
-        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
+        # trainer.args: the settings as trained (speed.fast_trainer may enable bf16 on CPUs with native bf16)
+        "hyperparameters": selected_hyperparameters(trainer.args, model_args, lora_config),
         "prompt_format": dataclasses.asdict(arch.prompt_format),
         "versions": _versions(),
         "log_history": trainer.state.log_history,

@@ -1,0 +1,175 @@
+"""The comparison app under load: bursts of concurrent `/compare` requests through gradio_client on localhost.
+
+Bounded by construction: a fixed number of requests, every wait has a timeout, the server is closed in teardown.
+Throughput and latency are printed, never asserted (tests check behaviour, not wall-clock time).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import inspect
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
+
+from dpo_studio import ui
+from dpo_studio.app_config import ModelRegistry, discover_models_dir
+from tiny_models import FAMILIES, build_models_dir, plain_generate
+
+CAP = 12  # the app's server-side max_new_tokens cap here
+MAX_CHARS = 200
+NEW_TOKENS = 8  # what the burst asks for (below the cap)
+BURST = 50
+DEADLINE_S = 180.0  # the whole burst, submission to last answer; never reached in a healthy run
+OVERSIZED = "y" * (MAX_CHARS + 1)
+QUEUE_SIZE = inspect.signature(ui.build_app).parameters["max_queue_size"].default  # the app's default queue
+REFUSAL = f"{MAX_CHARS + 1} characters long; the limit is {MAX_CHARS}"
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """The app with its default queue (concurrency 1 for model work, max_size 32) on a free 127.0.0.1 port."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; on a busy 2-core box intra-op threads only add waiting
+    models_dir = tmp_path_factory.mktemp("models")
+    build_models_dir(models_dir)
+    demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)),
+                        votes_file=tmp_path_factory.mktemp("votes") / "votes.jsonl", max_new_tokens_cap=CAP,
+                        max_prompt_chars=MAX_CHARS, example_prompts=[], rng=random.Random(0))
+    for family in FAMILIES:  # load before the burst, so it measures serving rather than the first load
+        demo.studio.registry.get(family)
+    port = _free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    # One client shared by all threads, as gradio_client 2.7 supports (its event bookkeeping is under a lock);
+    # max_workers above the burst size so that the client's own pool does not serialise the requests.
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False, max_workers=2 * BURST, analytics_enabled=False)
+    try:
+        yield demo, client, models_dir
+    finally:
+        client.close()
+        demo.close()
+        torch.set_num_threads(previous)
+
+
+def _burst(client: Client, requests: list[tuple]) -> list[dict]:
+    """Send all requests at once (a barrier releases the threads together); outcome and latency of each."""
+    barrier = threading.Barrier(len(requests), timeout=60)
+    deadline = time.monotonic() + DEADLINE_S
+
+    def one(args: tuple) -> dict:
+        barrier.wait()
+        start = time.perf_counter()
+        try:
+            job = client.submit(*args, api_name="/compare")
+            value = job.result(timeout=max(1.0, deadline - time.monotonic()))
+            outcome = {"kind": "ok", "value": tuple(value)}
+        except QueueError as exc:
+            outcome = {"kind": "queue_full", "message": str(exc)}
+        except AppError as exc:
+            outcome = {"kind": "refused", "message": str(exc)}
+        except Exception as exc:  # anything else (a timeout, a dropped connection) is a failure of the app
+            outcome = {"kind": "error", "message": f"{type(exc).__name__}: {exc}"}
+        return {**outcome, "latency": time.perf_counter() - start}
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        start = time.perf_counter()
+        outcomes = list(pool.map(one, requests))
+        elapsed = time.perf_counter() - start
+    done = sorted(o["latency"] for o in outcomes if o["kind"] in ("ok", "refused"))
+    counts = {kind: sum(o["kind"] == kind for o in outcomes) for kind in ("ok", "refused", "queue_full", "error")}
+    p95 = done[min(len(done) - 1, round(0.95 * (len(done) - 1)))] if done else float("nan")
+    print(f"\n[load] {len(requests)} concurrent /compare: {counts}; {len(done) / elapsed:.1f} answered requests/s; "
+          f"latency p50 {statistics.median(done) if done else float('nan'):.2f} s, p95 {p95:.2f} s")
+    return outcomes
+
+
+def _request(i: int) -> tuple:
+    """Request i: families alternate; greedy for i % 4 in (0, 1) (checked against plain generate), else sampled."""
+    family = FAMILIES[i % 2]
+    temperature = 0.0 if i % 4 < 2 else 0.8
+    return f"Request {i}: how was your day?", family, NEW_TOKENS, temperature, 0.9, i
+
+
+def _check_answers(outcomes: list[dict], requests: list[tuple], studio: ui.Studio, models_dir: Path) -> None:
+    """Every answered request got its own outputs: greedy ones equal plain `generate`, sampled ones a replay."""
+    for outcome, (prompt, family, max_new, temperature, top_p, seed) in zip(outcomes, requests):
+        if outcome["kind"] != "ok" or prompt == OVERSIZED:
+            continue
+        base, dpo = outcome["value"]
+        assert base and dpo
+        if temperature == 0.0:
+            expected = (plain_generate(models_dir / family / "base", family, prompt, max_new),
+                        plain_generate(models_dir / family / "merged", family, prompt, max_new))
+        else:  # same seed, same settings, no concurrency: what the request should have got
+            expected = studio.compare(prompt, family, max_new, temperature, top_p, seed)[:2]
+        assert (base, dpo) == expected, f"request {prompt!r} got another request's or a differently seeded reply"
+
+
+def test_fifty_concurrent_compares_complete_or_get_a_queue_message(served):
+    demo, client, models_dir = served
+    requests = [_request(i) if i % 10 != 3 else (OVERSIZED, "gpt2", NEW_TOKENS, 0.0, 1.0, 0) for i in range(BURST)]
+    outcomes = _burst(client, requests)
+
+    for outcome, request in zip(outcomes, requests):
+        oversized = request[0] == OVERSIZED
+        assert outcome["kind"] != "error", outcome["message"]
+        if outcome["kind"] == "queue_full":  # more requests than the queue holds: told so, not crashed
+            assert "Queue is full" in outcome["message"]
+        elif oversized:
+            assert outcome["kind"] == "refused" and REFUSAL in outcome["message"]
+        else:
+            assert outcome["kind"] == "ok"
+    assert any(o["kind"] == "ok" for o in outcomes)
+    _check_answers(outcomes, requests, demo.studio, models_dir)
+
+    # The server survived the burst: a normal request afterwards is answered, and correctly.
+    prompt = "After the burst: still there?"
+    assert client.predict(prompt, "gpt2", NEW_TOKENS, 0.0, 1.0, 0, api_name="/compare") == (
+        plain_generate(models_dir / "gpt2" / "base", "gpt2", prompt, NEW_TOKENS),
+        plain_generate(models_dir / "gpt2" / "merged", "gpt2", prompt, NEW_TOKENS))
+
+
+def test_burst_within_queue_size_answers_all_refuses_oversized_and_caps_length(served):
+    """Fewer requests than the queue holds: none is turned away, so every outcome is deterministic."""
+    demo, client, models_dir = served
+    greedy_capped = [(f"Long one {f}", f, 100_000, 0.0, 1.0, 0) for f in FAMILIES]  # far above the cap
+    requests = ([_request(i) for i in range(16)] + [(OVERSIZED, f, NEW_TOKENS, 0.0, 1.0, 0) for f in FAMILIES * 2]
+                + greedy_capped)
+    assert len(requests) < QUEUE_SIZE
+    outcomes = _burst(client, requests)
+
+    for outcome, request in zip(outcomes, requests):
+        assert outcome["kind"] != "error", outcome["message"]
+        if request[0] == OVERSIZED:
+            assert outcome["kind"] == "refused" and REFUSAL in outcome["message"]
+        else:
+            assert outcome["kind"] == "ok", outcome.get("message")
+    _check_answers(outcomes, requests[:16], demo.studio, models_dir)
+
+    for outcome, (prompt, family, *_) in zip(outcomes[-len(greedy_capped):], greedy_capped):
+        for side, text in zip(("base", "merged"), outcome["value"]):
+            # Counted against the model's own greedy tokens, not by re-encoding the text: BPE re-encodes decoded
+            # text into a different split (14 tokens for these 12). EOS is suppressed in the tiny models, so
+            # "exactly CAP tokens" = plain generate at CAP, and different from a few tokens more.
+            assert text == plain_generate(models_dir / family / side, family, prompt, CAP)
+            assert text != plain_generate(models_dir / family / side, family, prompt, CAP + 4)

@@ -102,7 +102,7 @@ class ScriptArguments:
     eval_generations: int = field(
         default=32, metadata={"help": "Held-out prompts to generate from (base vs DPO) for the evidence report; 0 = off."}
     )
-    generation_max_new_tokens: int = field(default=48, metadata={"help": "Cap on generated tokens for the evidence."})
+    generation_max_new_tokens: int = field(default=128, metadata={"help": "Cap on generated tokens for the evidence."})
     # Publishing
     push: bool = field(default=False, metadata={"help": "Publish the outputs to the Hugging Face Hub after training."})
     push_only: str | None = field(

@@ -59,6 +59,18 @@ def run_cli(argv: list[str] | None = None) -> int:
             unknown = set(target.explicit or {}) - {family_dir_name(f) for f in script_args.family_list()}
             if unknown and not script_args.push_only:
                 raise ConfigError(f"--hub-repo-ids names families not in --models: {', '.join(sorted(unknown))}")
+        if script_args.evaluate:
+            from .evidence import card_table_markdown
+            from .pipeline import evaluate_existing
+
+            path, result = evaluate_existing(script_args, training_args)
+            print(card_table_markdown({"generation_before": result["generation_before"],
+                                       "generation_after": result["generation_after"],
+                                       "comparison": result["generation_comparison"]}))
+            for warning in result["generation_warnings"]:
+                print(f"warning: {warning}")
+            print(f"evaluation written to {path}")
+            return 0
         if script_args.push_only:
             pushed = push_outputs(Path(script_args.push_only), target)
         else:

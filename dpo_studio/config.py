@@ -103,6 +103,19 @@ class ScriptArguments:
         default=32, metadata={"help": "Held-out prompts to generate from (base vs DPO) for the evidence report; 0 = off."}
     )
     generation_max_new_tokens: int = field(default=128, metadata={"help": "Cap on generated tokens for the evidence."})
+    # Evaluation of existing models (no training)
+    evaluate: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not train: generate from --eval-base and the DPO model (--eval-adapter / --eval-merged) on "
+            "held-out prompts and write generation health + style-judge figures to --output-dir/evaluation.json."
+        },
+    )
+    eval_base: str | None = field(
+        default=None, metadata={"help": "--evaluate: base model dir or Hub id (default: the adapter's base)."}
+    )
+    eval_adapter: str | None = field(default=None, metadata={"help": "--evaluate: DPO LoRA adapter dir or Hub id."})
+    eval_merged: str | None = field(default=None, metadata={"help": "--evaluate: merged DPO model dir or Hub id."})
     # Publishing
     push: bool = field(default=False, metadata={"help": "Publish the outputs to the Hugging Face Hub after training."})
     push_only: str | None = field(

@@ -258,23 +258,18 @@ EVIDENCE_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 NUM_CARD_SAMPLES = 5
 
 
-def generation_evidence(
-    model, tokenizer: PreTrainedTokenizerBase, arch: Architecture, data: PreparedData, script_args: ScriptArguments,
-    seed: int,
-) -> dict[str, Any]:
-    """Generate from base and DPO (one set of weights, mixed adapters) on held-out prompts and measure both sides.
+def generation_evidence(pair, data: PreparedData, script_args: ScriptArguments, seed: int) -> dict[str, Any]:
+    """Generate from base and DPO (`generation.LoadedPair`) on held-out prompts and measure both sides.
 
     Returns the metrics.json keys `generation_before`, `generation_after`, `generation_comparison`,
-    `generation_warnings`, `samples` and `judge` (the style judge, trained on the training split's replies).
+    `generation_warnings`, `generation_settings`, `samples` and `judge` (the style judge, trained on the training
+    split's replies).
     """
     from .evidence import StyleJudge, evaluate_generations
-    from .generation import LoadedPair, generate_pair_results
+    from .generation import generate_pair_results
 
     judge = StyleJudge.fit([p.chosen for p in data.train], [p.rejected for p in data.train])
-    prompts = [list(pair.message_dicts()) for pair in data.eval[: script_args.eval_generations]]
-    model.eval()
-    pair = LoadedPair(model=model, tokenizer=tokenizer, prompt_format=arch.prompt_format,
-                      is_encoder_decoder=arch.is_encoder_decoder)
+    prompts = [list(pair_.message_dicts()) for pair_ in data.eval[: script_args.eval_generations]]
     results = generate_pair_results(
         pair, prompts, max_new_tokens=script_args.generation_max_new_tokens, seed=seed, batch_size=16,
         **EVIDENCE_SAMPLING,
@@ -301,6 +296,38 @@ def generation_evidence(
             "top_features": judge.top_features(8),
         },
     }
+
+
+def evaluate_existing(script_args: ScriptArguments, training_args: DPOConfig) -> tuple[Path, dict[str, Any]]:
+    """`--evaluate`: the post-training evidence for any base/DPO pair (local dirs or Hub ids), without training.
+
+    The judge is trained on the training split of --dataset and the prompts come from its held-out split (or
+    --eval-dataset). Writes `evaluation.json` into --output-dir (atomically) and returns its path and content.
+    """
+    from .generation import load_pair
+
+    if not (script_args.eval_adapter or script_args.eval_merged):
+        raise ConfigError("--evaluate needs the DPO model: --eval-adapter DIR_OR_ID and/or --eval-merged DIR_OR_ID")
+    if script_args.eval_generations < 1:
+        raise ConfigError("--evaluate needs --eval-generations >= 1")
+    data = prepare_data(script_args, training_args.seed)
+    try:
+        pair = load_pair(
+            script_args.eval_base, script_args.eval_adapter, script_args.eval_merged,
+            trust_remote_code=script_args.trust_remote_code_models,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--evaluate: cannot load the models: {exc}") from None
+    result = {
+        "base": pair.base_source, "dpo": pair.dpo_source, "shares_weights": pair.shares_weights,
+        "dataset": data.info, **generation_evidence(pair, data, script_args, training_args.seed),
+    }
+    out_dir = Path(training_args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "evaluation.json.tmp"
+    write_json(tmp, result)
+    os.replace(tmp, out_dir / "evaluation.json")
+    return out_dir / "evaluation.json", result
 
 
 def train_family(
@@ -392,7 +419,12 @@ def train_family(
     }
     if script_args.eval_generations > 0 and trainer.is_world_process_zero():
         logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
-        metrics.update(generation_evidence(trainer.model, tokenizer, arch, data, script_args, args.seed))
+        from .generation import LoadedPair
+
+        trainer.model.eval()  # PEFT's mixed-adapter generation needs eval mode
+        pair = LoadedPair(model=trainer.model, tokenizer=tokenizer, prompt_format=arch.prompt_format,
+                          is_encoder_decoder=arch.is_encoder_decoder)
+        metrics.update(generation_evidence(pair, data, script_args, args.seed))
         for warning in metrics["generation_warnings"]:
             logger.warning("[%s] %s", family, warning)
     if not trainer.is_world_process_zero():  # DDP: rank 0 alone writes outputs

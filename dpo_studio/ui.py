@@ -54,8 +54,9 @@ CSS = ".reply textarea {font-size: 0.95rem}"
 
 def md_text(text: str) -> str:
     """Model or user text made inert inside Markdown/HTML: HTML-escaped, Markdown syntax as entities."""
-    escaped = html.escape(text, quote=True)
-    return re.sub(r"[\\`*_{}\[\]()#+\-.!|~<>]", lambda m: f"&#{ord(m.group())};", escaped)
+    escaped = re.sub(r"[\\`*_{}\[\]()#+\-.!|~<>]", lambda m: f"&#{ord(m.group())};", html.escape(text, quote=False))
+    # Quotes as decimal entities, added last: Gradio's Markdown shows `&#x27;` literally inside <code>.
+    return escaped.replace('"', "&#34;").replace("'", "&#39;")
 
 
 def load_example_prompts() -> list[str]:

@@ -105,19 +105,11 @@ def prepare_base(
 
     from .demo import build_model, train_tokenizer, warm_start
 
-    if family not in ("gpt2", "t5"):
-        raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{family}'")
-    encoder_decoder = family == "t5"
+    encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
     base_dir = work / "base"
-    arch_cls = "T5ForConditionalGeneration" if encoder_decoder else "GPT2LMHeadModel"
     if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
-        from transformers import AutoTokenizer
-
-        import transformers
-
-        model = getattr(transformers, arch_cls).from_pretrained(base_dir)
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        return model, tokenizer, architecture_of(model.config), str(base_dir), True
+        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir))
+        return model, tokenizer, arch, str(base_dir), True
     texts = [text for pair in data.train for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
     tokenizer = train_tokenizer(texts, script_args.demo_vocab_size, encoder_decoder)
     model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
@@ -357,6 +349,8 @@ def train_family(
     model, tokenizer, arch, base_model_id, built_locally = prepare_base(
         family, data, script_args, model_args, work, training_args.seed
     )
+    if built_locally:  # the adapter's base is the copy in the finished folder (work/ is removed at the end)
+        base_model_id = str((final / "base").resolve())
     prepare_tokenizer(tokenizer, arch)
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)

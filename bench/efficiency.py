@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import common  # noqa: F401
-import torch
 from common import PRESETS, build_model, machine, make_pairs, matmul_peak_gflops, table, tokenizer_for
 
 from dpo_studio.config import PRODUCT_DEFAULTS

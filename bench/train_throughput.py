@@ -19,7 +19,6 @@ model over all training pairs, computed after timing by the same `evaluate` code
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 

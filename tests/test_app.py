@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +28,7 @@ from dpo_studio.app_config import (
 )
 from dpo_studio.generation import score_pair, token_log_ratios
 from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
-from tiny_models import BETA, FAMILIES, build_family, build_models_dir, load_plain, plain_generate
+from tiny_models import BETA, FAMILIES, build_family, build_models_dir, free_port, load_plain, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap in these tests
 MAX_CHARS = 200
@@ -47,11 +46,6 @@ def _single_thread():
     yield
     torch.set_num_threads(previous)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Table of malformed inputs: each gives one error line naming file/row/field, exit code 2, and writes nothing."""
 
 import json
-from pathlib import Path
 
 import pytest
 

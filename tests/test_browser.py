@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,17 +26,12 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright 
 
 from dpo_studio import ui  # noqa: E402
 from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
-from tiny_models import build_models_dir  # noqa: E402
+from tiny_models import build_models_dir, free_port  # noqa: E402
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "app.png"
 PROMPT = "How was your morning?"
 TIMEOUT_MS = 60_000  # generous: a busy 2-core CI box; the waits return as soon as the condition holds
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture()
@@ -48,7 +42,7 @@ def app_url(tmp_path: Path):
     votes_file = tmp_path / "votes" / "votes.jsonl"
     demo = ui.build_app(ModelRegistry(discover_models_dir(tmp_path / "models")), votes_file=votes_file,
                         max_new_tokens_cap=32)
-    port = _free_port()
+    port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", votes_file

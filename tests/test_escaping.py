@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from markdown_it import MarkdownIt
 from dpo_studio import ui
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.generation import GenerationResult
-from tiny_models import build_models_dir
+from tiny_models import build_models_dir, free_port
 
 PAYLOADS = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '"><b>bold</b>']
 ALL_IN_ONE = " ".join(PAYLOADS)
@@ -93,11 +92,6 @@ def echo_reply(real):
     return generate
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
@@ -109,7 +103,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
     demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
                         max_new_tokens_cap=CAP, example_prompts=[], rng=random.Random(0))
-    port = _free_port()
+    port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ui, "generate_pair_results", echo_reply(ui.generate_pair_results))
         ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

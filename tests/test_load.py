@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import inspect
 import statistics
 import threading
@@ -27,7 +26,7 @@ from gradio_client.utils import QueueError
 
 from dpo_studio import ui
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from tiny_models import FAMILIES, build_models_dir, plain_generate
+from tiny_models import FAMILIES, build_models_dir, free_port, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap here
 MAX_CHARS = 200
@@ -39,11 +38,6 @@ QUEUE_SIZE = inspect.signature(ui.build_app).parameters["max_queue_size"].defaul
 REFUSAL = f"{MAX_CHARS + 1} characters long; the limit is {MAX_CHARS}"
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
                         max_prompt_chars=MAX_CHARS, example_prompts=[], rng=random.Random(0))
     for family in FAMILIES:  # load before the burst, so it measures serving rather than the first load
         demo.studio.registry.get(family)
-    port = _free_port()
+    port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     # One client shared by all threads, as gradio_client 2.7 supports (its event bookkeeping is under a lock);
     # max_workers above the burst size so that the client's own pool does not serialise the requests.

@@ -9,6 +9,7 @@ differs from base), the merged model, `prompt_format.json` and `dpo_config.json`
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import torch
@@ -128,3 +129,10 @@ def plain_generate(model_dir: Path, family: str, user_text: str, max_new_tokens:
     if EOS in new:
         new = new[: new.index(EOS)]
     return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

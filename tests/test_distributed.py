@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tiny_models import free_port
 from toy_data import write_toy_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,7 +16,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     data = write_toy_pairs(tmp_path / "pairs.jsonl", 48)
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         "train_dpo.py", "--dataset", str(data), "--output-dir", str(out), "--demo", "--models", "gpt2",
         "--demo-hidden-size", "32", "--demo-layers", "1", "--demo-vocab-size", "300", "--demo-sft-epochs", "1",
         "--learning-rate", "3e-3", "--num-train-epochs", "2", "--per-device-train-batch-size", "4",

@@ -2,8 +2,21 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 # Tests never reach the Hub; the local_hub fixture lifts this for the tests that talk to the local server.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # make tests/hub_server.py importable as `hub_server`
 
 from hub_server import local_hub  # noqa: E402,F401  (pytest fixture: local Hub-compatible server)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the thread pool's waiting dominates
+    (seen: 50x slower forwards); modules opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
-import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
@@ -35,16 +34,12 @@ MAX_CHARS = 200
 PROMPT = "How was your morning?"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core box the pool's waiting dominates."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 

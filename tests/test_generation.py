@@ -36,6 +36,8 @@ from dpo_studio.generation import (
 )
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PAD, EOS, UNK = 0, 1, 2
 BETA = 0.2
 MAX_NEW = 10
@@ -49,14 +51,6 @@ CORPUS = [
 PROMPTS = ["Hi", "Tell me a joke about the chicken and the road, please!", "What is your favourite food?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box the thread pool's waiting
-    dominates (seen: 50x slower forwards), so run this module single-threaded and restore afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _train_tokenizer() -> Tokenizer:

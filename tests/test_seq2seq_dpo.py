@@ -29,6 +29,8 @@ from dpo_studio.seq2seq_dpo import (
     sequence_logps,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PAD, EOS = 0, 1
 WORDS = ["<pad>", "</s>", "<unk>"] + [f"{c}{i}" for c in "pab" for i in range(10)]
 TRL_METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -38,13 +40,6 @@ TRL_METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewa
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The models are tiny: intra-op threads only add OpenMP spin-waiting, which is very slow on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 

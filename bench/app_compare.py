@@ -50,10 +50,11 @@ def prepare(kind: str, shape: dict, root: Path) -> None:
         arch.prompt_format.save(root / sub)
     peft_model = get_peft_model(model, arch.lora_config(16, 32, 0.0))
     gen = torch.Generator().manual_seed(1)
+    scale = 0.02 if kind == "gpt2" else 0.3  # large enough that the DPO side's greedy reply differs from the base's
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
     peft_model.peft_config["default"].base_model_name_or_path = str(root / "base")
     peft_model.save_pretrained(root / "adapter")
     tokenizer.save_pretrained(root / "adapter")

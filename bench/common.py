@@ -121,6 +121,12 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not `getrusage().ru_maxrss`: Linux keeps that across `execve`, so a child
+    started by a big parent would report the parent's peak."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from dpo_studio.cpu_decode import enable_masked_adapter_batches, enable_small_batch_matmuls
 from dpo_studio.prompt_format import (
     DECODER_ONLY_FORMAT,
     ENCODER_DECODER_FORMAT,
@@ -212,11 +213,15 @@ def load_pair(
             base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision, token=token, is_trainable=False
         )
         peft_model.to(device).eval()
+        # A base row + a DPO row then cost about one row (CPU): see cpu_decode.
+        enable_small_batch_matmuls(peft_model)
+        enable_masked_adapter_batches(peft_model)
         base_model = None
     else:
         dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
-        base_model.to(device).eval()
-        dpo_model.to(device).eval()
+        for model in (base_model, dpo_model):
+            model.to(device).eval()
+            enable_small_batch_matmuls(model)
 
     tok_found = _first_source_with(sources, "tokenizer_config.json", token)
     tok_source, tok_revision = (tok_found[0], tok_found[1]) if tok_found else (base, base_revision)

@@ -67,24 +67,37 @@ def _small_batch_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
+_ROW_SCALES: dict[tuple, torch.Tensor] = {}  # (adapter_names, adapter, scaling, dtype, device) -> [rows, 1, 1]
+
+
+def _row_scale(names: tuple[str, ...], adapter: str, scaling: float, x: torch.Tensor) -> torch.Tensor:
+    """LoRA scaling for the adapter's rows, 0 for the others; cached because every layer of every step asks."""
+    key = (names, adapter, scaling, x.dtype, x.device)
+    scale = _ROW_SCALES.get(key)
+    if scale is None:
+        if len(_ROW_SCALES) > 64:
+            _ROW_SCALES.clear()
+        values = [scaling if name == adapter else 0.0 for name in names]
+        scale = _ROW_SCALES[key] = torch.tensor(values, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return scale
+
+
 def _masked_lora_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     names = kwargs.get("adapter_names")
     adapters = set(names or ()) - {BASE_ROWS}
     adapter = next(iter(adapters)) if len(adapters) == 1 else None
     if (
-        names is None or adapter is None or args or set(kwargs) != {"adapter_names"} or self.disable_adapters
+        names is None or adapter is None or args or len(kwargs) != 1 or x.dim() != 3 or self.disable_adapters
         or self.merged or adapter not in self.lora_A or adapter in getattr(self, "lora_variant", {})
         or self.use_dora.get(adapter, False) or len(names) != len(x) or torch.is_grad_enabled()
-        or not isinstance(self.lora_dropout[adapter], nn.Identity)
+        or not isinstance(self.lora_dropout[adapter], nn.Identity) or x.dtype != self.lora_A[adapter].weight.dtype
     ):
         return self._peft_forward(x, *args, **kwargs)
     result = self.base_layer(x)
     lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight  # [r, in], [out, r]
-    rows = torch.tensor([name == adapter for name in names], dtype=x.dtype, device=x.device)
-    masked = x * rows.view(-1, *([1] * (x.dim() - 1)))
-    down = masked.reshape(-1, x.shape[-1]).to(lora_a.dtype) @ lora_a.t()
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), down, lora_b.t().to(down.dtype),
-                      alpha=self.scaling[adapter])
+    # [batch, seq, r]: base rows scaled by 0, so their output below is the base output + exactly 0
+    down = torch.matmul(x, lora_a.t()).mul_(_row_scale(tuple(names), adapter, self.scaling[adapter], x))
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), lora_b.t())
     return out.view(result.shape)
 
 

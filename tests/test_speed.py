@@ -138,8 +138,11 @@ def test_buckets_cover_every_row_once_with_their_longest_length():
 
 
 @pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
-def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5):
+def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5, monkeypatch):
     stock, fast = build(tmp_path / "s", t5, fast=False), build(tmp_path / "f", t5, fast=True)
+    bucket_calls = []
+    run_buckets = speed._run_buckets
+    monkeypatch.setattr(speed, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
     for trainer in (stock, fast):
         perturb_lora(trainer.model)
     examples = [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in stock.train_dataset]
@@ -154,6 +157,8 @@ def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5):
         out.log_probs.sum().backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         outs.append((out.log_probs.detach(), out.is_top1, grads))
+    # The fast trainer's call (through PEFT's forward, as in training) took the bucketed path, the stock one did not.
+    assert len(bucket_calls) == 1 and len(bucket_calls[0]) == batch["input_ids"].shape[0]
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     assert torch.equal(outs[0][1], outs[1][1])
     assert outs[0][2].keys() == outs[1][2].keys() and outs[0][2]
@@ -165,18 +170,37 @@ def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5):
 
 
 @pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
-def test_trained_run_reaches_the_same_eval_metrics(tmp_path, t5):
+def test_trained_run_follows_stock_trl_exactly(tmp_path, t5):
+    """Default settings: the same batches as stock TRL, so the trained model ends at the same loss (float noise)."""
     results = []
     for fast in (False, True):
         trainer = build(tmp_path / str(fast), t5, fast=fast)
+        assert type(trainer._get_train_sampler()).__name__ == "RandomSampler"
+        before = trainer.evaluate()
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        results.append((before, trainer.evaluate(), losses))
+    (stock_before, stock_after, stock_curve), (fast_before, fast_after, fast_curve) = results
+    assert fast_before["eval_loss"] == pytest.approx(stock_before["eval_loss"], abs=1e-5)
+    assert stock_after["eval_loss"] < stock_before["eval_loss"] - 0.02  # training moved the loss
+    assert fast_curve == pytest.approx(stock_curve, abs=1e-4)
+    assert fast_after["eval_loss"] == pytest.approx(stock_after["eval_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_group_by_length_is_opt_in_and_reaches_similar_metrics(tmp_path, t5):
+    results = []
+    for fast in (False, True):
+        # Stock TRL cannot group preference pairs by length (transformers finds no `input_ids`): compare to random.
+        overrides = {"train_sampling_strategy": "group_by_length"} if fast else {}
+        trainer = build(tmp_path / str(fast), t5, fast=fast, **overrides)
         if fast:
             assert isinstance(trainer._get_train_sampler(), speed.LengthGroupedPairSampler)
         before = trainer.evaluate()
         trainer.train()
         results.append((before, trainer.evaluate()))
     (stock_before, stock_after), (fast_before, fast_after) = results
-    assert fast_before["eval_loss"] == pytest.approx(stock_before["eval_loss"], abs=1e-5)
-    # Different batch composition (grouped by length) changes the optimisation path a little, not the outcome.
+    # Different batch composition changes the optimisation path a little, not the outcome.
     assert stock_after["eval_loss"] < stock_before["eval_loss"] - 0.02
     assert fast_after["eval_loss"] == pytest.approx(stock_after["eval_loss"], rel=0.1, abs=0.02)
     assert fast_after["eval_rewards/accuracies"] == pytest.approx(stock_after["eval_rewards/accuracies"], abs=0.2)
@@ -214,3 +238,13 @@ def test_bf16_only_with_native_cpu_support(tmp_path, monkeypatch):
     assert speed.resolve_precision(args).bf16 is True
     monkeypatch.setenv("DPO_STUDIO_CPU_BF16", "0")
     assert speed.resolve_precision(args).bf16 is False
+
+
+def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import platform
+
+    monkeypatch.setenv("DPO_STUDIO_MALLOC_TUNING", "0")
+    assert speed.keep_freed_memory_for_reuse() is False
+    monkeypatch.delenv("DPO_STUDIO_MALLOC_TUNING")
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert speed.keep_freed_memory_for_reuse() is expected

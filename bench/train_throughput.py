@@ -13,13 +13,18 @@ hyper-parameters (lr, batch, epochs, beta, seed) in every variant; only the spee
 * product: `dpo_studio.pipeline.build_trainer` with `config.PRODUCT_DEFAULTS` (what `train_dpo.py` runs). It keeps
   stock TRL's random batches, so its loss curve should equal the stock one (equal work), only faster.
 
-Time = trainer construction (tokenization, one-off reference pass) + training. Final loss = DPO loss of the trained
+Each variant runs in its own fresh process (the product's process-wide settings, such as glibc malloc reuse and
+threads, must not leak into a baseline). Time = trainer construction (tokenization, one-off reference pass) +
+training. Final loss = DPO loss of the trained
 model over all training pairs, computed after timing by the same `evaluate` code for every variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -101,11 +106,29 @@ def main() -> None:
     parser.add_argument("--stock-bf16", action="store_true", help="also run stock TRL with its literal bf16 default")
     parser.add_argument("--bf16-check", action="store_true",
                         help="product fp32 vs bf16 loss curves (only on CPUs with native bf16)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # "name|kind|trainer_kind|bf16": run one variant, print JSON
     opts = parser.parse_args()
-    configure_threads()
     preset = PRESETS[opts.preset]
     n = opts.pairs or preset.pairs
     pairs = make_pairs(n, preset.length_scale, seed=0)
+    if opts.child:
+        configure_threads()
+        name, kind, trainer_kind, bf16 = opts.child.split("|")
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_variant(name, kind, preset, pairs, make_tokenizer(kind, pairs), opts.epochs, tmp, trainer_kind,
+                              bf16 == "1")
+        print("RESULT " + json.dumps(row))
+        return
+
+    def run_isolated(name: str, kind: str, trainer_kind: str, bf16: bool = False) -> dict:
+        command = [sys.executable, __file__, "--preset", opts.preset, "--pairs", str(n), "--epochs", str(opts.epochs),
+                   "--child", f"{name}|{kind}|{trainer_kind}|{int(bf16)}"]
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"variant {name!r} failed:\n{out.stderr[-3000:]}")
+        return json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+
+    configure_threads()
     print(f"# train_throughput — preset {preset.name}: {n} pairs x {opts.epochs} epochs; {machine()}")
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +142,7 @@ def main() -> None:
             variants = [(baseline_name, baseline_kind, False), (f"{kind}: product", "product", False)]
             if kind == "gpt2" and opts.stock_bf16:
                 variants.insert(1, (f"{kind}: stock TRL DPOTrainer (TRL default bf16)", "stock", True))
-            results = [run_variant(name, kind, preset, pairs, tokenizer, opts.epochs, tmp, tk, bf16)
-                       for name, tk, bf16 in variants]
+            results = [run_isolated(name, kind, tk, bf16) for name, tk, bf16 in variants]
             for r in results:
                 rows.append([r["name"], round(r["seconds"], 1), round(r["pairs_per_s"], 3), round(r["train_loss"], 4),
                              round(r["last_epoch_loss"], 4), round(r["final_loss"], 4), r["settings"]])
@@ -133,9 +155,8 @@ def main() -> None:
                 print("# bf16 check: not supported on this CPU (no avx512_bf16/amx_bf16); the product stays fp32 here")
             else:
                 for kind in opts.families.split(","):
-                    tokenizer = make_tokenizer(kind, pairs)
-                    fp32 = run_variant(f"{kind}: product fp32", kind, preset, pairs, tokenizer, opts.epochs, tmp, "product")
-                    bf16 = run_variant(f"{kind}: product bf16", kind, preset, pairs, tokenizer, opts.epochs, tmp, "product", True)
+                    fp32 = run_isolated(f"{kind}: product fp32", kind, "product")
+                    bf16 = run_isolated(f"{kind}: product bf16", kind, "product", True)
                     rel = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
                     print(f"# bf16 check {kind}: final loss fp32 {fp32['final_loss']:.4f} bf16 {bf16['final_loss']:.4f} "
                           f"(rel diff {rel:.2%}); pairs/s fp32 {fp32['pairs_per_s']:.3f} bf16 {bf16['pairs_per_s']:.3f}")

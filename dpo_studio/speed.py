@@ -15,6 +15,8 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
   included; `add_compact_causal_head` scores only the completion tokens (TRL's own chunked log-prob kernel, fed the
   compact selection TRL uses on CUDA).
 * **Threads.** `configure_threads` uses one thread per physical core unless the user set `OMP_NUM_THREADS`.
+* **Fused GELU.** GPT-2's `gelu_new` is a chain of elementwise ops in transformers; `use_fused_gelu` swaps in the
+  one-kernel `GELUTanh` (same formula).
 * **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
   page-faulted each elementwise op's output (PyTorch has no caching allocator on CPU).
 * **bf16.** `resolve_precision` turns bf16 on for CPU training only where the CPU has native bf16 (AVX512-BF16 or
@@ -56,6 +58,7 @@ __all__ = [
     "pair_lengths",
     "physical_cores",
     "resolve_precision",
+    "use_fused_gelu",
 ]
 
 # An extra bucket costs a forward/backward's fixed overhead (kernel launches, Python); splitting is worth it only
@@ -437,12 +440,30 @@ def add_bucketed_seq2seq_forward(model: torch.nn.Module) -> None:
     model._dpo_studio_bucketed = True
 
 
+# ------------------------------------------------------------------------------------------------------ activation
+def use_fused_gelu(model: torch.nn.Module) -> int:
+    """Swap GPT-2's `gelu_new` (`NewGELUActivation`, 7 elementwise ops forward and more backward) for transformers'
+    `GELUTanh` (`F.gelu(approximate="tanh")`, one fused kernel each way): the same formula, equal up to float
+    rounding. In place; the config still says `gelu_new`, so saved models are unchanged. Returns how many were swapped.
+    On a GPT-2-small LoRA step on CPU the composite's elementwise ops took ~20% of the time."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 # ------------------------------------------------------------------------------------------------------- assembly
 def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: Any):
     """Build `trainer_class(model=model, args=args, **kwargs)` with every speed feature of this module applied.
 
-    Threads, bf16 where native, a larger batch for the one-off reference pass, length-grouped batches, in-batch
-    buckets and (causal LMs) the compact LM head. The loss of each pair is unchanged.
+    Threads, malloc reuse, bf16 where native, a larger batch for the one-off reference pass, the fused GELU, in-batch
+    buckets, (causal LMs) the compact LM head and, when asked for, length-grouped batches. The loss of each pair is
+    unchanged up to float rounding.
     """
     configure_threads()
     if not torch.cuda.is_available():
@@ -452,6 +473,7 @@ def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: An
         # No gradients in the reference pass: bigger batches give the buckets more rows of similar length.
         args = dataclasses.replace(args, precompute_ref_batch_size=max(32, args.per_device_train_batch_size))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    use_fused_gelu(base)
     if base.config.is_encoder_decoder:
         add_bucketed_seq2seq_forward(base)
     trainer = _length_grouped_class(trainer_class)(model=model, args=args, **kwargs)

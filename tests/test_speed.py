@@ -248,3 +248,21 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
     monkeypatch.delenv("DPO_STUDIO_MALLOC_TUNING")
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert speed.keep_freed_memory_for_reuse() is expected
+
+
+def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
+    torch.manual_seed(0)
+    stock = GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    fused = GPT2LMHeadModel(stock.config)
+    fused.load_state_dict(stock.state_dict())
+    assert speed.use_fused_gelu(fused) == 2 and speed.use_fused_gelu(fused) == 0
+    assert fused.config.activation_function == "gelu_new"  # saved models are unchanged
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    outs = []
+    for model in (stock, fused):
+        model.eval()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        outs.append((loss.detach(), model.transformer.h[0].mlp.c_fc.weight.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)

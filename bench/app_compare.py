@@ -4,7 +4,8 @@
 
 * product: `dpo_studio.generation.load_pair(base, adapter)` — the base weights once plus the LoRA adapter; one
   `generate` call holds the base row (adapter off) and the DPO row (adapter on) via PEFT's mixed `adapter_names`.
-* two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
+* two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn (each
+  decodes one row per step, which takes MKL's stock GEMV path; the small-batch matmuls only apply to 2+ rows).
 
 Each variant runs in its own fresh process (so peak memory is its own), alternating product / two-models for
 `--rounds` rounds; latency is the median of the requests after one warm-up request. Peak memory is the process's

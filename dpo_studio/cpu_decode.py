@@ -2,10 +2,11 @@
 
 Why this exists (nothing in torch/transformers/PEFT does it): a decode step multiplies a few rows of activations
 by every weight matrix, so it is bound by reading the weights from memory. With one row, MKL runs a GEMV that
-streams each weight once. With 2-8 rows, `x @ W^T` takes MKL's GEMM path, which packs the weights on every call;
-on the 2-core AMD EPYC CI machine the 48 block matmuls of GPT-2-small take 35 ms for 1 row and 70 ms for 2 rows,
-so serving base and DPO in one batch saved nothing over two models in turn. Computing the transposed product `(W @ x^T)^T` instead lets
-the GEMM stream the weights once for all rows (33 ms for 2 rows, 69 ms for 32; `bench/app_compare.py` measures the effect side by side).
+streams each weight once. With a few rows, `x @ W^T` takes MKL's GEMM path, which packs the weights on every call:
+on the 2-core AMD EPYC CI machine the 48 block matmuls of GPT-2-small take 35 ms for 1 row and 70 ms for 2 rows, so
+serving base and DPO in one batch saved nothing over two models in turn. Computing the transposed product
+`(W @ x^T)^T` lets the GEMM stream the weights once for all rows (33 ms for 2 rows, 69 ms for 32);
+`bench/app_compare.py` measures the effect side by side.
 
 `enable_small_batch_matmuls(model)` switches every `nn.Linear` and GPT-2 `Conv1D` of a serving model to that
 formulation for inputs of 2..`MAX_ROWS` rows; other inputs (1 row, prompt prefill, training) take the stock path.
@@ -20,9 +21,9 @@ Results equal the stock path's up to float summation order.
 `adapter_names` path splits every LoRA layer's input by adapter, runs each sub-batch and scatters the results back;
 with one adapter plus `"__base__"` rows (the app's case) that bookkeeping cost GPT-2-small ~10 ms per generated
 token on the CI machine, more than the LoRA maths. The switched layers instead run the LoRA product on all rows
-with the `"__base__"` rows zeroed, accumulated into the base output by one `addmm`: base rows get exactly the base
-output, adapter rows the same sum as PEFT's up to float order. Anything else (several adapters, DoRA or other
-variants, dropout in training, autograd) goes to PEFT's own forward.
+with the `"__base__"` rows scaled by zero, accumulated into the base output by one `addmm`: base rows get the base
+output plus an exact zero, adapter rows the same sum as PEFT's up to float order. Anything else (several adapters,
+DoRA or other variants, dropout in training, autograd) goes to PEFT's own forward.
 """
 
 from __future__ import annotations

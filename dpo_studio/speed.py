@@ -201,7 +201,8 @@ class LengthGroupedPairSampler(Sampler[int]):
 
 class _LengthGroupedTrainerMixin:
     """Trainer mixin: with `train_sampling_strategy="group_by_length"`, length-grouped batches of preference pairs
-    (transformers' own grouping needs a `length` column TRL's datasets lack); the compact head for the reference pass."""
+    (transformers' own grouping needs a `length` column TRL's datasets lack); the compact head for the reference
+    pass."""
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset

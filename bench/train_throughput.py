@@ -131,35 +131,34 @@ def main() -> None:
     configure_threads()
     print(f"# train_throughput — preset {preset.name}: {n} pairs x {opts.epochs} epochs; {machine()}")
     rows, ratios = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for kind in opts.families.split(","):
-            tokenizer = make_tokenizer(kind, pairs)
-            enc = [len(tokenizer(p.messages[-1][1] + p.chosen)["input_ids"]) for p in pairs]
-            shape = getattr(preset, kind)
-            print(f"# {kind}: {shape}, prompt+chosen tokens mean {sum(enc) / len(enc):.0f} (min {min(enc)}, max {max(enc)})")
-            baseline_kind = "stock" if kind == "gpt2" else "naive"
-            baseline_name = f"{kind}: stock TRL DPOTrainer (fp32)" if kind == "gpt2" else f"{kind}: naive seq2seq DPO"
-            variants = [(baseline_name, baseline_kind, False), (f"{kind}: product", "product", False)]
-            if kind == "gpt2" and opts.stock_bf16:
-                variants.insert(1, (f"{kind}: stock TRL DPOTrainer (TRL default bf16)", "stock", True))
-            results = [run_isolated(name, kind, tk, bf16) for name, tk, bf16 in variants]
-            for r in results:
-                rows.append([r["name"], round(r["seconds"], 1), round(r["pairs_per_s"], 3), round(r["train_loss"], 4),
-                             round(r["last_epoch_loss"], 4), round(r["final_loss"], 4), r["settings"]])
-            base, product = results[0], results[-1]
-            ratios.append((kind, base, product))
-            if kind == "gpt2" and opts.stock_bf16:
-                ratios.append((kind, results[1], product))
-        if opts.bf16_check:
-            if not cpu_supports_bf16():
-                print("# bf16 check: not supported on this CPU (no avx512_bf16/amx_bf16); the product stays fp32 here")
-            else:
-                for kind in opts.families.split(","):
-                    fp32 = run_isolated(f"{kind}: product fp32", kind, "product")
-                    bf16 = run_isolated(f"{kind}: product bf16", kind, "product", True)
-                    rel = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
-                    print(f"# bf16 check {kind}: final loss fp32 {fp32['final_loss']:.4f} bf16 {bf16['final_loss']:.4f} "
-                          f"(rel diff {rel:.2%}); pairs/s fp32 {fp32['pairs_per_s']:.3f} bf16 {bf16['pairs_per_s']:.3f}")
+    for kind in opts.families.split(","):
+        tokenizer = make_tokenizer(kind, pairs)
+        enc = [len(tokenizer(p.messages[-1][1] + p.chosen)["input_ids"]) for p in pairs]
+        shape = getattr(preset, kind)
+        print(f"# {kind}: {shape}, prompt+chosen tokens mean {sum(enc) / len(enc):.0f} (min {min(enc)}, max {max(enc)})")
+        baseline_kind = "stock" if kind == "gpt2" else "naive"
+        baseline_name = f"{kind}: stock TRL DPOTrainer (fp32)" if kind == "gpt2" else f"{kind}: naive seq2seq DPO"
+        variants = [(baseline_name, baseline_kind, False), (f"{kind}: product", "product", False)]
+        if kind == "gpt2" and opts.stock_bf16:
+            variants.insert(1, (f"{kind}: stock TRL DPOTrainer (TRL default bf16)", "stock", True))
+        results = [run_isolated(name, kind, tk, bf16) for name, tk, bf16 in variants]
+        for r in results:
+            rows.append([r["name"], round(r["seconds"], 1), round(r["pairs_per_s"], 3), round(r["train_loss"], 4),
+                         round(r["last_epoch_loss"], 4), round(r["final_loss"], 4), r["settings"]])
+        base, product = results[0], results[-1]
+        ratios.append((kind, base, product))
+        if kind == "gpt2" and opts.stock_bf16:
+            ratios.append((kind, results[1], product))
+    if opts.bf16_check:
+        if not cpu_supports_bf16():
+            print("# bf16 check: not supported on this CPU (no avx512_bf16/amx_bf16); the product stays fp32 here")
+        else:
+            for kind in opts.families.split(","):
+                fp32 = run_isolated(f"{kind}: product fp32", kind, "product")
+                bf16 = run_isolated(f"{kind}: product bf16", kind, "product", True)
+                rel = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
+                print(f"# bf16 check {kind}: final loss fp32 {fp32['final_loss']:.4f} bf16 {bf16['final_loss']:.4f} "
+                      f"(rel diff {rel:.2%}); pairs/s fp32 {fp32['pairs_per_s']:.3f} bf16 {bf16['pairs_per_s']:.3f}")
     print(table(["variant", "time s", "pairs/s", "train loss (mean)", "last-epoch loss", "final loss", "settings"], rows))
     for kind, base, product in ratios:
         diff = (product["final_loss"] - base["final_loss"]) / base["final_loss"]

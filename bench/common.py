@@ -149,7 +149,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def machine() -> str:
-    from dpo_studio.speed import cpu_supports_bf16, physical_cores
+    from dpo_studio.precision import cpu_has_native_bf16
+    from dpo_studio.speed import physical_cores
 
     model = "cpu"
     try:
@@ -160,7 +161,7 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{model}, {physical_cores()} physical cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"native bf16: {'yes' if cpu_supports_bf16() else 'no'}")
+            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
 
 
 def collect() -> None:

@@ -37,7 +37,8 @@ from dpo_studio.data import to_dataset
 from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.pipeline import build_trainer
 from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
-from dpo_studio.speed import configure_threads, cpu_supports_bf16
+from dpo_studio.precision import cpu_has_native_bf16
+from dpo_studio.speed import configure_threads
 from trl import DPOConfig, DPOTrainer
 
 # Hyper-parameters shared by all variants. lr is above the product's 5e-5 so that a handful of steps move the loss
@@ -150,7 +151,7 @@ def main() -> None:
         if kind == "gpt2" and opts.stock_bf16:
             ratios.append((kind, results[1], product))
     if opts.bf16_check:
-        if not cpu_supports_bf16():
+        if not cpu_has_native_bf16():
             print("# bf16 check: not supported on this CPU (no avx512_bf16/amx_bf16); the product stays fp32 here")
         else:
             for kind in opts.families.split(","):

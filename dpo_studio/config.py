@@ -4,7 +4,8 @@ Three dataclasses are parsed together by TRL's `TrlParser` (YAML via `--config F
 both `--output_dir` and `--output-dir` spellings work):
 
 - `ScriptArguments` (ours): which model families, which data, publishing, demo and run-control options;
-- `trl.DPOConfig` (TRL's, reused as is): DPO and Trainer hyper-parameters (beta, loss_type, learning_rate, ...);
+- `DPOTrainingArguments` (TRL's `DPOConfig` whose unset `--bf16` means "auto", see `precision.py`): DPO and Trainer
+  hyper-parameters (beta, loss_type, learning_rate, ...);
 - `ModelArguments` (TRL's `ModelConfig` with LoRA switched on by default): LoRA rank/alpha/dropout/targets, 4-bit.
 """
 
@@ -16,22 +17,48 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig, ModelConfig, TrlParser
 
+from .precision import PrecisionError, choose_precision
+
 DEFAULT_DATASET = "HumanLLMs/Human-Like-DPO-Dataset"
 
 
 class ConfigError(ValueError):
     """A bad option or model reference; reported as one line with exit code 2."""
 
+
+@dataclass
+class DPOTrainingArguments(DPOConfig):
+    """TRL's DPOConfig, with the product's precision rule applied before TRL and transformers validate it."""
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Unset (auto): on with a bf16-capable GPU or a CPU with native bf16 "
+            "(AVX512-BF16/AMX), fp32 elsewhere. true/false force it on any machine (bf16 on other CPUs is emulated: "
+            "slow, but it works)."
+        },
+    )
+
+    def __post_init__(self):
+        # TRL would turn an unset bf16 into True, and transformers refuses bf16 on a CPU unless use_cpu is set.
+        try:
+            self.precision = choose_precision(self.bf16, bool(self.fp16))
+        except PrecisionError as exc:
+            raise ConfigError(str(exc)) from None
+        self.bf16 = self.precision.bf16
+        if self.precision.device == "cpu":
+            self.use_cpu = True
+        super().__post_init__()
+
 # Our defaults where TRL's are tuned for full fine-tuning of large models on GPUs: LoRA wants a much larger learning
-# rate than TRL's 1e-6; CPU runs are faster without gradient checkpointing and in fp32 (bf16 autocast on CPUs without
-# native bf16 is slower); reference log-probs are computed once and reused every epoch.
+# rate than TRL's 1e-6; CPU runs are faster without gradient checkpointing; reference log-probs are computed once and
+# reused every epoch. Precision is chosen by `precision.choose_precision` (bf16 left unset = auto).
 PRODUCT_DEFAULTS: dict[str, object] = {
     "learning_rate": 5e-5,
     "num_train_epochs": 1.0,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 16,
     "max_length": 512,
-    "bf16": False,
     "gradient_checkpointing": False,
     "logging_steps": 5,
     "save_strategy": "steps",
@@ -153,12 +180,12 @@ class ModelArguments(ModelConfig):
 
 
 def build_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, DPOConfig, ModelArguments))
+    parser = TrlParser((ScriptArguments, DPOTrainingArguments, ModelArguments))
     parser.set_defaults_with_config(**PRODUCT_DEFAULTS)
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[ScriptArguments, DPOConfig, ModelArguments]:
+def parse_config(argv: list[str] | None = None) -> tuple[ScriptArguments, DPOTrainingArguments, ModelArguments]:
     """Parse `--config FILE` and CLI flags into the three dataclasses."""
     import torch
 

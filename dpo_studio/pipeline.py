@@ -26,6 +26,7 @@ from . import __version__
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
 from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
 from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
+from .precision import Precision, precision_of
 from .prompt_format import PromptFormat
 from .signals import StopOnSignal, TrainingInterrupted
 from .report import strip_eval_prefix, write_json, write_plots, write_report_html
@@ -328,6 +329,7 @@ def train_family(
     script_args: ScriptArguments,
     training_args: DPOConfig,
     model_args: ModelArguments,
+    precision: Precision | None = None,
 ) -> FamilyResult:
     out_root = Path(training_args.output_dir)
     name = family_dir_name(family)
@@ -403,9 +405,10 @@ def train_family(
         "truncation": truncation,
         "resumed_from_step": start_step or None,
         "world_size": args.world_size,
+        "precision": (precision or precision_of(trainer.args)).as_dict(),
         "eval_before": eval_before,
         "eval_after": eval_after,
-        # trainer.args: the settings as trained (speed.fast_trainer may enable bf16 on CPUs with native bf16)
+        # trainer.args: the settings as trained
         "hyperparameters": selected_hyperparameters(trainer.args, model_args, lora_config),
         "prompt_format": dataclasses.asdict(arch.prompt_format),
         "versions": _versions(),
@@ -459,5 +462,7 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
         unknown = [family for family in families if family not in ("gpt2", "t5")]
         if unknown:
             raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{unknown[0]}'")
+    precision = precision_of(training_args)
+    logger.info("precision: %s", precision.describe())
     data = prepare_data(script_args, training_args.seed)
-    return [train_family(family, data, script_args, training_args, model_args) for family in families]
+    return [train_family(family, data, script_args, training_args, model_args, precision) for family in families]

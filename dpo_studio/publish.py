@@ -214,6 +214,9 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
     ctx: dict[str, Any] = {
         "family": metrics["family"], "demo": ids.base_is_ours, "on_hub": ids.on_hub, "seq2seq": seq2seq,
         "has_adapter": (family_dir / "adapter").is_dir(),  # absent after full DPO (--use-peft false)
+        "full_dpo": not (family_dir / "adapter").is_dir(),
+        "precision": (metrics.get("precision") or {}).get("description"),
+        "quantization": metrics.get("quantization"),
         "arch_label": "encoder-decoder (seq2seq) language model" if seq2seq else "decoder-only (causal) language model",
         "auto_class": "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
         "trainer": "dpo_studio's Seq2SeqDPOTrainer on TRL's DPOTrainer" if seq2seq else "DPOTrainer",

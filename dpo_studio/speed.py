@@ -19,11 +19,9 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
   one-kernel `GELUTanh` (same formula).
 * **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
   page-faulted each elementwise op's output (PyTorch has no caching allocator on CPU).
-* **bf16.** `resolve_precision` turns bf16 on for CPU training only where the CPU has native bf16 (AVX512-BF16 or
-  AMX); elsewhere bf16 is emulated and slower than fp32. `bench/train_throughput.py --bf16-check` compares the loss
-  curve against fp32 on such CPUs.
+* **Precision** is chosen in `precision.py` (bf16 auto where the hardware has it) before the trainer is built.
 
-Reference log-probs once per pair (`precompute_ref_log_probs=True`), no gradient checkpointing and fp32 are product
+Reference log-probs once per pair (`precompute_ref_log_probs=True`) and no gradient checkpointing are product
 defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and rejected in `seq2seq_dpo`.
 """
 
@@ -52,12 +50,10 @@ __all__ = [
     "bucketed_rows",
     "configure_threads",
     "keep_freed_memory_for_reuse",
-    "cpu_supports_bf16",
     "fast_trainer",
     "length_grouped_indices",
     "pair_lengths",
     "physical_cores",
-    "resolve_precision",
     "use_fused_gelu",
 ]
 
@@ -121,29 +117,6 @@ def keep_freed_memory_for_reuse() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); without them bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(args):
-    """bf16 on for CPU training where the CPU has native bf16 (set DPO_STUDIO_CPU_BF16=0 to keep fp32).
-
-    Only touches runs that would otherwise be fp32 on CPU; GPU runs and explicit fp16/bf16 are left alone.
-    """
-    if args.bf16 or args.fp16 or torch.cuda.is_available():
-        return args
-    if os.environ.get("DPO_STUDIO_CPU_BF16", "1") == "0" or not cpu_supports_bf16():
-        return args
-    logger.info("CPU has native bf16: training with bf16 autocast (DPO_STUDIO_CPU_BF16=0 keeps fp32)")
-    return dataclasses.replace(args, bf16=True)
 
 
 # ------------------------------------------------------------------------------------------------ length grouping
@@ -462,14 +435,13 @@ def use_fused_gelu(model: torch.nn.Module) -> int:
 def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: Any):
     """Build `trainer_class(model=model, args=args, **kwargs)` with every speed feature of this module applied.
 
-    Threads, malloc reuse, bf16 where native, a larger batch for the one-off reference pass, the fused GELU, in-batch
+    Threads, malloc reuse, a larger batch for the one-off reference pass, the fused GELU, in-batch
     buckets, (causal LMs) the compact LM head and, when asked for, length-grouped batches. The loss of each pair is
     unchanged up to float rounding.
     """
     configure_threads()
     if not torch.cuda.is_available():
         keep_freed_memory_for_reuse()
-    args = resolve_precision(args)
     if args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
         # No gradients in the reference pass: bigger batches give the buckets more rows of similar length.
         args = dataclasses.replace(args, precompute_ref_batch_size=max(32, args.per_device_train_batch_size))

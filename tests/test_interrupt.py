@@ -17,7 +17,7 @@ ARGS = [
     "--demo", "--models", "gpt2", "--demo-hidden-size", "32", "--demo-layers", "1", "--demo-vocab-size", "300",
     "--demo-sft-epochs", "1", "--learning-rate", "3e-3", "--num-train-epochs", "20", "--per-device-train-batch-size",
     "4", "--logging-steps", "5", "--eval-fraction", "0.25", "--lora-r", "4", "--seed", "0", "--eval-generations", "0",
-    "--save-steps", "1000",
+    "--save-steps", "1000", "--bf16", "false",  # exact resume parity: one precision on every host
 ]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 

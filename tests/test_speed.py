@@ -229,17 +229,6 @@ def test_threads_follow_omp_num_threads_when_set(monkeypatch):
         torch.set_num_threads(previous)
 
 
-def test_bf16_only_with_native_cpu_support(tmp_path, monkeypatch):
-    args = dpo_args(tmp_path)
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)
-    assert speed.resolve_precision(args).bf16 is False
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert speed.resolve_precision(args).bf16 is True
-    monkeypatch.setenv("DPO_STUDIO_CPU_BF16", "0")
-    assert speed.resolve_precision(args).bf16 is False
-
-
 def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
     import platform
 

@@ -1,0 +1,151 @@
+"""Precision works on every host: the auto rule is tested both ways by replacing the hardware probes, and the bf16
+path runs on every CPU (emulated where the CPU has no native bf16) against fp32 with stated tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from trl import DPOTrainer
+
+from dpo_studio import precision, speed
+from dpo_studio.config import ConfigError, DPOTrainingArguments, parse_config
+from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer
+from test_speed import make_tokenizer, perturb_lora, rows, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def cpu_host(monkeypatch):
+    """A CPU-only host whose bf16 support each test sets (`cpu_host(True)`), whatever this machine has."""
+
+    def make(native_bf16: bool) -> None:
+        monkeypatch.setattr(precision, "cuda_available", lambda: False)
+        monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: False)
+        flags = {"avx2", "avx512_bf16", "amx_bf16"} if native_bf16 else {"avx2", "fma"}
+        monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+        monkeypatch.delenv(precision.AUTO_BF16_ENV, raising=False)
+
+    return make
+
+
+# ------------------------------------------------------------------------------------------------------- the rule
+def test_auto_is_bf16_on_a_native_bf16_cpu_and_fp32_elsewhere(cpu_host, monkeypatch):
+    cpu_host(True)
+    chosen = precision.choose_precision(None, False)
+    assert (chosen.compute, chosen.device, chosen.requested, chosen.native) == ("bf16", "cpu", "auto", True)
+    assert "amx_bf16" in chosen.reason and "avx512_bf16" in chosen.reason
+    monkeypatch.setenv(precision.AUTO_BF16_ENV, "0")
+    assert precision.choose_precision(None, False).compute == "fp32"
+    cpu_host(False)
+    chosen = precision.choose_precision(None, False)
+    assert (chosen.compute, chosen.requested) == ("fp32", "auto") and "no native bf16" in chosen.reason
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_choices_hold_on_any_cpu(cpu_host, native):
+    cpu_host(native)
+    forced = precision.choose_precision(True, False)
+    assert (forced.compute, forced.requested, forced.native) == ("bf16", "bf16", native)
+    assert ("emulates bf16" in forced.reason) is not native
+    assert precision.choose_precision(False, False).compute == "fp32"
+    assert precision.choose_precision(None, True).compute == "fp16"
+
+
+def test_auto_on_gpus_follows_their_bf16_support(monkeypatch):
+    monkeypatch.setattr(precision, "cuda_available", lambda: True)
+    monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: True)
+    assert precision.choose_precision(None, False).describe().startswith("bf16 mixed precision (autocast) on CUDA")
+    monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: False)
+    assert precision.choose_precision(None, False).compute == "fp32"
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: amx_bf16 in a name is not a flag\nflags\t\t: fpu avx2 fma\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert precision.cpu_flags() == {"fpu", "avx2", "fma"}
+    assert precision.cpu_has_native_bf16() is False
+
+
+# --------------------------------------------------------------------------------------------------- the options
+@pytest.mark.parametrize("native", [True, False])
+def test_parsed_options_set_use_cpu_and_the_chosen_precision(cpu_host, tmp_path, native):
+    cpu_host(native)
+    for flags, bf16, requested in (([], native, "auto"), (["--bf16", "true"], True, "bf16"),
+                                   (["--bf16", "false"], False, "fp32")):
+        _, args, _ = parse_config(["--output-dir", str(tmp_path), *flags])
+        assert args.use_cpu is True and args.bf16 is bf16 and args.fp16 is False
+        assert precision.precision_of(args).requested == requested
+
+
+def test_bf16_and_fp16_together_is_a_config_error(cpu_host, tmp_path):
+    cpu_host(True)
+    with pytest.raises(ConfigError, match="--bf16 true and --fp16 true"):
+        parse_config(["--output-dir", str(tmp_path), "--bf16", "true", "--fp16", "true"])
+
+
+# ------------------------------------------------------------------------------------------- the bf16 path, forced
+def build(tmp_path, t5: bool, bf16: bool):
+    """The product's trainer (speed.fast_trainer) on tiny models, bf16 forced on or off (runs on any CPU)."""
+    args = DPOTrainingArguments(
+        output_dir=str(tmp_path), report_to=[], bf16=bf16, gradient_checkpointing=False, logging_steps=1,
+        save_strategy="no", per_device_train_batch_size=4, per_device_eval_batch_size=8, beta=0.1,
+        learning_rate=5e-3, num_train_epochs=2, seed=0, precompute_ref_log_probs=True, disable_tqdm=True)
+    lora = LoraConfig(task_type="SEQ_2_SEQ_LM" if t5 else "CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                      target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
+    return speed.fast_trainer(
+        Seq2SeqDPOTrainer if t5 else DPOTrainer, model=tiny_model(t5), args=args,
+        train_dataset=Dataset.from_list(rows(24, seed=1)), eval_dataset=Dataset.from_list(rows(12, seed=2)),
+        processing_class=make_tokenizer(t5), peft_config=lora)
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_bf16_log_probs_and_gradients_match_fp32(tmp_path, t5):
+    """Per-token log-probs within 0.05 nats + 2% and gradients within 5% of their scale: bf16 keeps 8 bits of
+    mantissa (relative rounding 2^-9 per op); the sums that DPO compares stay in fp32 (TRL's log-prob kernel)."""
+    outs = []
+    for bf16 in (False, True):  # one after the other: accelerate's precision state is process-wide
+        trainer = build(tmp_path / str(bf16), t5, bf16)
+        assert trainer.accelerator.mixed_precision == ("bf16" if bf16 else "no")
+        assert precision.precision_of(trainer.args).compute == ("bf16" if bf16 else "fp32")
+        perturb_lora(trainer.model)
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
+        examples = [{k: ex[k] for k in keys} for ex in trainer.train_dataset]
+        batch = trainer.data_collator(examples[:8])
+        trainer.model.train()
+        trainer.model.zero_grad()
+        with trainer.compute_loss_context_manager():  # what Trainer wraps the forward in: autocast under bf16
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}  # this batch's TRL metrics
+        grads = {n: p.grad.float().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        outs.append((loss.detach(), metrics, grads))
+    (loss32, m32, g32), (loss16, m16, g16) = outs
+    assert loss16.dtype == torch.float32  # the loss itself is fp32 under bf16 autocast
+    assert abs(loss16 - loss32) < 0.02 + 0.02 * abs(loss32)
+    for key in ("logps/chosen", "logps/rejected"):
+        assert m16[key] == pytest.approx(m32[key], rel=0.02, abs=0.05)
+    assert g32.keys() == g16.keys() and g32
+    for name, grad in g32.items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (g16[name] - grad).abs().max() <= 0.05 * scale, name
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_bf16_training_run_follows_the_fp32_loss_curve(tmp_path, t5):
+    """A whole short run (12 steps) in bf16 stays within 0.03 of the fp32 loss at every step and learns as much."""
+    curves = []
+    for bf16 in (False, True):
+        trainer = build(tmp_path / str(bf16), t5, bf16)
+        before = trainer.evaluate()["eval_loss"]
+        trainer.train()
+        curves.append((before, [h["loss"] for h in trainer.state.log_history if "loss" in h], trainer.evaluate()["eval_loss"]))
+    (before32, curve32, after32), (before16, curve16, after16) = curves
+    assert len(curve32) == len(curve16) == 12
+    assert curve16 == pytest.approx(curve32, abs=0.03)
+    assert after32 < before32 - 0.02 and after16 < before16 - 0.02
+    assert after16 == pytest.approx(after32, abs=0.03)

@@ -177,6 +177,19 @@ class ModelArguments(ModelConfig):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps DPO's reference exact)."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: hold the frozen base in 4-bit NF4 with double quantization (bitsandbytes, CPU or "
+                  "CUDA), computing in bf16 where native, else fp32. merged/ is the adapter on the full-precision base."},
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "QLoRA with the frozen base in 8-bit (bitsandbytes LLM.int8, CPU or CUDA)."}
+    )
+
+    def __post_init__(self):
+        if self.load_in_4bit and self.load_in_8bit:  # TRL raises a bare ValueError for this
+            raise ConfigError("--load-in-4bit and --load-in-8bit together: choose one quantization")
+        super().__post_init__()
 
 
 def build_parser() -> TrlParser:

@@ -25,7 +25,17 @@ from trl import DPOConfig
 from . import __version__
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
 from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
-from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
+from .families import (
+    Architecture,
+    architecture_of,
+    check_quantization,
+    describe_quantization,
+    load_model,
+    load_model_and_tokenizer,
+    prepare_tokenizer,
+    quantization_config,
+    resolve_model_id,
+)
 from .precision import Precision, precision_of
 from .prompt_format import PromptFormat
 from .signals import StopOnSignal, TrainingInterrupted
@@ -89,16 +99,13 @@ def prepare_data(script_args: ScriptArguments, seed: int) -> PreparedData:
 
 # ------------------------------------------------------------------------------------------------------------ models
 def prepare_base(
-    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int
+    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int,
+    quant=None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture, str, bool]:
-    """Returns (model, tokenizer, architecture, base model id, built_locally)."""
+    """Returns (model, tokenizer, architecture, base model id, built_locally). With `quant` (bitsandbytes settings)
+    the model is loaded quantized; the demo quantizes its warm-started base, reloaded from `work/base`."""
     if not script_args.demo:
         model_id = resolve_model_id(family)
-        quant = None
-        if model_args.load_in_4bit or model_args.load_in_8bit:
-            from trl import get_quantization_config
-
-            quant = get_quantization_config(model_args)
         model, tokenizer, arch = load_model_and_tokenizer(
             model_id, model_args.model_revision, script_args.trust_remote_code_models, quant
         )
@@ -109,7 +116,7 @@ def prepare_base(
     encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
     base_dir = work / "base"
     if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
-        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir))
+        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant)
         return model, tokenizer, arch, str(base_dir), True
     texts = [text for pair in data.train for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
     tokenizer = train_tokenizer(texts, script_args.demo_vocab_size, encoder_decoder)
@@ -129,13 +136,15 @@ def prepare_base(
         write_json(tmp / FINISHED_MARKER, {"warm_start_log_history": history})
         shutil.rmtree(base_dir, ignore_errors=True)
         os.replace(tmp, base_dir)
+    if quant is not None:  # QLoRA on the demo: DPO runs on the quantized warm-started base
+        model = load_model(str(base_dir), arch, quantization_config=quant)
     return model, tokenizer, arch, str(base_dir), True
 
 
 # ----------------------------------------------------------------------------------------------------------- saving
 def save_outputs(
     stage: Path,
-    trainer,
+    model,
     tokenizer: PreTrainedTokenizerBase,
     arch: Architecture,
     base_dir: Path | None,
@@ -146,7 +155,6 @@ def save_outputs(
     """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder."""
     prompt_format: PromptFormat = arch.prompt_format
     dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
-    model = trainer.model
     adapter_dir, merged_dir = stage / "adapter", stage / "merged"
     if hasattr(model, "peft_config"):
         model.peft_config["default"].base_model_name_or_path = base_model_id
@@ -156,7 +164,7 @@ def save_outputs(
         write_json(adapter_dir / DPO_CONFIG_FILE, dpo_settings)
         merged = model.merge_and_unload()  # PEFT folds the LoRA deltas into the base weights
     else:
-        merged = model
+        merged = model  # full DPO: the trained model itself
     merged.save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
     prompt_format.save(merged_dir)
@@ -180,14 +188,40 @@ def publish_staging(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def published_model(trained, load_full_precision_base, quantized: bool):
+    """What is saved, merged and served: the trained model, except after QLoRA, where the trained adapter is put on
+    the full-precision base (so merged/ is adapter + full-precision weights and loads without bitsandbytes)."""
+    if not quantized:
+        return trained
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    model = get_peft_model(load_full_precision_base(), trained.peft_config["default"])
+    set_peft_model_state_dict(model, get_peft_model_state_dict(trained))
+    return model
+
+
+def serving_pair(model, load_full_precision_base, tokenizer: PreTrainedTokenizerBase, arch: Architecture):
+    """Base vs DPO for the evidence generations: one set of weights with the adapter on/off (LoRA), or the frozen
+    base and the trained model as two models (full DPO)."""
+    from .generation import LoadedPair
+
+    model.eval()  # PEFT's mixed-adapter generation needs eval mode
+    common = {"tokenizer": tokenizer, "prompt_format": arch.prompt_format, "is_encoder_decoder": arch.is_encoder_decoder}
+    if hasattr(model, "peft_config"):
+        return LoadedPair(model=model, **common)
+    return LoadedPair(model=None, base_model=load_full_precision_base().eval(), dpo_model=model, **common)
+
+
 # --------------------------------------------------------------------------------------------------------- training
 def selected_hyperparameters(training_args: DPOConfig, model_args: ModelArguments, lora_config) -> dict[str, Any]:
     keys = (
         "beta", "loss_type", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
         "gradient_accumulation_steps", "max_length", "lr_scheduler_type", "warmup_steps", "seed",
-        "precompute_ref_log_probs", "bf16",
+        "precompute_ref_log_probs", "bf16", "fp16", "optim",
     )
     params = {key: getattr(training_args, key) for key in keys}
+    params["optim"] = str(getattr(params["optim"], "value", params["optim"]))
+    params.update(use_peft=model_args.use_peft, load_in_4bit=model_args.load_in_4bit, load_in_8bit=model_args.load_in_8bit)
     params["loss_type"] = ",".join(params["loss_type"])
     if lora_config is not None:
         params.update(
@@ -348,9 +382,17 @@ def train_family(
         work.mkdir(parents=True, exist_ok=True)
 
     set_seed(training_args.seed)
+    precision = precision or precision_of(training_args)
+    quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision)
     model, tokenizer, arch, base_model_id, built_locally = prepare_base(
-        family, data, script_args, model_args, work, training_args.seed
+        family, data, script_args, model_args, work, training_args.seed, quant
     )
+    # The full-precision base, reloaded for a QLoRA merge and as the frozen side of full-DPO comparisons.
+    base_source, base_revision = (str(work / "base"), None) if built_locally else (base_model_id, model_args.model_revision)
+
+    def load_full_precision_base() -> PreTrainedModel:
+        return load_model(base_source, arch, base_revision, script_args.trust_remote_code_models)
+
     if built_locally:  # the adapter's base is the copy in the finished folder (work/ is removed at the end)
         base_model_id = str((final / "base").resolve())
     prepare_tokenizer(tokenizer, arch)
@@ -405,7 +447,9 @@ def train_family(
         "truncation": truncation,
         "resumed_from_step": start_step or None,
         "world_size": args.world_size,
-        "precision": (precision or precision_of(trainer.args)).as_dict(),
+        "precision": precision.as_dict(),
+        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if quant is not None else "LoRA DPO",
+        "quantization": describe_quantization(quant),
         "eval_before": eval_before,
         "eval_after": eval_after,
         # trainer.args: the settings as trained
@@ -414,13 +458,10 @@ def train_family(
         "versions": _versions(),
         "log_history": trainer.state.log_history,
     }
+    model = published_model(trainer.model, load_full_precision_base, quant is not None) if trainer.is_world_process_zero() else None
     if script_args.eval_generations > 0 and trainer.is_world_process_zero():
         logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
-        from .generation import LoadedPair
-
-        trainer.model.eval()  # PEFT's mixed-adapter generation needs eval mode
-        pair = LoadedPair(model=trainer.model, tokenizer=tokenizer, prompt_format=arch.prompt_format,
-                          is_encoder_decoder=arch.is_encoder_decoder)
+        pair = serving_pair(model, load_full_precision_base, tokenizer, arch)
         metrics.update(generation_evidence(pair, data, script_args, args.seed))
         for warning in metrics["generation_warnings"]:
             logger.warning("[%s] %s", family, warning)
@@ -430,7 +471,7 @@ def train_family(
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     save_outputs(
-        stage, trainer, tokenizer, arch, work / "base" if built_locally else None, base_model_id, args, metrics
+        stage, model, tokenizer, arch, work / "base" if built_locally else None, base_model_id, args, metrics
     )
     write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
     publish_staging(stage, final)
@@ -456,8 +497,7 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
     families = script_args.family_list()
     if model_args.model_name_or_path:
         families = [model_args.model_name_or_path]
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not torch.cuda.is_available():
-        raise ConfigError("--load-in-4bit/--load-in-8bit (bitsandbytes QLoRA) needs a CUDA GPU; none is available")
+    check_quantization(model_args.load_in_4bit, model_args.load_in_8bit, model_args.use_peft)
     if script_args.demo:  # option errors first: nothing is loaded before the whole command is known to be valid
         unknown = [family for family in families if family not in ("gpt2", "t5")]
         if unknown:

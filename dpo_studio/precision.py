@@ -112,3 +112,15 @@ def precision_of(args) -> Precision:
     if isinstance(chosen, Precision) and chosen.bf16 == bool(args.bf16) and chosen.fp16 == bool(args.fp16):
         return chosen
     return choose_precision(bool(args.bf16), bool(args.fp16))  # args built elsewhere: explicit by construction
+
+
+def forget_earlier_accelerate_prepare(model: torch.nn.Module) -> None:
+    """Let the next Trainer apply its own mixed precision to a model an earlier Trainer already prepared.
+
+    Why: accelerate marks prepared models `_is_accelerate_prepared` and returns them untouched the next time, without
+    its autocast wrapper; PEFT forwards attribute lookups to the base model, so after the demo's fp32 SFT warm start
+    (or any earlier Trainer in the process) a bf16 DPO run silently trained in fp32.
+    """
+    for module in model.modules():
+        if "_is_accelerate_prepared" in vars(module):
+            del module._is_accelerate_prepared

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler, SequentialSampler
 
+from .precision import forget_earlier_accelerate_prepare
+
 logger = logging.getLogger("dpo_studio")
 
 __all__ = [
@@ -443,9 +445,12 @@ def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: An
     if not torch.cuda.is_available():
         keep_freed_memory_for_reuse()
     if args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
-        # No gradients in the reference pass: bigger batches give the buckets more rows of similar length.
-        args = dataclasses.replace(args, precompute_ref_batch_size=max(32, args.per_device_train_batch_size))
+        # No gradients in the reference pass, so eval-sized batches (TRL would use the train batch size there). The
+        # held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same float rounding, so
+        # before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0, not noise).
+        args = dataclasses.replace(args, precompute_ref_batch_size=args.per_device_eval_batch_size)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    forget_earlier_accelerate_prepare(model)
     use_fused_gelu(base)
     if base.config.is_encoder_decoder:
         add_bucketed_seq2seq_forward(base)

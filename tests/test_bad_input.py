@@ -81,12 +81,3 @@ def test_missing_file_and_bad_option(tmp_path, capsys):
     data.write_bytes(jsonl(OK))
     assert run_cli(["--dataset", str(data), "--output-dir", str(tmp_path / "o"), "--demo", "--models", "llama"]) == 2
     assert "--demo builds 'gpt2' and 't5'" in capsys.readouterr().err
-
-
-def test_load_in_4bit_on_cpu_is_a_clear_error(tmp_path, capsys):
-    data = tmp_path / "d.jsonl"
-    data.write_bytes(jsonl(OK))
-    code = run_cli(["--dataset", str(data), "--output-dir", str(tmp_path / "o"), "--models", "gpt2", "--load-in-4bit"])
-    assert code == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()

@@ -149,3 +149,26 @@ def test_bf16_training_run_follows_the_fp32_loss_curve(tmp_path, t5):
     assert curve16 == pytest.approx(curve32, abs=0.03)
     assert after32 < before32 - 0.02 and after16 < before16 - 0.02
     assert after16 == pytest.approx(after32, abs=0.03)
+
+
+def test_bf16_really_runs_after_an_earlier_trainer_prepared_the_model(tmp_path):
+    """The demo warm-starts with a plain fp32 Trainer first; accelerate then skipped the DPO run's autocast (it trained
+    in fp32 while reporting bf16). Every Linear/Conv1D output during DPO training must be bf16 under autocast."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_model(False)
+    warm = Dataset.from_list([{"input_ids": [3, 4, 5, 6], "labels": [3, 4, 5, 6]}] * 4)
+    Trainer(model=model, train_dataset=warm, args=TrainingArguments(
+        output_dir=str(tmp_path / "warm"), max_steps=1, use_cpu=True, report_to=[], save_strategy="no",
+        disable_tqdm=True)).train()
+    args = DPOTrainingArguments(
+        output_dir=str(tmp_path / "dpo"), report_to=[], bf16=True, gradient_checkpointing=False, save_strategy="no",
+        per_device_train_batch_size=4, max_steps=2, disable_tqdm=True)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    trainer = speed.fast_trainer(DPOTrainer, model=model, args=args, train_dataset=Dataset.from_list(rows(8, seed=1)),
+                                 processing_class=make_tokenizer(False), peft_config=lora)
+    seen = []
+    mlp = trainer.model.get_base_model().transformer.h[0].mlp.c_fc
+    mlp.register_forward_hook(lambda module, inputs, output: seen.append((output.dtype, torch.is_autocast_enabled("cpu"))))
+    trainer.train()
+    assert seen and set(seen) == {(torch.bfloat16, True)}

@@ -182,6 +182,9 @@ class ModelArguments(ModelConfig):
         metadata={"help": "QLoRA: hold the frozen base in 4-bit NF4 with double quantization (bitsandbytes, CPU or "
                   "CUDA), computing in bf16 where native, else fp32. merged/ is the adapter on the full-precision base."},
     )
+    use_bnb_nested_quant: bool = field(
+        default=True, metadata={"help": "4-bit: double quantization (quantize the quantization constants too)."}
+    )
     load_in_8bit: bool = field(
         default=False, metadata={"help": "QLoRA with the frozen base in 8-bit (bitsandbytes LLM.int8, CPU or CUDA)."}
     )

@@ -169,15 +169,17 @@ def check_quantization(load_in_4bit: bool, load_in_8bit: bool, use_peft: bool) -
         raise ConfigError(f"--load-in-{4 if load_in_4bit else 8}bit: {problem}")
 
 
-def quantization_config(load_in_4bit: bool, load_in_8bit: bool, precision: Precision):
-    """bitsandbytes settings: 4-bit NF4 with double quantization, computing in the run's mixed precision (bf16 where
-    native, else fp32), or 8-bit (LLM.int8). None when neither is asked for."""
+def quantization_config(
+    load_in_4bit: bool, load_in_8bit: bool, precision: Precision, quant_type: str = "nf4", double_quant: bool = True
+):
+    """bitsandbytes settings: 4-bit (NF4 with double quantization by default), computing in the run's mixed precision
+    (bf16 where native, else fp32), or 8-bit (LLM.int8). None when neither is asked for."""
     from transformers import BitsAndBytesConfig
 
     if load_in_4bit:
         compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.compute, torch.float32)
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute)
     if load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
     return None

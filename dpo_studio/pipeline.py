@@ -383,7 +383,8 @@ def train_family(
 
     set_seed(training_args.seed)
     precision = precision or precision_of(training_args)
-    quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision)
+    quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
+                                model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
     model, tokenizer, arch, base_model_id, built_locally = prepare_base(
         family, data, script_args, model_args, work, training_args.seed, quant
     )

@@ -209,8 +209,16 @@ class _LengthGroupedTrainerMixin:
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
 
+def cpu_training(args) -> bool:
+    """The CPU-only patches (compact LM head, in-batch buckets) are proven equal to TRL's paths on CPU only; on CUDA
+    TRL's own fused head does the gather, device move and fp32 cast itself, so it is left alone there."""
+    return args.device.type == "cpu"
+
+
 def _install_compact_heads(trainer) -> None:
     """Compact fused head on a causal policy (and separate reference), with the fields TRL requests for each."""
+    if not cpu_training(trainer.args):
+        return
     model = trainer.model
     policy = model.get_base_model() if hasattr(model, "get_base_model") else model
     if policy.config.is_encoder_decoder:
@@ -452,7 +460,7 @@ def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: An
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     forget_earlier_accelerate_prepare(model)
     use_fused_gelu(base)
-    if base.config.is_encoder_decoder:
+    if base.config.is_encoder_decoder and cpu_training(args):
         add_bucketed_seq2seq_forward(base)
     trainer = _length_grouped_class(trainer_class)(model=model, args=args, **kwargs)
     _install_compact_heads(trainer)  # idempotent; covers runs without precomputed reference log-probs

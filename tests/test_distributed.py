@@ -1,4 +1,5 @@
-"""Training runs unchanged under torchrun: 2 CPU processes (gloo DDP), both train, rank 0 alone writes outputs."""
+"""Training runs unchanged under torchrun: 2 CPU processes (gloo DDP), both train both families (GPT-2 through TRL,
+T5 through our seq2seq trainer), rank 0 alone writes outputs."""
 
 import json
 import os
@@ -17,7 +18,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-        "train_dpo.py", "--dataset", str(data), "--output-dir", str(out), "--demo", "--models", "gpt2",
+        "train_dpo.py", "--dataset", str(data), "--output-dir", str(out), "--demo", "--models", "gpt2,t5",
         "--demo-hidden-size", "32", "--demo-layers", "1", "--demo-vocab-size", "300", "--demo-sft-epochs", "1",
         "--learning-rate", "3e-3", "--num-train-epochs", "2", "--per-device-train-batch-size", "4",
         "--eval-fraction", "0.25", "--lora-r", "4", "--seed", "0", "--eval-generations", "4",
@@ -27,11 +28,13 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-4000:]
-    for rank in (0, 1):
-        assert f"[gpt2] rank {rank}/2 finished" in logs, f"rank {rank} did not train"
-    assert logs.count("outputs written to") == 1, "exactly one rank writes the outputs"
-    metrics = json.loads((out / "gpt2" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    # Each rank sees half of every global batch: 36 train pairs / (4 per rank x 2 ranks) = 5 steps per epoch.
-    assert max(e["step"] for e in metrics["log_history"]) == 10
-    assert sorted(p.name for p in out.iterdir()) == [".work", "gpt2"] or sorted(p.name for p in out.iterdir()) == ["gpt2"]
+    for family in ("gpt2", "t5"):
+        for rank in (0, 1):
+            assert f"[{family}] rank {rank}/2 finished" in logs, f"{family}: rank {rank} did not train"
+        metrics = json.loads((out / family / "metrics.json").read_text())
+        assert metrics["world_size"] == 2
+        # Each rank sees half of every global batch: 36 train pairs / (4 per rank x 2 ranks) = 5 steps per epoch.
+        assert max(e["step"] for e in metrics["log_history"]) == 10
+        assert metrics["eval_after"]["rewards/accuracies"] > metrics["eval_before"]["rewards/accuracies"]
+    assert logs.count("outputs written to") == 2, "exactly one rank writes each family's outputs"
+    assert sorted(p.name for p in out.iterdir() if p.name != ".work") == ["gpt2", "t5"]

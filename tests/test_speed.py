@@ -255,3 +255,12 @@ def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
         outs.append((loss.detach(), model.transformer.h[0].mlp.c_fc.weight.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cpu", [True, False], ids=["cpu", "cuda"])
+def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
+    """On a GPU (forced here by replacing the device probe) TRL's fused head and the plain seq2seq forward stay."""
+    monkeypatch.setattr(speed, "cpu_training", lambda args: cpu)
+    causal, seq2seq = build(tmp_path / "g", False, fast=True), build(tmp_path / "t", True, fast=True)
+    assert getattr(causal.model.get_base_model(), "_dpo_studio_compact_head", False) is cpu
+    assert getattr(seq2seq.model.get_base_model(), "_dpo_studio_bucketed", False) is cpu

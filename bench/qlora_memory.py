@@ -1,0 +1,119 @@
+"""QLoRA vs LoRA: peak memory and pairs/s of DPO on the GPT-2-small shape, 4-bit / 8-bit vs 16/32-bit base weights.
+
+    python bench/qlora_memory.py [--pairs 16] [--steps 4] [--length-scale 0.35] [--variants fp32,bf16,4bit,8bit]
+
+Each variant runs in its own fresh process through the product's own path (`pipeline.build_trainer` on a base loaded
+by `families.load_model`, arguments from `config.DPOTrainingArguments`), so nothing leaks between them. Peak memory
+is the process's VmHWM minus its RSS after the imports, which also shows what the base weights themselves cost.
+Prints one table, the precision and quantization that ran, and ratio lines against the 32/16-bit baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (offline env, sys.path)
+from common import build_model, machine, make_pairs, peak_rss_mb, table, tokenizer_for
+
+GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)
+VARIANTS = {  # name: (--bf16, 4-bit, 8-bit)
+    "fp32": (False, False, False),
+    "bf16": (True, False, False),
+    "4bit": (None, True, False),
+    "8bit": (None, False, True),
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_variant(name: str, pairs_n: int, steps: int, length_scale: float) -> dict:
+    import torch
+
+    from dpo_studio.config import PRODUCT_DEFAULTS, DPOTrainingArguments
+    from dpo_studio.data import to_dataset
+    from dpo_studio.families import (
+        Architecture, describe_quantization, load_model, prepare_tokenizer, quantization_config,
+    )
+    from dpo_studio.pipeline import build_trainer
+    from dpo_studio.precision import precision_of
+
+    after_imports = rss_mb()
+    bf16, four, eight = VARIANTS[name]
+    pairs = make_pairs(pairs_n, length_scale, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = tokenizer_for(pairs, False)
+        build_model("gpt2", GPT2_SMALL, tokenizer, seed=0).save_pretrained(Path(tmp) / "base")
+        args = DPOTrainingArguments(**{
+            **PRODUCT_DEFAULTS, "output_dir": str(Path(tmp) / "run"), "max_steps": steps, "report_to": "none",
+            "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "learning_rate": 1e-3, "seed": 0,
+            "bf16": bf16})
+        precision = precision_of(args)
+        quant = quantization_config(four, eight, precision)
+        arch = Architecture(is_encoder_decoder=False, model_type="gpt2")
+        loaded = rss_mb()
+        model = load_model(str(Path(tmp) / "base"), arch, quantization_config=quant)
+        weights_mb = rss_mb() - loaded
+        prepare_tokenizer(tokenizer, arch)
+        train_ds = to_dataset(pairs, arch.prompt_format)
+        started = time.perf_counter()
+        trainer = build_trainer(arch, model, tokenizer, train_ds, None, args, arch.lora_config(16, 32, 0.0))
+        trainer.train()
+        seconds = time.perf_counter() - started
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "name": name, "seconds": seconds, "pairs_per_s": steps * args.per_device_train_batch_size / seconds,
+        "peak_mb": peak_rss_mb() - after_imports, "weights_mb": weights_mb, "first_loss": losses[0],
+        "last_loss": losses[-1], "precision": precision.describe(), "quantization": describe_quantization(quant) or "-",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--length-scale", type=float, default=0.35)
+    parser.add_argument("--variants", default="fp32,bf16,4bit,8bit")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.child:
+        print(json.dumps(run_variant(opts.child, opts.pairs, opts.steps, opts.length_scale)))
+        return
+    print(f"# qlora_memory — GPT-2-small shape {GPT2_SMALL}, {opts.pairs} pairs x {opts.steps} steps, LoRA r=16; "
+          f"{machine()}")
+    results = []
+    for name in opts.variants.split(","):
+        cmd = [sys.executable, __file__, "--child", name, "--pairs", str(opts.pairs), "--steps", str(opts.steps),
+               "--length-scale", str(opts.length_scale)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"# {name}: failed\n{proc.stderr[-2000:]}")
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(table(["variant", "precision that ran", "quantization", "base weights MB", "peak MB above imports",
+                 "pairs/s", "loss step 1", "loss last"],
+                [[r["name"], r["precision"], r["quantization"], round(r["weights_mb"]), round(r["peak_mb"]),
+                  round(r["pairs_per_s"], 3), round(r["first_loss"], 4), round(r["last_loss"], 4)] for r in results]))
+    by_name = {r["name"]: r for r in results}
+    for quantized in ("4bit", "8bit"):
+        for full in ("fp32", "bf16"):
+            if quantized in by_name and full in by_name:
+                q, f = by_name[quantized], by_name[full]
+                print(f"ratio {quantized} / {full}: peak memory {q['peak_mb'] / f['peak_mb']:.2f}x, base weights "
+                      f"{q['weights_mb'] / max(f['weights_mb'], 1):.2f}x, pairs/s {q['pairs_per_s'] / f['pairs_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,8 @@ from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_datase
 from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
 from .prompt_format import PromptFormat
 from .signals import StopOnSignal, TrainingInterrupted
-from .report import strip_eval_prefix, write_json, write_plots, write_report_html
+from .evaluation import evaluate_pairs
+from .report import write_json, write_plots, write_report_html
 
 logger = logging.getLogger("dpo_studio")
 
@@ -368,7 +369,7 @@ def train_family(
     if any(counts["rows"] for counts in truncation.values()):
         logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", family, args.max_length, truncation)
     logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
-    eval_before = strip_eval_prefix(trainer.evaluate())
+    eval_before = evaluate_pairs(trainer)
     logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
@@ -384,7 +385,7 @@ def train_family(
     logger.info(
         "[%s] rank %d/%d finished %d DPO steps", family, args.process_index, args.world_size, trainer.state.global_step
     )
-    eval_after = strip_eval_prefix(trainer.evaluate())
+    eval_after = evaluate_pairs(trainer)
     # Pairs trained in this process (a resumed run counts only the steps it ran itself).
     start_step = int(last_checkpoint.rsplit("-", 1)[-1]) if last_checkpoint else 0
     steps_run = trainer.state.global_step - start_step

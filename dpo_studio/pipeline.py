@@ -27,6 +27,7 @@ from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_nam
 from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
 from .families import Architecture, architecture_of, load_model_and_tokenizer, prepare_tokenizer, resolve_model_id
 from .prompt_format import PromptFormat
+from .public_refs import public_ref, scrub
 from .signals import StopOnSignal, TrainingInterrupted
 from .evaluation import evaluate_pairs
 from .report import write_json, write_plots, write_report_html
@@ -35,6 +36,7 @@ logger = logging.getLogger("dpo_studio")
 
 FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
 DPO_CONFIG_FILE = "dpo_config.json"  # beta etc., read back by the app to score implicit rewards
+DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 
 class OutputExistsError(RuntimeError):
@@ -77,12 +79,17 @@ def prepare_data(script_args: ScriptArguments, seed: int) -> PreparedData:
     for rep in reports:
         if rep.rows_skipped:
             logger.warning("%s: skipped %d invalid rows (first: %s)", rep.source, rep.rows_skipped, rep.skipped_examples[0])
+    dataset = public_ref(script_args.dataset)  # metrics.json and the cards are published: no local paths
+    load_reports = [rep.as_dict() for rep in reports]
+    for rep in load_reports:
+        rep["skipped_examples"] = [scrub(message, rep["source"]) for message in rep["skipped_examples"]]
+        rep["source"] = public_ref(rep["source"])
     info = {
-        "dataset": script_args.dataset,
-        "eval_dataset": script_args.eval_dataset or f"{script_args.eval_fraction:g} of {script_args.dataset} (by prompt hash)",
+        "dataset": dataset,
+        "eval_dataset": public_ref(script_args.eval_dataset) or f"{script_args.eval_fraction:g} of {dataset} (by prompt hash)",
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
-        "load_reports": [rep.as_dict() for rep in reports],
+        "load_reports": load_reports,
     }
     return PreparedData(train_pairs, eval_pairs, info)
 
@@ -350,8 +357,8 @@ def train_family(
     model, tokenizer, arch, base_model_id, built_locally = prepare_base(
         family, data, script_args, model_args, work, training_args.seed
     )
-    if built_locally:  # the adapter's base is the copy in the finished folder (work/ is removed at the end)
-        base_model_id = str((final / "base").resolve())
+    if built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
+        base_model_id = DEMO_BASE_REF
     prepare_tokenizer(tokenizer, arch)
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
@@ -395,7 +402,7 @@ def train_family(
         "family": name,
         "architecture": arch.kind,
         "model_type": arch.model_type,
-        "base_model": base_model_id if not built_locally else f"{name} built from config (demo), see base/",
+        "base_model": public_ref(base_model_id) if not built_locally else f"{name} built from config (demo), see base/",
         "dataset": data.info["dataset"],
         "data": data.info,
         "train_runtime_s": round(runtime, 3),

@@ -363,6 +363,12 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
             config["base_model_name_or_path"] = ids.base  # the local path of training means nothing on the Hub
             _write(adapter / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         merged = _stage(family_dir / "merged", stage / "merged")
+        for folder in (stage / "adapter", merged):  # dpo_config.json names the base as this machine knows it
+            settings_file = folder / "dpo_config.json"
+            if settings_file.is_file():
+                settings = json.loads(settings_file.read_text(encoding="utf-8"))
+                settings["base_model"] = ids.base
+                _write(settings_file, json.dumps(settings, indent=2) + "\n")
         shutil.copy2(family_dir / "metrics.json", merged / "metrics.json")
         if (family_dir / "plots").is_dir():
             _stage(family_dir / "plots", merged / "plots")

@@ -264,6 +264,28 @@ def test_space_deploy_names_the_pushed_repos(outputs, local_hub):
     assert local_hub.repos[("space", f"{ns}/dpo-compare")].sdk == "gradio"
 
 
+def test_pushed_repos_and_space_hold_no_local_path(outputs, local_hub):
+    """Every pushed file, text or binary, is free of the output directory's absolute path and of $HOME."""
+    ns = local_hub.user
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    deploy_space(f"{ns}/dpo-compare", outputs, target)
+    forbidden = {str(outputs.resolve()), str(outputs.parent.resolve()), str(Path.home())}  # data file: outputs.parent
+    checked = 0
+    for repo_type, repo_id in local_hub.repos:
+        for name, data in local_hub.files(repo_id, repo_type=repo_type).items():
+            for path in forbidden:
+                assert path.encode() not in data, f"{repo_type} {repo_id}/{name} holds the local path {path}"
+            checked += 1
+    assert checked > 40 and len(local_hub.repos) == 7  # 3 repos per family + the Space
+    for family in ("gpt2", "t5"):
+        for repo_id in (f"{ns}/{family}-dpo", f"{ns}/{family}-dpo-lora"):
+            settings = json.loads(local_hub.files(repo_id)["dpo_config.json"])
+            assert settings["base_model"] == f"{ns}/{family}-dpo-base"
+        metrics = json.loads(local_hub.files(f"{ns}/{family}-dpo")["metrics.json"])
+        assert metrics["dataset"] == "local:" + "/".join(Path(outputs.parent / "pairs.jsonl").resolve().parts[-2:])
+
+
 # ------------------------------------------------------------------------------------------------ faults
 def test_commit_faults_are_retried_and_the_push_succeeds(outputs, local_hub, no_wait):
     ns = local_hub.user

@@ -51,6 +51,11 @@ def run_cli(argv: list[str] | None = None) -> int:
 
     try:
         script_args, training_args, model_args = parse_config(argv)
+        if script_args.check_data:  # validation only: no push, no training, nothing written
+            from .data_check import check_data, format_report
+
+            print(format_report(check_data(script_args, training_args, model_args)))
+            return 0
         target = None
         if script_args.push or script_args.push_only:  # whoami + namespace rights, before any data or model
             target = check_push_access(PushTarget(

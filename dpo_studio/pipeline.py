@@ -111,15 +111,14 @@ def prepare_base(
         )
         return model, tokenizer, arch, model_id, False
 
-    from .demo import build_model, train_tokenizer, warm_start
+    from .demo import build_model, tokenizer_texts, train_tokenizer, warm_start
 
     encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
     base_dir = work / "base"
     if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
         model, tokenizer, arch = load_model_and_tokenizer(str(base_dir))
         return model, tokenizer, arch, str(base_dir), True
-    texts = [text for pair in data.train for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
-    tokenizer = train_tokenizer(texts, script_args.demo_vocab_size, encoder_decoder)
+    tokenizer = train_tokenizer(tokenizer_texts(data.train), script_args.demo_vocab_size, encoder_decoder)
     model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
     arch = architecture_of(model.config)
     logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))

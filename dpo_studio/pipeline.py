@@ -30,6 +30,7 @@ from .prompt_format import PromptFormat
 from .public_refs import public_ref, scrub
 from .signals import StopOnSignal, TrainingInterrupted
 from .evaluation import evaluate_pairs
+from .licenses import base_model_license
 from .report import write_json, write_plots, write_report_html
 
 logger = logging.getLogger("dpo_studio")
@@ -402,6 +403,7 @@ def train_family(
         "architecture": arch.kind,
         "model_type": arch.model_type,
         "base_model": public_ref(base_model_id) if not built_locally else f"{name} built from config (demo), see base/",
+        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
         "dataset": data.info["dataset"],
         "data": data.info,
         "train_runtime_s": round(runtime, 3),

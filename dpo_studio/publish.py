@@ -46,6 +46,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from .licenses import PROJECT_LICENSE, base_model_license, card_license_fields
 from .prompt_format import PromptFormat
 
 logger = logging.getLogger("dpo_studio")
@@ -232,6 +233,9 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
         "warnings": metrics.get("generation_warnings") or [],
         "samples": [{k: _cell(s.get(k, "")) for k in ("prompt", "base", "dpo")} for s in metrics.get("samples") or []][:6],
     }
+    # Outputs from before the license was recorded: look it up now (demo: the project's own).
+    ctx["license"] = metrics.get("base_license") or base_model_license(metrics.get("base_model", ""),
+                                                                      built_locally=ids.base_is_ours)
     fmt = PromptFormat.from_dict(metrics["prompt_format"])
     ctx["example_prompt"] = json.dumps(fmt.prompt_from_text("Any tips for staying motivated when running?"))
     ctx["prompt_format_json"] = json.dumps(metrics["prompt_format"], sort_keys=True)
@@ -266,7 +270,7 @@ def render_card(kind: str, metrics: dict[str, Any], ids: RepoIds, family_dir: Pa
     # base_model metadata only for a Hub id (a local demo base such as "gpt2/base" is a path)
     base_meta = ids.base if kind != "base" and (ids.on_hub or not ids.base_is_ours) and is_hub_id(ids.base) else None
     data = ModelCardData(
-        base_model=base_meta, datasets=[dataset] if is_hub_id(dataset) else None, license="apache-2.0",
+        base_model=base_meta, datasets=[dataset] if is_hub_id(dataset) else None, **card_license_fields(ctx["license"]),
         library_name="peft" if kind == "adapter" else "transformers", pipeline_tag=task,
         tags=["dpo", "trl", "peft", "lora", metrics.get("model_type", ""), "dpo-studio",
               *(["demo", "toy-model"] if ids.base_is_ours else [])],
@@ -423,7 +427,7 @@ def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root
         (stage / "app_config.yaml").write_text(yaml.safe_dump({"families": config}, sort_keys=False), encoding="utf-8")
         card_data = SpaceCardData(
             title="DPO: base vs tuned", sdk="gradio", sdk_version=version("gradio"), app_file="app.py",
-            license="apache-2.0", models=sorted({fam[role] for fam in config.values() for role in ("base", "adapter", "merged")}),
+            license=PROJECT_LICENSE, models=sorted({fam[role] for fam in config.values() for role in ("base", "adapter", "merged")}),
             tags=["dpo", "trl", "peft", "lora"], emoji="⚖️", colorFrom="indigo", colorTo="pink", pinned=False,
         )
         card = SpaceCard.from_template(card_data, template_path=str(TEMPLATES / "space.md"), title=card_data.title,

@@ -21,7 +21,7 @@ unchanged outputs creates no commit. A failed push names the `train_dpo.py --pus
 
 Space: `python -m dpo_studio.publish space --space-id NS/dpo-compare --from DIR [--hub-namespace NS]
 [--hub-repo-ids ...] [--private]` creates a Gradio Space with `app.py`, the `dpo_studio/` package,
-`requirements.txt`, `examples/prompts.txt`, `app_config.yaml` (the pushed repos, per family) and its README.
+`requirements.txt` (from `requirements-space.txt`: inference only), `examples/prompts.txt`, `app_config.yaml` (the pushed repos, per family) and its README.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 LABELS = {"gpt2": "GPT-2", "t5": "T5"}
 EVAL_ROWS = ("rewards/accuracies", "rewards/margins", "loss", "rewards/chosen", "rewards/rejected",
              "logps/chosen", "logps/rejected", "logps/gap")
+SPACE_REQUIREMENTS = "requirements-space.txt"  # inference-only: uploaded as the Space's requirements.txt
 PLOT_ORDER = {"loss": 0, "rewards": 1, "margins": 2, "accuracy": 3}
 _sleep: Callable[[float], None] = time.sleep  # module-level so tests can skip real waiting
 
@@ -418,11 +419,13 @@ def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root
                                              **({"base_revision": target.revision} if ids.base_is_ours else {}))
     with tempfile.TemporaryDirectory(prefix="dpo-studio-space-") as tmp:
         stage = Path(tmp)
-        for rel in ("app.py", "requirements.txt", "examples/prompts.txt"):
+        # (file in the project, path in the Space): the Space gets the inference-only requirements as its own
+        for rel, dest in (("app.py", "app.py"), (SPACE_REQUIREMENTS, "requirements.txt"),
+                          ("examples/prompts.txt", "examples/prompts.txt")):
             if not (project_root / rel).is_file():
                 raise PushAccessError(f"{project_root / rel}: missing, the Space needs it")
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project_root / rel, stage / rel)
+            (stage / dest).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project_root / rel, stage / dest)
         _stage(project_root / "dpo_studio", stage / "dpo_studio")
         (stage / "app_config.yaml").write_text(yaml.safe_dump({"families": config}, sort_keys=False), encoding="utf-8")
         card_data = SpaceCardData(

@@ -457,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     space.add_argument("--revision", help="Branch the models were pushed to (written to app_config.yaml).")
     space.add_argument("--private", action="store_true", help="Create a private Space.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .logs import setup_logging
+
+    setup_logging()
     try:
         target = check_push_access(PushTarget(args.hub_namespace, parse_repo_ids(args.hub_repo_ids), args.private,
                                               args.revision, commit_message="Deploy the dpo_studio comparison app"))

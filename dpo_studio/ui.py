@@ -34,6 +34,7 @@ from dpo_studio.app_config import (
     resolve_sources,
 )
 from dpo_studio.generation import GenerationResult, LoadedPair, generate_pair_results, score_pair, token_log_ratios
+from dpo_studio.logs import LEVELS, setup_logging
 from dpo_studio.public_refs import public_ref
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore, export_votes, make_vote
 
@@ -527,8 +528,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"JSONL file the blind A/B votes are appended to (default: {DEFAULT_VOTES_FILE})")
     parser.add_argument("--max-new-tokens-cap", type=int, default=MAX_NEW_TOKENS_CAP,
                         help=f"server-side cap on max new tokens (default: {MAX_NEW_TOKENS_CAP})")
+    parser.add_argument("--log-level", default=None, choices=sorted(LEVELS),
+                        help="log level (default: $LOG_LEVEL or info); debug also shows HTTP requests and "
+                             "library deprecation warnings")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         port = args.port if args.port is not None else _port_from_env()
         demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,

@@ -157,7 +157,10 @@ def save_outputs(
     adapter_dir, merged_dir = stage / "adapter", stage / "merged"
     if hasattr(model, "peft_config"):
         model.peft_config["default"].base_model_name_or_path = base_model_id
-        model.save_pretrained(adapter_dir, safe_serialization=True)
+        # A demo base is named relative to the adapter, which PEFT's vocabulary check cannot resolve (and the demo's
+        # vocabulary never changes): skip the check rather than warn about a config it cannot find.
+        demo = {"save_embedding_layers": False} if base_model_id == DEMO_BASE_REF else {}
+        model.save_pretrained(adapter_dir, safe_serialization=True, **demo)
         tokenizer.save_pretrained(adapter_dir)
         prompt_format.save(adapter_dir)
         write_json(adapter_dir / DPO_CONFIG_FILE, dpo_settings)

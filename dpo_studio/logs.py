@@ -32,7 +32,7 @@ def resolve_level(level: str | None = None) -> int:
 def setup_logging(level: str | None = None) -> int:
     """Configure the root logger and silence request lines / deprecation noise unless the level is debug."""
     resolved = resolve_level(level)
-    logging.basicConfig(level=resolved, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(level=resolved, format=LOG_FORMAT, datefmt="%H:%M:%S")  # no-op if already configured
     quiet = resolved > logging.DEBUG
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)

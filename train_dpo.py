@@ -18,15 +18,11 @@ python train_dpo.py --push-only runs/human-like --hub-namespace <your-namespace>
 ```
 
 Every option (ours, TRL's DPOConfig, TRL's ModelConfig for LoRA) is listed by `--help`; a YAML file given with
-`--config` sets defaults that flags override.
+`--config` sets defaults that flags override. `--log-level debug` (or LOG_LEVEL=debug) also shows HTTP requests and
+library deprecation warnings.
 """
 
 import sys
-import warnings
-
-# transformers deprecates `gradient_checkpointing` in favour of `activation_checkpointing`, but TRL's DPOConfig still
-# sets it; the warning says nothing actionable to our users.
-warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,6 +180,8 @@ def discover_models_dir(models_dir: str | Path) -> dict[str, FamilySource]:
             base = _json_field(adapter / "adapter_config.json", "base_model_name_or_path")
         if base is None and has_merged:
             base = _json_field(merged / "dpo_config.json", "base_model")
+        if base is not None and base.startswith("../"):  # written relative to adapter/ and merged/ (demo)
+            base = str((folder / "adapter" / base).resolve())
         out[folder.name] = FamilySource(
             name=folder.name, label=_label_for(folder.name), base=base,
             adapter=str(adapter) if has_adapter else None, merged=str(merged) if has_merged else None,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .logs import argv_log_level, setup_logging
 from .publish import PublishError, PushTarget, check_push_access, parse_repo_ids, push_outputs, push_requested, require_token
 
 if TYPE_CHECKING:  # the training stack (torch, TRL) is imported inside run_cli, after the fast --push token check
@@ -36,7 +37,11 @@ def summary_table(results: list["FamilyResult"]) -> str:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        setup_logging(argv_log_level(sys.argv[1:] if argv is None else argv))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:  # --push without a token fails here, in about a second: before TRL/torch are even imported
         if push_requested(sys.argv[1:] if argv is None else argv):
             require_token()
@@ -51,6 +56,11 @@ def run_cli(argv: list[str] | None = None) -> int:
 
     try:
         script_args, training_args, model_args = parse_config(argv)
+        if script_args.check_data:  # validation only: no push, no training, nothing written
+            from .data_check import check_data, format_report
+
+            print(format_report(check_data(script_args, training_args, model_args)))
+            return 0
         target = None
         if script_args.push or script_args.push_only:  # whoami + namespace rights, before any data or model
             target = check_push_access(PushTarget(

@@ -112,6 +112,13 @@ class ScriptArguments:
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep intermediate Trainer checkpoints after a family finishes."}
     )
+    check_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not train: read and validate --dataset/--eval-dataset exactly as a run would, print row counts "
+            "and, per family, token lengths and how many pairs --max-length would truncate; writes nothing."
+        },
+    )
     # Offline demo
     demo: bool = field(
         default=False,

@@ -7,13 +7,18 @@ no `prompt` column whose `chosen`/`rejected` are full conversations get the shar
 
 Local files are parsed here rather than by `datasets.load_dataset`, because a user with a broken file needs the line
 and field that is wrong, which `datasets`' Arrow readers do not report. Hub ids go through `datasets.load_dataset`.
+Files are read as written: UTF-8 with or without BOM; JSON lines end at "\n" (or "\r\n"), so strings may hold
+U+2028/U+2029/U+0085; blank lines are skipped; CSV fields may hold quoted newlines. Columns other than
+prompt/chosen/rejected are accepted, ignored and named once in the log.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,8 @@ from typing import Any, Iterable
 from datasets import Dataset
 
 from .prompt_format import ROLE_LABELS, PromptFormat
+
+logger = logging.getLogger("dpo_studio")
 
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
@@ -55,6 +62,7 @@ class LoadReport:
     rows_kept: int = 0
     rows_skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)  # first few error messages
+    extra_columns: list[str] = field(default_factory=list)  # columns besides prompt/chosen/rejected, ignored
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +71,7 @@ class LoadReport:
             "rows_kept": self.rows_kept,
             "rows_skipped": self.rows_skipped,
             "skipped_examples": self.skipped_examples[:5],
+            "extra_columns": self.extra_columns,
         }
 
 
@@ -116,7 +125,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
 def _parse_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSON line ("\r\n" too: JSON ignores the "\r"). `str.splitlines` would also split inside
+    # strings holding U+2028, U+2029 or U+0085, which `json.dumps(..., ensure_ascii=False)` writes as is.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -159,7 +170,9 @@ def _parse_json(path: Path, text: str) -> list[dict[str, Any]]:
 
 
 def _parse_csv(path: Path, text: str) -> list[dict[str, Any]]:
-    reader = csv.reader(text.splitlines(keepends=True))
+    # The csv module's own line handling (as with open(newline="")): quoted fields may hold newlines, and only
+    # "\r", "\n" or "\r\n" end a record (not U+2028 & co.).
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
@@ -270,6 +283,10 @@ def load_pairs(source: str, split: str = "train", skip_invalid: bool = False) ->
     """Read and validate every row. Stops at the first bad row unless `skip_invalid`, which drops and counts them."""
     rows = read_rows(source, split)
     report = LoadReport(source=source, rows_read=len(rows))
+    extra = {key for row in rows for key in row if key not in REQUIRED_FIELDS and key != "__row__"}
+    report.extra_columns = sorted(extra)
+    if extra:  # accepted (ids, scores, metadata are common), named once so a misspelt column does not go unnoticed
+        logger.info("%s: ignoring extra columns: %s", source, ", ".join(report.extra_columns))
     pairs = []
     for index, row in enumerate(rows, start=1):
         where = f"{source}: row {row.pop('__row__', index)}"

@@ -32,6 +32,11 @@ GPT2_SPECIALS = {"eos": "<|endoftext|>"}
 T5_SPECIALS = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 
 
+def tokenizer_texts(pairs) -> list[str]:
+    """What the demo tokenizer learns from: every reply and every prompt message of the training pairs."""
+    return [text for pair in pairs for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, encoder_decoder: bool) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts`, with GPT-2-style or T5-style special tokens.
 

@@ -262,6 +262,8 @@ def _base_from_adapter(adapter: str, *, revision: str | None, token: str | bool 
     base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path}: field 'base_model_name_or_path' is empty; pass the base model explicitly")
+    if base.startswith("../") and _is_local(adapter):  # a demo adapter names its base relative to itself
+        base = str((Path(adapter).expanduser() / base).resolve())
     return base
 
 

@@ -38,13 +38,17 @@ from .families import (
 )
 from .precision import Precision, precision_of
 from .prompt_format import PromptFormat
+from .public_refs import public_ref, scrub
 from .signals import StopOnSignal, TrainingInterrupted
-from .report import strip_eval_prefix, write_json, write_plots, write_report_html
+from .evaluation import evaluate_pairs
+from .licenses import base_model_license
+from .report import write_json, write_plots, write_report_html
 
 logger = logging.getLogger("dpo_studio")
 
 FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
 DPO_CONFIG_FILE = "dpo_config.json"  # beta etc., read back by the app to score implicit rewards
+DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 
 class OutputExistsError(RuntimeError):
@@ -87,12 +91,17 @@ def prepare_data(script_args: ScriptArguments, seed: int) -> PreparedData:
     for rep in reports:
         if rep.rows_skipped:
             logger.warning("%s: skipped %d invalid rows (first: %s)", rep.source, rep.rows_skipped, rep.skipped_examples[0])
+    dataset = public_ref(script_args.dataset)  # metrics.json and the cards are published: no local paths
+    load_reports = [rep.as_dict() for rep in reports]
+    for rep in load_reports:
+        rep["skipped_examples"] = [scrub(message, rep["source"]) for message in rep["skipped_examples"]]
+        rep["source"] = public_ref(rep["source"])
     info = {
-        "dataset": script_args.dataset,
-        "eval_dataset": script_args.eval_dataset or f"{script_args.eval_fraction:g} of {script_args.dataset} (by prompt hash)",
+        "dataset": dataset,
+        "eval_dataset": public_ref(script_args.eval_dataset) or f"{script_args.eval_fraction:g} of {dataset} (by prompt hash)",
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
-        "load_reports": [rep.as_dict() for rep in reports],
+        "load_reports": load_reports,
     }
     return PreparedData(train_pairs, eval_pairs, info)
 
@@ -111,15 +120,14 @@ def prepare_base(
         )
         return model, tokenizer, arch, model_id, False
 
-    from .demo import build_model, train_tokenizer, warm_start
+    from .demo import build_model, tokenizer_texts, train_tokenizer, warm_start
 
     encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
     base_dir = work / "base"
     if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
         model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant)
         return model, tokenizer, arch, str(base_dir), True
-    texts = [text for pair in data.train for text in (pair.chosen, pair.rejected, *[c for _, c in pair.messages])]
-    tokenizer = train_tokenizer(texts, script_args.demo_vocab_size, encoder_decoder)
+    tokenizer = train_tokenizer(tokenizer_texts(data.train), script_args.demo_vocab_size, encoder_decoder)
     model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
     arch = architecture_of(model.config)
     logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))
@@ -158,7 +166,10 @@ def save_outputs(
     adapter_dir, merged_dir = stage / "adapter", stage / "merged"
     if hasattr(model, "peft_config"):
         model.peft_config["default"].base_model_name_or_path = base_model_id
-        model.save_pretrained(adapter_dir, safe_serialization=True)
+        # A demo base is named relative to the adapter, which PEFT's vocabulary check cannot resolve (and the demo's
+        # vocabulary never changes): skip the check rather than warn about a config it cannot find.
+        demo = {"save_embedding_layers": False} if base_model_id == DEMO_BASE_REF else {}
+        model.save_pretrained(adapter_dir, safe_serialization=True, **demo)
         tokenizer.save_pretrained(adapter_dir)
         prompt_format.save(adapter_dir)
         write_json(adapter_dir / DPO_CONFIG_FILE, dpo_settings)
@@ -394,8 +405,8 @@ def train_family(
     def load_full_precision_base() -> PreTrainedModel:
         return load_model(base_source, arch, base_revision, script_args.trust_remote_code_models)
 
-    if built_locally:  # the adapter's base is the copy in the finished folder (work/ is removed at the end)
-        base_model_id = str((final / "base").resolve())
+    if built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
+        base_model_id = DEMO_BASE_REF
     prepare_tokenizer(tokenizer, arch)
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
@@ -413,7 +424,7 @@ def train_family(
     if any(counts["rows"] for counts in truncation.values()):
         logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", family, args.max_length, truncation)
     logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
-    eval_before = strip_eval_prefix(trainer.evaluate())
+    eval_before = evaluate_pairs(trainer)
     logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
@@ -429,7 +440,7 @@ def train_family(
     logger.info(
         "[%s] rank %d/%d finished %d DPO steps", family, args.process_index, args.world_size, trainer.state.global_step
     )
-    eval_after = strip_eval_prefix(trainer.evaluate())
+    eval_after = evaluate_pairs(trainer)
     # Pairs trained in this process (a resumed run counts only the steps it ran itself).
     start_step = int(last_checkpoint.rsplit("-", 1)[-1]) if last_checkpoint else 0
     steps_run = trainer.state.global_step - start_step
@@ -439,7 +450,8 @@ def train_family(
         "family": name,
         "architecture": arch.kind,
         "model_type": arch.model_type,
-        "base_model": base_model_id if not built_locally else f"{name} built from config (demo), see base/",
+        "base_model": public_ref(base_model_id) if not built_locally else f"{name} built from config (demo), see base/",
+        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
         "dataset": data.info["dataset"],
         "data": data.info,
         "train_runtime_s": round(runtime, 3),

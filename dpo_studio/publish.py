@@ -21,7 +21,7 @@ unchanged outputs creates no commit. A failed push names the `train_dpo.py --pus
 
 Space: `python -m dpo_studio.publish space --space-id NS/dpo-compare --from DIR [--hub-namespace NS]
 [--hub-repo-ids ...] [--private]` creates a Gradio Space with `app.py`, the `dpo_studio/` package,
-`requirements.txt`, `examples/prompts.txt`, `app_config.yaml` (the pushed repos, per family) and its README.
+`requirements.txt` (from `requirements-space.txt`: inference only), `examples/prompts.txt`, `app_config.yaml` (the pushed repos, per family) and its README.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from .licenses import PROJECT_LICENSE, base_model_license, card_license_fields
 from .prompt_format import PromptFormat
 
 logger = logging.getLogger("dpo_studio")
@@ -57,6 +58,7 @@ TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 LABELS = {"gpt2": "GPT-2", "t5": "T5"}
 EVAL_ROWS = ("rewards/accuracies", "rewards/margins", "loss", "rewards/chosen", "rewards/rejected",
              "logps/chosen", "logps/rejected", "logps/gap")
+SPACE_REQUIREMENTS = "requirements-space.txt"  # inference-only: uploaded as the Space's requirements.txt
 PLOT_ORDER = {"loss": 0, "rewards": 1, "margins": 2, "accuracy": 3}
 _sleep: Callable[[float], None] = time.sleep  # module-level so tests can skip real waiting
 
@@ -235,6 +237,9 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
         "warnings": metrics.get("generation_warnings") or [],
         "samples": [{k: _cell(s.get(k, "")) for k in ("prompt", "base", "dpo")} for s in metrics.get("samples") or []][:6],
     }
+    # Outputs from before the license was recorded: look it up now (demo: the project's own).
+    ctx["license"] = metrics.get("base_license") or base_model_license(metrics.get("base_model", ""),
+                                                                      built_locally=ids.base_is_ours)
     fmt = PromptFormat.from_dict(metrics["prompt_format"])
     ctx["example_prompt"] = json.dumps(fmt.prompt_from_text("Any tips for staying motivated when running?"))
     ctx["prompt_format_json"] = json.dumps(metrics["prompt_format"], sort_keys=True)
@@ -269,7 +274,7 @@ def render_card(kind: str, metrics: dict[str, Any], ids: RepoIds, family_dir: Pa
     # base_model metadata only for a Hub id (a local demo base such as "gpt2/base" is a path)
     base_meta = ids.base if kind != "base" and (ids.on_hub or not ids.base_is_ours) and is_hub_id(ids.base) else None
     data = ModelCardData(
-        base_model=base_meta, datasets=[dataset] if is_hub_id(dataset) else None, license="apache-2.0",
+        base_model=base_meta, datasets=[dataset] if is_hub_id(dataset) else None, **card_license_fields(ctx["license"]),
         library_name="peft" if kind == "adapter" else "transformers", pipeline_tag=task,
         tags=["dpo", "trl", "peft", "lora", metrics.get("model_type", ""), "dpo-studio",
               *(["demo", "toy-model"] if ids.base_is_ours else [])],
@@ -366,6 +371,12 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
             config["base_model_name_or_path"] = ids.base  # the local path of training means nothing on the Hub
             _write(adapter / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         merged = _stage(family_dir / "merged", stage / "merged")
+        for folder in (stage / "adapter", merged):  # dpo_config.json names the base as this machine knows it
+            settings_file = folder / "dpo_config.json"
+            if settings_file.is_file():
+                settings = json.loads(settings_file.read_text(encoding="utf-8"))
+                settings["base_model"] = ids.base
+                _write(settings_file, json.dumps(settings, indent=2) + "\n")
         shutil.copy2(family_dir / "metrics.json", merged / "metrics.json")
         if (family_dir / "plots").is_dir():
             _stage(family_dir / "plots", merged / "plots")
@@ -411,16 +422,18 @@ def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root
                                              **({"base_revision": target.revision} if ids.base_is_ours else {}))
     with tempfile.TemporaryDirectory(prefix="dpo-studio-space-") as tmp:
         stage = Path(tmp)
-        for rel in ("app.py", "requirements.txt", "examples/prompts.txt"):
+        # (file in the project, path in the Space): the Space gets the inference-only requirements as its own
+        for rel, dest in (("app.py", "app.py"), (SPACE_REQUIREMENTS, "requirements.txt"),
+                          ("examples/prompts.txt", "examples/prompts.txt")):
             if not (project_root / rel).is_file():
                 raise PushAccessError(f"{project_root / rel}: missing, the Space needs it")
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project_root / rel, stage / rel)
+            (stage / dest).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project_root / rel, stage / dest)
         _stage(project_root / "dpo_studio", stage / "dpo_studio")
         (stage / "app_config.yaml").write_text(yaml.safe_dump({"families": config}, sort_keys=False), encoding="utf-8")
         card_data = SpaceCardData(
             title="DPO: base vs tuned", sdk="gradio", sdk_version=version("gradio"), app_file="app.py",
-            license="apache-2.0", models=sorted({fam[role] for fam in config.values() for role in ("base", "adapter", "merged")}),
+            license=PROJECT_LICENSE, models=sorted({fam[role] for fam in config.values() for role in ("base", "adapter", "merged")}),
             tags=["dpo", "trl", "peft", "lora"], emoji="⚖️", colorFrom="indigo", colorTo="pink", pinned=False,
         )
         card = SpaceCard.from_template(card_data, template_path=str(TEMPLATES / "space.md"), title=card_data.title,
@@ -447,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     space.add_argument("--revision", help="Branch the models were pushed to (written to app_config.yaml).")
     space.add_argument("--private", action="store_true", help="Create a private Space.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .logs import setup_logging
+
+    setup_logging()
     try:
         target = check_push_access(PushTarget(args.hub_namespace, parse_repo_ids(args.hub_repo_ids), args.private,
                                               args.revision, commit_message="Deploy the dpo_studio comparison app"))

@@ -13,16 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-# TRL's metric names we report for held-out evaluation (before and after DPO).
-EVAL_METRICS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
+from .evaluation import EVAL_METRICS  # noqa: E402  (TRL's metric names of the held-out table)
 
 # One PNG per panel: file name -> (title, [(log key, legend label), ...]).
 PLOTS = {
@@ -34,18 +25,6 @@ PLOTS = {
     "margins.png": ("Reward margin (chosen - rejected)", [("rewards/margins", "train"), ("eval_rewards/margins", "held-out")]),
     "accuracy.png": ("Reward accuracy", [("rewards/accuracies", "train"), ("eval_rewards/accuracies", "held-out")]),
 }
-
-
-def strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:
-    """`trainer.evaluate()` keys (`eval_rewards/margins`) -> TRL metric names (`rewards/margins`)."""
-    out = {}
-    for key, value in metrics.items():
-        name = key[len("eval_"):] if key.startswith("eval_") else key
-        if name in EVAL_METRICS or name in ("runtime", "samples_per_second"):
-            out[name] = float(value)
-    if "logps/chosen" in out and "logps/rejected" in out:
-        out["logps/gap"] = out["logps/chosen"] - out["logps/rejected"]
-    return out
 
 
 def series(log_history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -63,8 +42,9 @@ def write_plots(log_history: list[dict[str, Any]], plots_dir: Path, title_prefix
             steps, values = series(log_history, key)
             if steps:
                 ax.plot(steps, values, marker="o" if len(steps) < 3 else None, markersize=3, label=label)
-        ax.set_title(f"{title_prefix}{title}")
-        ax.set_xlabel("step")
+        # Trainer logs means over each logging step's batches; the held-out tables are per-pair means (evaluation.py).
+        ax.set_title(f"{title_prefix}{title}, per logging step", fontsize=10)
+        ax.set_xlabel("training step (each point: mean over the logging step's batches)", fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -117,6 +97,9 @@ def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
         f"{metrics['data']['eval_pairs']} held-out · {metrics['train_runtime_s']:.1f} s "
         f"({metrics['train_pairs_per_s']:.1f} pairs/s)</p>",
         "<h2>Held-out preference metrics</h2>",
+        f"<p class='muted'>Means over the {after.get('pairs', metrics['data']['eval_pairs'])} held-out pairs "
+        "(reward accuracy = share of pairs whose chosen reply gets the strictly higher implicit reward). The curves "
+        "below are Trainer's logs: means over each logging step's batches.</p>",
         _table(["metric", "before DPO", "after DPO"], [[k, before.get(k), after.get(k)] for k in (*EVAL_METRICS, "logps/gap")]),
         "<h2>Training curves</h2><div class='plots'>",
     ]

@@ -34,6 +34,8 @@ from dpo_studio.app_config import (
     resolve_sources,
 )
 from dpo_studio.generation import GenerationResult, LoadedPair, generate_pair_results, score_pair, token_log_ratios
+from dpo_studio.logs import LEVELS, setup_logging
+from dpo_studio.public_refs import public_ref
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore, export_votes, make_vote
 
 logger = logging.getLogger(__name__)
@@ -255,7 +257,8 @@ class Studio:
         """Markdown table of the configured sources and how each family is served."""
         rows = ["| Family | Base | Adapter | Merged | Serving |", "|---|---|---|---|---|"]
         for name, source in self.registry.families.items():
-            cells = [source.label, source.base or "(from adapter)", source.adapter or "—", source.merged or "—",
+            cells = [source.label, public_ref(source.base) or "(from adapter)", public_ref(source.adapter) or "—",
+                     public_ref(source.merged) or "—",
                      source.serving_mode + (" (loaded)" if self.registry.is_loaded(name) else "")]
             rows.append("| " + " | ".join(md_text(c) for c in cells) + " |")
         return "\n".join(rows)
@@ -281,7 +284,8 @@ class Studio:
 
     # ------------------------------------------------------------------------------------------------ blind A/B
     def votes_status(self) -> str:
-        return f"Votes collected: **{self.votes.count}** (saved to <code>{md_text(str(self.votes.path))}</code>)."
+        # The file's name only: the server's directories are nobody else's business.
+        return f"Votes collected: **{self.votes.count}** (saved on the server as <code>{md_text(self.votes.path.name)}</code>)."
 
     def blind_generate(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
                        seed: Any) -> tuple[str, str, dict[str, Any], str]:
@@ -297,7 +301,8 @@ class Studio:
         replies = {side: texts[model] for side, model in sides.items()}
         source = self.registry.source(name)
         round_ = {"prompt": text, "family": name, "replies": replies, "sides": sides, "settings": settings,
-                  "models": {"base": source.base or "", "dpo": source.adapter or source.merged or ""}}
+                  "models": {"base": public_ref(source.base) or "",
+                             "dpo": public_ref(source.adapter or source.merged) or ""}}
         status = "Which reply is better? Vote below. " + self.votes_status()
         return replies["A"], replies["B"], round_, status
 
@@ -523,8 +528,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"JSONL file the blind A/B votes are appended to (default: {DEFAULT_VOTES_FILE})")
     parser.add_argument("--max-new-tokens-cap", type=int, default=MAX_NEW_TOKENS_CAP,
                         help=f"server-side cap on max new tokens (default: {MAX_NEW_TOKENS_CAP})")
+    parser.add_argument("--log-level", default=None, choices=sorted(LEVELS),
+                        help="log level (default: $LOG_LEVEL or info); debug also shows HTTP requests and "
+                             "library deprecation warnings")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         port = args.port if args.port is not None else _port_from_env()
         demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,

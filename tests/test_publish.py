@@ -264,6 +264,62 @@ def test_space_deploy_names_the_pushed_repos(outputs, local_hub):
     assert local_hub.repos[("space", f"{ns}/dpo-compare")].sdk == "gradio"
 
 
+def test_pushed_repos_and_space_hold_no_local_path(outputs, local_hub):
+    """Every pushed file, text or binary, is free of the output directory's absolute path and of $HOME."""
+    ns = local_hub.user
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    deploy_space(f"{ns}/dpo-compare", outputs, target)
+    forbidden = {str(outputs.resolve()), str(outputs.parent.resolve()), str(Path.home())}  # data file: outputs.parent
+    checked = 0
+    for repo_type, repo_id in local_hub.repos:
+        for name, data in local_hub.files(repo_id, repo_type=repo_type).items():
+            for path in forbidden:
+                assert path.encode() not in data, f"{repo_type} {repo_id}/{name} holds the local path {path}"
+            checked += 1
+    assert checked > 40 and len(local_hub.repos) == 7  # 3 repos per family + the Space
+    for family in ("gpt2", "t5"):
+        for repo_id in (f"{ns}/{family}-dpo", f"{ns}/{family}-dpo-lora"):
+            settings = json.loads(local_hub.files(repo_id)["dpo_config.json"])
+            assert settings["base_model"] == f"{ns}/{family}-dpo-base"
+        metrics = json.loads(local_hub.files(f"{ns}/{family}-dpo")["metrics.json"])
+        assert metrics["dataset"] == "local:" + "/".join(Path(outputs.parent / "pairs.jsonl").resolve().parts[-2:])
+
+
+def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_path):
+    """GPT-2's card says mit: a DPO model of it says mit; a base without a readable license says so; demo: ours."""
+    from dpo_studio.licenses import base_model_license
+
+    local_hub.seed_repo("test-user/tiny-gpt2", {"README.md": b"---\nlicense: mit\nlanguage: en\n---\n# tiny\n",
+                                               "config.json": b"{}"})
+    local_hub.seed_repo("test-user/no-card", {"config.json": b"{}"})
+    assert base_model_license("test-user/tiny-gpt2") == {"license": "mit", "source": "base card"}
+    assert base_model_license("test-user/no-card")["license"] == "other"
+    local_dir = tmp_path / "my-base"
+    local_dir.mkdir()
+    (local_dir / "README.md").write_text("---\nlicense: other\nlicense_name: my-terms\n---\n", encoding="utf-8")
+    assert base_model_license(str(local_dir)) == {"license": "other", "license_name": "my-terms", "source": "base card"}
+
+    metrics = json.loads((outputs / "gpt2" / "metrics.json").read_text())
+    assert metrics["base_license"] == {"license": "apache-2.0", "source": "project"}  # the demo's own models
+    for base, license_id, phrase in (("test-user/tiny-gpt2", "mit", "the\n  base model's, as its card states"),
+                                     ("test-user/no-card", "other", "**License unknown**")):
+        hub_metrics = {**metrics, "base_model": base, "base_license": base_model_license(base)}
+        ids = publish.RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
+        for kind in ("merged", "adapter"):
+            card = render_card(kind, hub_metrics, ids, outputs / "gpt2")
+            parsed = ModelCard(str(card))
+            assert parsed.data.license == license_id and parsed.data.base_model == base
+            assert phrase in parsed.text
+            if license_id == "other":
+                assert parsed.data.license_name == "unknown"
+    # metrics.json written before the license was recorded: looked up on the Hub when the card is rendered
+    legacy = {key: value for key, value in metrics.items() if key != "base_license"}
+    legacy["base_model"] = "test-user/tiny-gpt2"
+    ids = publish.RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
+    assert ModelCard(str(render_card("merged", legacy, ids, outputs / "gpt2"))).data.license == "mit"
+
+
 # ------------------------------------------------------------------------------------------------ faults
 def test_commit_faults_are_retried_and_the_push_succeeds(outputs, local_hub, no_wait):
     ns = local_hub.user

@@ -1,0 +1,113 @@
+"""The Space: inference-only requirements, an app that imports no training package, and a downloaded Space that
+starts and answers /compare (its start-up time is printed, not asserted)."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import snapshot_download
+
+from dpo_studio import publish
+from dpo_studio.publish import PushTarget, deploy_space, push_outputs
+from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
+from tiny_models import build_models_dir, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING_ONLY = ("trl", "datasets", "matplotlib", "pandas")  # never imported by the app
+NOT_LISTED = (*TRAINING_ONLY, "accelerate", "bitsandbytes")  # not in the Space's requirements (peft pulls accelerate)
+INFERENCE = ("torch", "transformers", "peft", "gradio", "huggingface_hub", "PyYAML", "safetensors")
+
+
+def requirements(path: Path) -> dict[str, str]:
+    """{package name (lower case): version specifier} of a requirements file; options and comments skipped."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, spec = re.match(r"([A-Za-z0-9_.\-]+)(.*)", line).groups()
+            out[name.lower().replace("_", "-")] = spec.strip()
+    return out
+
+
+def test_space_requirements_are_inference_only_and_pinned_like_training():
+    space, training = requirements(REPO / "requirements-space.txt"), requirements(REPO / "requirements.txt")
+    assert set(space) == {name.lower().replace("_", "-") for name in INFERENCE}
+    assert not set(space) & set(NOT_LISTED)
+    for name, spec in space.items():
+        assert spec == training[name], f"{name}: {spec!r} in the Space, {training[name]!r} for training"
+    text = (REPO / "requirements-space.txt").read_text(encoding="utf-8")
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text.splitlines()
+
+
+def test_app_imports_no_training_package(tmp_path):
+    """A fresh interpreter imports app.py, builds the app and answers a compare for both families."""
+    build_models_dir(tmp_path / "models")
+    script = textwrap.dedent(f"""
+        import sys, traceback
+        importers = {{}}
+
+        class Watch:  # records which file imports each watched package first
+            def find_spec(self, name, path=None, target=None):
+                if name in {TRAINING_ONLY!r}:
+                    frames = [f for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
+                    importers.setdefault(name, frames[-1].filename)
+                return None
+
+        sys.meta_path.insert(0, Watch())
+        import app
+        from dpo_studio import ui
+        demo = ui.build_app(models_dir={str(tmp_path / 'models')!r}, votes_file={str(tmp_path / 'votes.jsonl')!r})
+        for family in ("gpt2", "t5"):
+            base, dpo, _ = demo.studio.compare("Any tips about tea?", family, 4, 0.0, 1.0, 0)
+        print("IMPORTERS", importers)
+        print("LOADED", sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    importers = eval(proc.stdout.split("IMPORTERS", 1)[1].splitlines()[0])  # noqa: S307 - our own repr
+    loaded = eval(proc.stdout.split("LOADED", 1)[1].splitlines()[0])  # noqa: S307
+    for name in loaded:
+        # gradio itself imports pandas (gradio/caching.py, a hard dependency of gradio): nothing of ours does
+        assert name == "pandas" and "/gradio/" in importers[name], f"{name} imported by {importers.get(name)}"
+    assert not set(loaded) - {"pandas"}
+
+
+def test_downloaded_space_starts_and_answers_compare(outputs, local_hub, tmp_path):  # noqa: F811
+    ns = local_hub.user
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    deploy_space(f"{ns}/dpo-compare", outputs, target)
+    space = Path(snapshot_download(f"{ns}/dpo-compare", repo_type="space", local_dir=tmp_path / "space"))
+    assert (space / "requirements.txt").read_bytes() == (REPO / "requirements-space.txt").read_bytes()
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HUB_OFFLINE")}
+    env.update(GRADIO_SERVER_PORT=str(port), HF_HOME=str(tmp_path / "space_hf_home"),
+               HF_HUB_CACHE=str(tmp_path / "space_hf_home" / "hub"), GRADIO_ANALYTICS_ENABLED="False")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        from gradio_client import Client
+
+        answer, deadline = None, started + 240
+        while answer is None and time.perf_counter() < deadline and proc.poll() is None:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
+                answer = client.predict("Any tips about tea?", "gpt2", 8, 0.0, api_name="/compare")
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        assert answer is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 240 s"
+        base, dpo = answer
+        assert isinstance(base, str) and isinstance(dpo, str)
+        print(f"\nSpace start-up to first /compare answer: {elapsed:.1f} s (models downloaded from the local Hub)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -14,6 +14,9 @@ import warnings
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "huggingface_hub")
+# bitsandbytes warns at import, on AVX512-BF16 CPUs only, that an optional kernel downloaded from the Hub (`kernels`)
+# is missing; it falls back to its built-in one, so the line is not actionable (and the Hub is often unreachable).
+OPTIONAL_KERNEL_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 LIBRARY_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|huggingface_hub|gradio|datasets)(\.|$)"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
@@ -36,13 +39,26 @@ def setup_logging(level: str | None = None) -> int:
     quiet = resolved > logging.DEBUG
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)
+    for name in OPTIONAL_KERNEL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.DEBUG)
     if quiet:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNING_MODULES)
         # transformers emits some deprecations with stacklevel pointing at the caller (TRL, our code): by message
         warnings.filterwarnings("ignore", message=r".*(gradient_checkpointing|activation_checkpointing).*",
                                 category=FutureWarning)
+        _add_filter_once(logging.getLogger("bitsandbytes.autograd._functions"), _drop_int8_cast_notice)
     return resolved
+
+
+def _drop_int8_cast_notice(record: logging.LogRecord) -> bool:
+    # 8-bit QLoRA: bitsandbytes logs this at every matmul; casting inputs to fp16 is how LLM.int8 works
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _add_filter_once(logger: logging.Logger, function) -> None:
+    if function not in logger.filters:
+        logger.addFilter(function)
 
 
 def argv_log_level(argv: list[str]) -> str | None:

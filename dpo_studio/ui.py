@@ -578,7 +578,9 @@ def build_app(
                     reply_b = gr.Textbox(label="Reply B", lines=6, interactive=False, elem_id="reply-b",
                                          elem_classes="reply")
                 with gr.Row():
-                    vote_buttons = {choice: gr.Button(text, elem_id=f"vote-{choice.lower().replace('_', '-')}")
+                    # Enabled only while a complete round waits for its vote (not mid-stream, not after voting).
+                    vote_buttons = {choice: gr.Button(text, elem_id=f"vote-{choice.lower().replace('_', '-')}",
+                                                      interactive=False)
                                     for choice, text in CHOICE_LABELS.items()}
                 blind_status = gr.Markdown(studio.votes_status(), elem_id="blind-status")
                 blind_round = gr.State(None)  # the open round's id only; its sides stay in studio.rounds
@@ -639,16 +641,31 @@ def build_app(
             ui_changes, [runs], [*changes.values(), changes_md], api_name="ui_changes", api_visibility="private",
             **model_events)
 
-        blind_outputs = [reply_a, reply_b, blind_round, blind_status]
-        gr.on([blind_btn.click, blind_prompt.submit], studio.blind_stream,
-              [blind_prompt, family, *settings_inputs], blind_outputs, api_name="ui_blind", api_visibility="private",
-              **model_events)
-        regenerate_btn.click(studio.regenerate, [blind_round, blind_prompt, family, max_new, temperature, top_p],
+        def with_vote_buttons(steps):
+            for text_a, text_b, round_id, status in steps:
+                yield text_a, text_b, round_id, status, *[gr.update(interactive=round_id is not None)] * len(
+                    vote_buttons)
+
+        def ui_blind(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value):
+            yield from with_vote_buttons(studio.blind_stream(prompt_text, family_value, max_new_value, temp_value,
+                                                             top_p_value, seed_value))
+
+        def ui_regenerate(round_id, prompt_text, family_value, max_new_value, temp_value, top_p_value):
+            yield from with_vote_buttons(studio.regenerate(round_id, prompt_text, family_value, max_new_value,
+                                                           temp_value, top_p_value))
+
+        def ui_vote(round_id, choice):
+            return *studio.vote_message(round_id, choice), *[gr.update(interactive=False)] * len(vote_buttons)
+
+        blind_outputs = [reply_a, reply_b, blind_round, blind_status, *vote_buttons.values()]
+        gr.on([blind_btn.click, blind_prompt.submit], ui_blind, [blind_prompt, family, *settings_inputs],
+              blind_outputs, api_name="ui_blind", api_visibility="private", **model_events)
+        regenerate_btn.click(ui_regenerate, [blind_round, blind_prompt, family, max_new, temperature, top_p],
                              blind_outputs, api_name="ui_regenerate", api_visibility="private", **model_events)
         for choice, button in vote_buttons.items():
-            button.click(lambda round_id, c=choice: studio.vote_message(round_id, c), [blind_round],
-                         [blind_status, blind_round], api_name=f"ui_vote_{choice}", api_visibility="private",
-                         **vote_events).then(ui_scoreboard, None, [board_table, board_plot],
+            button.click(lambda round_id, c=choice: ui_vote(round_id, c), [blind_round],
+                         [blind_status, blind_round, *vote_buttons.values()], api_name=f"ui_vote_{choice}",
+                         api_visibility="private", **vote_events).then(ui_scoreboard, None, [board_table, board_plot],
                                              api_name=f"ui_scoreboard_{choice}", api_visibility="private",
                                              **light_events)
         board_refresh.click(ui_scoreboard, None, [board_table, board_plot], api_name="ui_scoreboard",

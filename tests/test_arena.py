@@ -262,3 +262,20 @@ def test_blind_stream_hides_the_order_in_two_model_mode(tmp_path):
     assert len(updates) == 1 and updates[0][2] is not None  # base would grow before DPO: only the final is shown
     assert {updates[0][0], updates[0][1]} == {plain_generate(dirs["base"], "gpt2", PROMPT, CAP),
                                               plain_generate(dirs["merged"], "gpt2", PROMPT, CAP)}
+
+
+def test_votes_and_the_scoreboard_do_not_wait_behind_a_generation(served):
+    """A long generation holds the model group; the vote and scoreboard endpoints have their own and answer."""
+    demo, client, gate, _ = served
+    round_id, *_ = demo.studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
+    gate.armed, gate.seen = True, threading.Event()
+    job = client.submit(PROMPT, "gpt2", CAP, 0.0, 1.0, 0, api_name="/compare_stream")
+    try:
+        next(iter(job))  # the generation has started and is now held at its first step
+        assert client.submit(api_name="/scoreboard").result(timeout=60)["gpt2"]["votes"] >= 0
+        assert client.submit(round_id, "tie", api_name="/vote").result(timeout=60)["vote"] == "tie"
+        assert not job.done()  # both answered while the generation was still running
+    finally:
+        gate.armed = False
+        gate.seen.set()
+    assert job.result(timeout=60)

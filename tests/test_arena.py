@@ -279,3 +279,16 @@ def test_votes_and_the_scoreboard_do_not_wait_behind_a_generation(served):
         gate.armed = False
         gate.seen.set()
     assert job.result(timeout=60)
+
+
+def test_score_a_pair_refuses_input_beyond_the_context_window(served, pairs):
+    demo, client, _, _ = served
+    long_reply = "How are you doing today? " * 60  # ~1500 characters: within the app's text limit
+    n_tokens = len(pairs["gpt2"].tokenizer(long_reply)["input_ids"])
+    assert n_tokens > 256  # the tiny GPT-2's n_positions
+    message = r"GPT-2: The prompt \+ reply A is \d+ tokens; the model reads at most 256 tokens \(its max positions\)\."
+    with pytest.raises(AppError, match=message):
+        client.predict(PROMPT, long_reply, "fine", "gpt2", api_name="/score")
+    with pytest.raises(Exception, match=message):  # the tab's callback: the same one line
+        demo.studio.score(PROMPT, long_reply, "fine", "gpt2")
+    assert client.predict(PROMPT, long_reply, "fine", "t5", api_name="/score")["t5"]["reward_a"]  # T5: no such limit

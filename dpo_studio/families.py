@@ -5,7 +5,8 @@ the model's config, never guessed from the name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 from peft import LoraConfig
 from transformers import (
@@ -19,7 +20,7 @@ from transformers import (
 )
 
 from .config import ConfigError
-from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
 
 # Short family names and the Hub models they stand for.
 DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}
@@ -42,6 +43,9 @@ class Architecture:
 
     is_encoder_decoder: bool
     model_type: str
+    # The format a model trained by this tool was trained with (its prompt_format.json), e.g. a round-one merged
+    # model trained again on votes; None: the architecture's default.
+    saved_prompt_format: PromptFormat | None = None
 
     @property
     def auto_model_class(self) -> type:
@@ -49,6 +53,8 @@ class Architecture:
 
     @property
     def prompt_format(self) -> PromptFormat:
+        if self.saved_prompt_format is not None:
+            return self.saved_prompt_format
         return ENCODER_DECODER_FORMAT if self.is_encoder_decoder else DECODER_ONLY_FORMAT
 
     @property
@@ -107,6 +113,11 @@ def load_model_and_tokenizer(
         kwargs["quantization_config"] = quantization_config
     model = arch.auto_model_class.from_pretrained(model_id, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+    from .generation import resolve_file  # the one home of "this file in a local folder or a Hub repo"
+
+    saved = resolve_file(model_id, PROMPT_FORMAT_FILE, revision=revision)
+    if saved is not None:  # a model this tool trained (round two from round one): keep the format it learnt
+        arch = replace(arch, saved_prompt_format=PromptFormat.from_dict(json.loads(saved.read_text(encoding="utf-8"))))
     prepare_tokenizer(tokenizer, arch)
     return model, tokenizer, arch
 

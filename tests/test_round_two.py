@@ -19,7 +19,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from dpo_studio import ui
-from dpo_studio.app_config import FamilySource, ModelRegistry
+from dpo_studio.app_config import FamilySource, ModelRegistry, discover_models_dir
 from dpo_studio.cli import run_cli
 from dpo_studio.data import load_pairs
 from dpo_studio.prompt_format import PromptFormat
@@ -118,6 +118,8 @@ def test_votes_train_round_two_from_the_round_one_repo(tmp_path, local_hub, monk
     [(expected_base, expected_dpo)] = _greedy_pair(round_one / "gpt2" / "merged", out / "merged",
                                                    "Any tips about tea?")
     assert (base, dpo) == (expected_base, expected_dpo)
+    # `python app.py --models-dir round2` gives the same pairing: round one as base, round two as DPO.
+    assert discover_models_dir(round_two)["gpt2-dpo"].base == f"{ns}/gpt2-dpo"
 
 
 def _greedy_pair(round_one: Path, round_two: Path, prompt: str) -> list[tuple[str, str]]:

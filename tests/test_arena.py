@@ -204,6 +204,10 @@ def test_compare_stream_updates_arrive_before_the_end_and_the_last_equals_compar
 def test_blind_round_vote_and_scoreboard(served, models_dir):
     demo, client, _, votes_file = served
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    # /compare_stream takes exactly /compare's inputs and streams its two outputs.
+    assert [p["parameter_name"] for p in info["/compare_stream"]["parameters"]] == [
+        p["parameter_name"] for p in info["/compare"]["parameters"]]
+    assert len(info["/compare_stream"]["returns"]) == 2
     assert len(info["/blind"]["returns"]) == 3 and {p["parameter_name"] for p in info["/vote"]["parameters"]} == {
         "round_id", "choice"}
     base = plain_generate(models_dir / "gpt2" / "base", "gpt2", PROMPT, CAP)

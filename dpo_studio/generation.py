@@ -5,6 +5,9 @@ mixed-adapter batches (`adapter_names=[...]` on `generate`/`forward`, eval mode 
 `adapter_names[i]`, where `"__base__"` means "adapters off". Without an adapter the engine falls back to two plain
 models (base and merged), which costs twice the memory but gives the same outputs.
 
+`stream_pair_results` is the same generation watched step by step (transformers' streamer hook): with shared
+weights the base row and the DPO row of the one batch grow together; its last item is the non-streamed result.
+
 Prompts everywhere are either a user text (rendered with `PromptFormat.prompt_from_text`) or a conversation
 (a list of `{role, content}` dicts, rendered with `PromptFormat.render_prompt`), so generation and scoring see
 exactly the text that training saw.

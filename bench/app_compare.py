@@ -12,6 +12,11 @@ Each variant runs in its own fresh process (so peak memory is its own), alternat
 peak RSS above its RSS after imports (what the models and the request add), and the total peak RSS.
 The adapter is given random non-zero weights so base and DPO outputs differ; both variants must produce the same
 greedy tokens.
+
+Streaming (what the app's Compare tab and `/compare_stream` do): per side, the time from the request to its first
+token (target <= 0.5 s for the product on the GPT-2-small shape, 2 cores) and its decode rate in tokens/s after that
+first token, medians over the timed streamed requests. In two-model mode the DPO side starts after the base side has
+finished, which its time to first token shows.
 """
 
 from __future__ import annotations
@@ -66,8 +71,29 @@ def prepare(kind: str, shape: dict, root: Path) -> None:
     arch.prompt_format.save(root / "merged")
 
 
+def streamed(pair, prompt, stream_pair_results) -> dict:
+    """One streamed request: per side, seconds to the first token, tokens/s after it, and the final tokens."""
+    start = time.perf_counter()
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    count: dict[str, int] = {}
+    final = None
+    for final in stream_pair_results(pair, prompt, max_new_tokens=NEW_TOKENS, temperature=0.0):
+        now = time.perf_counter() - start
+        for side, result in zip(("base", "dpo"), final):
+            if result.num_tokens and side not in first:
+                first[side] = now
+            if result.num_tokens != count.get(side):
+                count[side], last[side] = result.num_tokens, now
+    out = {"tokens": [r.token_ids for r in final]}
+    for side in ("base", "dpo"):
+        span = last[side] - first[side]
+        out[side] = {"ttft_s": first[side], "tok_s": (count[side] - 1) / span if span > 0 else float("nan")}
+    return out
+
+
 def child(variant: str, root: Path, requests: int) -> None:
-    from dpo_studio.generation import generate_pair_results, load_pair
+    from dpo_studio.generation import generate_pair_results, load_pair, stream_pair_results
     from dpo_studio.speed import configure_threads
 
     configure_threads()
@@ -86,10 +112,14 @@ def child(variant: str, root: Path, requests: int) -> None:
         if i:  # the first request is a warm-up
             times.append(time.perf_counter() - start)
     base, dpo = result[0]
+    streams = [streamed(pair, prompts[0], stream_pair_results) for _ in range(requests + 1)][1:]  # 1 warm-up
+    stream = {side: {key: statistics.median(s[side][key] for s in streams) for key in ("ttft_s", "tok_s")}
+              for side in ("base", "dpo")}
     print(json.dumps({
         "variant": variant, "load_s": load_s, "latency_s": statistics.median(times), "rss_after_imports_mb": rss0,
         "peak_rss_mb": peak_rss_mb(), "base_tokens": base.token_ids, "dpo_tokens": dpo.token_ids,
-        "shares_weights": pair.shares_weights,
+        "shares_weights": pair.shares_weights, "stream": stream,
+        "stream_same_tokens": all(s["tokens"] == [base.token_ids, dpo.token_ids] for s in streams),
     }))
 
 
@@ -107,7 +137,7 @@ def main() -> None:
         return
     preset = PRESETS[opts.preset]
     print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}")
-    rows, ratios = [], []
+    rows, ratios, stream_rows = [], [], []
     for kind in opts.families.split(","):
         shape = getattr(preset, kind)
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,11 +161,20 @@ def main() -> None:
                                                                                    results[0]["dpo_tokens"]))
             rows.append([f"{kind}: {variant}", f"{shape}", round(load, 2), round(latency, 3), round(delta),
                          round(peak)])
+            stream = {side: {key: statistics.median(r["stream"][side][key] for r in results)
+                             for key in ("ttft_s", "tok_s")} for side in ("base", "dpo")}
+            stream_rows.append([f"{kind}: {variant}", round(stream["base"]["ttft_s"], 3),
+                                round(stream["dpo"]["ttft_s"], 3), round(stream["base"]["tok_s"], 1),
+                                round(stream["dpo"]["tok_s"], 1),
+                                all(r["stream_same_tokens"] for r in results)])
         same = summary["product"]["tokens"] == summary["two-models"]["tokens"]
         differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
         ratios.append((kind, summary, same, differs))
     print(table(["variant", "model", "load s", "request latency s", "peak memory MB (above imports)",
                  "peak RSS MB (total)"], rows))
+    print(table(["streamed", "base: s to 1st token", "DPO: s to 1st token", "base: tokens/s", "DPO: tokens/s",
+                 "stream = non-streamed tokens"], stream_rows))
+    print("target: product <= 0.5 s to the first token on the GPT-2-small shape (full preset), 2 cores")
     for kind, s, same, differs in ratios:
         p, t = s["product"], s["two-models"]
         print(f"ratio {kind}: two-models / product latency = {t['latency'] / p['latency']:.2f}x (target >= 1.6x); "

@@ -22,8 +22,9 @@ Results equal the stock path's up to float summation order.
 with one adapter plus `"__base__"` rows (the app's case) that bookkeeping cost GPT-2-small ~10 ms per generated
 token on the CI machine, more than the LoRA maths. The switched layers instead run the LoRA product on all rows
 with the `"__base__"` rows scaled by zero, accumulated into the base output by one `addmm`: base rows get the base
-output plus an exact zero, adapter rows the same sum as PEFT's up to float order. Anything else (several adapters,
-DoRA or other variants, dropout in training, autograd) goes to PEFT's own forward.
+output plus an exact zero, adapter rows the same sum as PEFT's up to float order (a `lora_bias=True` adapter's
+`lora_B` bias included, scaled like the rest of the LoRA output as PEFT does). Anything else (several adapters,
+DoRA or other variants, a `lora_A` bias, dropout in training, autograd) goes to PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -92,14 +93,18 @@ def _masked_lora_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> t
         or self.merged or adapter not in self.lora_A or adapter in getattr(self, "lora_variant", {})
         or self.use_dora.get(adapter, False) or len(names) != len(x) or torch.is_grad_enabled()
         or not isinstance(self.lora_dropout[adapter], nn.Identity) or x.dtype != self.lora_A[adapter].weight.dtype
+        or self.lora_A[adapter].bias is not None
     ):
         return self._peft_forward(x, *args, **kwargs)
     result = self.base_layer(x)
     lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight  # [r, in], [out, r]
+    scale = _row_scale(tuple(names), adapter, self.scaling[adapter], x)
     # [batch, seq, r]: base rows scaled by 0, so their output below is the base output + exactly 0
-    down = torch.matmul(x, lora_a.t()).mul_(_row_scale(tuple(names), adapter, self.scaling[adapter], x))
+    down = torch.matmul(x, lora_a.t()).mul_(scale)
     out = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), lora_b.t())
-    return out.view(result.shape)
+    out = out.view(result.shape)
+    bias = self.lora_B[adapter].bias  # `lora_bias=True`: PEFT adds scaling * (B x + b), so the bias is scaled too
+    return out if bias is None else out.add_(scale * bias)
 
 
 def enable_masked_adapter_batches(model: nn.Module) -> int:

@@ -32,6 +32,7 @@ logger = logging.getLogger("dpo_studio")
 
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
+VOTES_WITHOUT_PREFERENCE = ("tie", "both_bad")  # the app's votes file (dpo_studio/votes.py): no chosen/rejected
 
 
 class DataError(ValueError):
@@ -63,6 +64,7 @@ class LoadReport:
     rows_skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)  # first few error messages
     extra_columns: list[str] = field(default_factory=list)  # columns besides prompt/chosen/rejected, ignored
+    votes_without_preference: int = 0  # tie / both-bad lines of an app votes file: not pairs, always skipped
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class LoadReport:
             "rows_skipped": self.rows_skipped,
             "skipped_examples": self.skipped_examples[:5],
             "extra_columns": self.extra_columns,
+            "votes_without_preference": self.votes_without_preference,
         }
 
 
@@ -279,10 +282,22 @@ def validate_row(row: dict[str, Any], where: str) -> PreferencePair:
     return PreferencePair(tuple(messages), chosen, rejected)
 
 
+def is_vote_without_preference(row: dict[str, Any]) -> bool:
+    """A line of the app's votes file that picked no side ("tie", "both_bad"): it has no chosen/rejected, so it is
+    not a preference pair; `load_pairs` skips and counts it (whatever `skip_invalid` says)."""
+    return row.get("vote") in VOTES_WITHOUT_PREFERENCE and row.get("chosen") is None and row.get("rejected") is None
+
+
 def load_pairs(source: str, split: str = "train", skip_invalid: bool = False) -> tuple[list[PreferencePair], LoadReport]:
-    """Read and validate every row. Stops at the first bad row unless `skip_invalid`, which drops and counts them."""
+    """Read and validate every row. Stops at the first bad row unless `skip_invalid`, which drops and counts them.
+    Tie and both-bad votes of an app votes file are skipped and counted in `votes_without_preference`."""
     rows = read_rows(source, split)
     report = LoadReport(source=source, rows_read=len(rows))
+    votes = [row for row in rows if is_vote_without_preference(row)]
+    if votes:
+        report.votes_without_preference = len(votes)
+        rows = [row for row in rows if not is_vote_without_preference(row)]
+        logger.info("%s: skipped %d tie / both-bad votes (not preference pairs)", source, len(votes))
     extra = {key for row in rows for key in row if key not in REQUIRED_FIELDS and key != "__row__"}
     report.extra_columns = sorted(extra)
     if extra:  # accepted (ids, scores, metadata are common), named once so a misspelt column does not go unnoticed
@@ -300,6 +315,8 @@ def load_pairs(source: str, split: str = "train", skip_invalid: bool = False) ->
     report.rows_kept = len(pairs)
     if not pairs:
         detail = f" ({report.rows_skipped} invalid rows skipped; first: {report.skipped_examples[0]})" if rows else ""
+        if report.votes_without_preference:
+            detail += f" ({report.votes_without_preference} tie / both-bad votes skipped)"
         raise DataError(f"{source}: no valid preference pairs{detail}")
     return pairs, report
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from transformers import (
 
 from .config import ConfigError
 from .precision import Precision
-from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
 
 # Short family names and the Hub models they stand for.
 DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}
@@ -48,6 +49,9 @@ class Architecture:
 
     is_encoder_decoder: bool
     model_type: str
+    # The format a model trained by this tool was trained with (its prompt_format.json), e.g. a round-one merged
+    # model trained again on votes; None: the architecture's default.
+    saved_prompt_format: PromptFormat | None = None
 
     @property
     def auto_model_class(self) -> type:
@@ -55,6 +59,8 @@ class Architecture:
 
     @property
     def prompt_format(self) -> PromptFormat:
+        if self.saved_prompt_format is not None:
+            return self.saved_prompt_format
         return ENCODER_DECODER_FORMAT if self.is_encoder_decoder else DECODER_ONLY_FORMAT
 
     @property
@@ -125,6 +131,11 @@ def load_model_and_tokenizer(
     arch = load_architecture(model_id, revision, trust_remote_code)
     model = load_model(model_id, arch, revision, trust_remote_code, quantization_config)
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+    from .generation import resolve_file  # the one home of "this file in a local folder or a Hub repo"
+
+    saved = resolve_file(model_id, PROMPT_FORMAT_FILE, revision=revision)
+    if saved is not None:  # a model this tool trained (round two from round one): keep the format it learnt
+        arch = replace(arch, saved_prompt_format=PromptFormat.from_dict(json.loads(saved.read_text(encoding="utf-8"))))
     prepare_tokenizer(tokenizer, arch)
     return model, tokenizer, arch
 

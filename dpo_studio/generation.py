@@ -5,6 +5,9 @@ mixed-adapter batches (`adapter_names=[...]` on `generate`/`forward`, eval mode 
 `adapter_names[i]`, where `"__base__"` means "adapters off". Without an adapter the engine falls back to two plain
 models (base and merged), which costs twice the memory but gives the same outputs.
 
+`stream_pair_results` is the same generation watched step by step (transformers' streamer hook): with shared
+weights the base row and the DPO row of the one batch grow together; its last item is the non-streamed result.
+
 Prompts everywhere are either a user text (rendered with `PromptFormat.prompt_from_text`) or a conversation
 (a list of `{role, content}` dicts, rendered with `PromptFormat.render_prompt`), so generation and scoring see
 exactly the text that training saw.
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,10 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from dpo_studio.cpu_decode import enable_masked_adapter_batches, enable_small_batch_matmuls
 from dpo_studio.prompt_format import (
@@ -318,15 +325,103 @@ def _sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float) -> d
     return {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature, "top_p": top_p}
 
 
+def _result(tokenizer: PreTrainedTokenizerBase, row: Sequence[int]) -> GenerationResult:
+    ids, ended = split_generated(row, tokenizer.eos_token_id)
+    return GenerationResult(text=tokenizer.decode(ids, skip_special_tokens=True).strip(), token_ids=ids,
+                            ended_with_eos=ended)
+
+
 def _decode_rows(pair: LoadedPair, sequences: torch.Tensor, prompt_width: int) -> list[GenerationResult]:
     # Causal outputs repeat the (padded) prompt; seq2seq outputs start with the decoder start token.
     new_tokens = sequences[:, 1:] if pair.is_encoder_decoder else sequences[:, prompt_width:]
-    results = []
-    for row in new_tokens.tolist():
-        ids, ended = split_generated(row, pair.tokenizer.eos_token_id)
-        text = pair.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        results.append(GenerationResult(text=text, token_ids=ids, ended_with_eos=ended))
-    return results
+    return [_result(pair.tokenizer, row) for row in new_tokens.tolist()]
+
+
+StepListener = Callable[[str, list[int]], None]  # (side "base"/"dpo"/"both", the new token of each row)
+
+
+class _StepStreamer(BaseStreamer):
+    """transformers' streamer hook for a whole batch (its Text*Streamer classes take one row only).
+
+    `generate` calls `put` once with the prompt (skipped here), then once per decoding step with the token just
+    chosen for every row; those go to `listener`. It only observes: the tokens generated are the same with or
+    without it.
+    """
+
+    def __init__(self, side: str, listener: StepListener) -> None:
+        self.side, self.listener, self._prompt_seen = side, listener, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.listener(self.side, value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends `generate` early once `event` is set (a streaming client went away); never fires otherwise."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _generate_chunk(
+    pair: LoadedPair,
+    chunk: Sequence[str],
+    gen_kwargs: dict[str, Any],
+    seed: int,
+    *,
+    listener: StepListener | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[list[GenerationResult], list[GenerationResult]]:
+    """(base results, DPO results) for a chunk of rendered prompts; the caller holds `pair.lock`.
+
+    With `listener`, every decoding step's tokens are handed to it as they are chosen (streaming); the results
+    are the same as without it. The RNG is seeded by the caller in the shared case (once per call), here in the
+    two-model case (before each model, so both start from the same state).
+    """
+    tokenizer = pair.tokenizer
+    enc = tokenizer(list(chunk), padding=True, return_tensors="pt").to(pair.device)
+    width = enc["input_ids"].shape[1]
+    n = len(chunk)
+    extra: dict[str, Any] = {}
+    if stop is not None:
+        extra["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
+
+    def streamer(side: str) -> dict[str, Any]:
+        return {"streamer": _StepStreamer(side, listener)} if listener is not None else {}
+
+    if pair.shares_weights:
+        # One decode loop: the base rows and the DPO rows of the same batch advance together.
+        sequences = pair.model.generate(  # type: ignore[union-attr]
+            input_ids=enc["input_ids"].repeat(2, 1),
+            attention_mask=enc["attention_mask"].repeat(2, 1),
+            adapter_names=[BASE_ADAPTER] * n + [DPO_ADAPTER] * n,
+            **gen_kwargs, **extra, **streamer("both"),
+        )
+        rows = _decode_rows(pair, sequences, width)
+        return rows[:n], rows[n:]
+    # Two plain models cannot share a decode loop, and torch's global RNG is what `generate` samples from: they
+    # run in turn, each reseeded, so streamed and non-streamed outputs are the same.
+    torch.manual_seed(seed)
+    base_rows = _decode_rows(pair, pair.base_model.generate(**enc, **gen_kwargs, **extra,  # type: ignore
+                                                            **streamer("base")), width)
+    torch.manual_seed(seed)
+    dpo_rows = _decode_rows(pair, pair.dpo_model.generate(**enc, **gen_kwargs, **extra,  # type: ignore
+                                                          **streamer("dpo")), width)
+    return base_rows, dpo_rows
+
+
+def _generation_kwargs(pair: LoadedPair, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+    tokenizer = pair.tokenizer
+    return _sampling_kwargs(max_new_tokens, temperature, top_p) | {
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
 @torch.inference_mode()
@@ -349,9 +444,7 @@ def generate_pair_results(
     random numbers (base and DPO do not see the same draws). Fallback (two models): each model generates with
     the RNG reseeded to `seed` (+ the chunk's offset), so sampled fallback outputs differ from shared ones.
     """
-    gen_kwargs = _sampling_kwargs(max_new_tokens, temperature, top_p)
-    tokenizer = pair.tokenizer
-    gen_kwargs |= {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    gen_kwargs = _generation_kwargs(pair, max_new_tokens, temperature, top_p)
     texts = [render_prompt(pair.prompt_format, p) for p in prompts]
     if not texts:
         return []
@@ -360,27 +453,69 @@ def generate_pair_results(
     with pair.lock:
         torch.manual_seed(seed)
         for start in range(0, len(texts), step):
-            chunk = texts[start : start + step]
-            enc = tokenizer(chunk, padding=True, return_tensors="pt").to(pair.device)
-            width = enc["input_ids"].shape[1]
-            n = len(chunk)
-            if pair.shares_weights:
-                sequences = pair.model.generate(  # type: ignore[union-attr]
-                    input_ids=enc["input_ids"].repeat(2, 1),
-                    attention_mask=enc["attention_mask"].repeat(2, 1),
-                    adapter_names=[BASE_ADAPTER] * n + [DPO_ADAPTER] * n,
-                    **gen_kwargs,
-                )
-                rows = _decode_rows(pair, sequences, width)
-                base_rows, dpo_rows = rows[:n], rows[n:]
-            else:
-                # Reseed before each model so both sides start from the same RNG state (seed for the first chunk).
-                torch.manual_seed(seed + start)
-                base_rows = _decode_rows(pair, pair.base_model.generate(**enc, **gen_kwargs), width)  # type: ignore
-                torch.manual_seed(seed + start)
-                dpo_rows = _decode_rows(pair, pair.dpo_model.generate(**enc, **gen_kwargs), width)  # type: ignore
+            base_rows, dpo_rows = _generate_chunk(pair, texts[start : start + step], gen_kwargs, seed + start)
             out.extend(zip(base_rows, dpo_rows))
     return out
+
+
+def stream_pair_results(
+    pair: LoadedPair,
+    prompt: Prompt,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Iterator[tuple[GenerationResult, GenerationResult]]:
+    """Base and DPO results for one prompt as they grow: one (base so far, DPO so far) per decoding step.
+
+    The same `generate` call as `generate_pair_results(pair, [prompt], ...)` (same seed and settings, a streamer
+    watching it), run in a worker thread; the last item is that call's final result, so it equals the
+    non-streamed one. With shared weights both sides grow at every step (one decode loop for both rows); with two
+    models the base reply grows first, then the DPO reply. Closing the iterator early stops the generation.
+    """
+    gen_kwargs = _generation_kwargs(pair, max_new_tokens, temperature, top_p)
+    text = render_prompt(pair.prompt_format, prompt)
+    steps: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+    done = object()
+    outcome: dict[str, Any] = {}
+
+    @torch.inference_mode()  # inference mode is per thread
+    def work() -> None:
+        try:
+            with pair.lock:
+                torch.manual_seed(seed)
+                outcome["rows"] = _generate_chunk(pair, [text], gen_kwargs, seed,
+                                                  listener=lambda side, tokens: steps.put((side, tokens)), stop=stop)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            outcome["error"] = exc
+        finally:
+            steps.put(done)
+
+    ids: dict[str, list[int]] = {"base": [], "dpo": []}
+    ended = {"base": False, "dpo": False}
+    eos = pair.tokenizer.eos_token_id
+    worker = threading.Thread(target=work, name="stream-pair", daemon=True)
+    worker.start()
+    try:
+        while (item := steps.get()) is not done:
+            side, tokens = item
+            for name, token in zip(("base", "dpo") if side == "both" else (side,), tokens):
+                if ended[name]:
+                    continue  # after EOS, `generate` pads the finished row
+                if token == eos:
+                    ended[name] = True
+                else:
+                    ids[name].append(int(token))
+            yield _result(pair.tokenizer, ids["base"]), _result(pair.tokenizer, ids["dpo"])
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        (base,), (dpo,) = outcome["rows"]
+        yield base, dpo
+    finally:
+        stop.set()  # the consumer left early: end the generation at its next step
 
 
 def generate_pair(
@@ -450,12 +585,39 @@ def _completion_logits(model: torch.nn.Module, pair: LoadedPair, enc: EncodedPai
     return logits[:, enc.prompt_length - 1 : -1]
 
 
+class ContextTooLong(ValueError):
+    """A prompt + reply longer than the model's position table (GPT-2: n_positions)."""
+
+
+def context_limit(pair: LoadedPair) -> int | None:
+    """How many tokens a decoder-only model reads at most (its learned positions); None when unbounded (T5)."""
+    if pair.is_encoder_decoder:
+        return None  # relative position buckets: no hard limit
+    model = pair.model if pair.model is not None else pair.base_model
+    config = model.config  # type: ignore[union-attr]
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def encode_generated(pair: LoadedPair, prompt: Prompt, result: GenerationResult) -> EncodedPair:
+    """A prompt and a generated completion as the very token ids that were sampled (no re-tokenizing of the
+    decoded text, which BPE may split differently), + EOS when the model emitted it."""
+    prompt_ids = list(pair.tokenizer(render_prompt(pair.prompt_format, prompt))["input_ids"])
+    completion_ids = list(result.token_ids) + ([pair.tokenizer.eos_token_id] if result.ended_with_eos else [])
+    input_ids = prompt_ids if pair.is_encoder_decoder else prompt_ids + completion_ids
+    return EncodedPair(input_ids=input_ids, completion_ids=completion_ids, prompt_length=len(prompt_ids))
+
+
 @torch.inference_mode()
-def completion_token_logps(
-    pair: LoadedPair, prompt: Prompt, reply: str
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Per-token log-probs of `reply` (as rendered in training, incl. EOS) under base and DPO, and the token ids."""
-    enc = encode_pair_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder, prompt, reply)
+def encoded_token_logps(pair: LoadedPair, enc: EncodedPair, what: str = "the prompt + reply"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of `enc.completion_ids` under base and DPO (teacher forcing, one 2-row forward)."""
+    limit = context_limit(pair)
+    if limit is not None and len(enc.input_ids) > limit:
+        raise ContextTooLong(f"{what} is {len(enc.input_ids)} tokens; the model reads at most {limit} tokens "
+                             f"(its max positions)")
+    if not enc.completion_ids:
+        empty = torch.zeros(0)
+        return empty, empty
     targets = torch.tensor(enc.completion_ids, device=pair.device)
     with pair.lock:
         if pair.shares_weights:
@@ -465,14 +627,33 @@ def completion_token_logps(
             logits = torch.cat([_completion_logits(m, pair, enc, 1) for m in (pair.base_model, pair.dpo_model)])
     logps = torch.log_softmax(logits.float(), dim=-1)
     token_logps = logps.gather(-1, targets.expand(2, -1).unsqueeze(-1)).squeeze(-1)
-    return token_logps[0].cpu(), token_logps[1].cpu(), enc.completion_ids
+    return token_logps[0].cpu(), token_logps[1].cpu()
+
+
+def completion_token_logps(
+    pair: LoadedPair, prompt: Prompt, reply: str, what: str = "the prompt + reply"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per-token log-probs of `reply` (as rendered in training, incl. EOS) under base and DPO, and the token ids."""
+    enc = encode_pair_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder, prompt, reply)
+    base_logps, dpo_logps = encoded_token_logps(pair, enc, what)
+    return base_logps, dpo_logps, enc.completion_ids
+
+
+def _ratios(pair: LoadedPair, enc: EncodedPair) -> list[tuple[str, float]]:
+    base_logps, dpo_logps = encoded_token_logps(pair, enc)
+    ratios = (dpo_logps - base_logps).tolist()
+    return [(pair.tokenizer.decode([token]), ratio) for token, ratio in zip(enc.completion_ids, ratios)]
 
 
 def token_log_ratios(pair: LoadedPair, prompt: Prompt, completion: str) -> list[tuple[str, float]]:
     """For each completion token (EOS included): its text and log pi_dpo(token) - log pi_base(token)."""
-    base_logps, dpo_logps, ids = completion_token_logps(pair, prompt, completion)
-    ratios = (dpo_logps - base_logps).tolist()
-    return [(pair.tokenizer.decode([token]), ratio) for token, ratio in zip(ids, ratios)]
+    return _ratios(pair, encode_pair_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder,
+                                                 prompt, completion))
+
+
+def generated_token_log_ratios(pair: LoadedPair, prompt: Prompt, result: GenerationResult) -> list[tuple[str, float]]:
+    """log pi_dpo - log pi_base of each token that generation sampled (its EOS only if it emitted one)."""
+    return _ratios(pair, encode_generated(pair, prompt, result))
 
 
 def score_pair(pair: LoadedPair, prompt: Prompt, reply_a: str, reply_b: str, beta: float | None = None) -> dict:
@@ -484,7 +665,7 @@ def score_pair(pair: LoadedPair, prompt: Prompt, reply_a: str, reply_b: str, bet
     beta = pair.beta if beta is None else float(beta)
     result: dict[str, Any] = {"beta": beta}
     for name, reply in (("a", reply_a), ("b", reply_b)):
-        base_logps, dpo_logps, _ = completion_token_logps(pair, prompt, reply)
+        base_logps, dpo_logps, _ = completion_token_logps(pair, prompt, reply, f"the prompt + reply {name.upper()}")
         logp_base, logp_dpo = float(base_logps.sum()), float(dpo_logps.sum())
         result[f"logp_base_{name}"] = logp_base
         result[f"logp_dpo_{name}"] = logp_dpo

@@ -1,16 +1,29 @@
-"""Blind A/B votes stored as a preference dataset (JSONL), and their export to the Hub as a dataset repo.
+"""The votes room: blind A/B rounds, the votes file (a preference dataset), the scoreboard, the Hub export.
 
-Each vote is one line `{prompt, chosen, rejected, family, winner_side, chosen_model, models, settings, timestamp}`
-(the same `prompt/chosen/rejected` columns as the training data, so collected votes can be trained on directly).
-Lines are appended with flush + fsync, so a vote that was acknowledged survives a crash or restart.
+* `RoundStore` holds the open blind rounds on the server: which model is behind reply A and B stays here until
+  the round's one vote closes it (the client only ever sees a random round id and the two texts).
+* Each vote is one JSONL line `{prompt, chosen, rejected, vote, outcome, family, winner_side, chosen_model, models,
+  settings, timestamp}`: `vote` is what was clicked (`A`, `B`, `tie`, `both_bad`), `outcome` who won (`dpo`,
+  `base`, `tie`, `both_bad`). A/B votes carry the `prompt/chosen/rejected` columns of the training data, so the
+  file trains the next round with `train_dpo.py --dataset votes.jsonl`; ties and both-bad lines have
+  `chosen`/`rejected` null (no preference) and are skipped there with a count. Lines are appended with
+  flush + fsync, so an acknowledged vote survives a crash or restart.
+* `scoreboard(records)` tallies the file (the source of truth) per family, with the DPO win rate's 95 % Wilson
+  interval.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
+import secrets
 import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +36,9 @@ DEFAULT_VOTES_FILE = Path("votes") / "votes.jsonl"
 EXPORT_PATH_IN_REPO = "data/train.jsonl"
 SIDES = ("A", "B")
 MODELS = ("base", "dpo")
+NO_PREFERENCE = ("tie", "both_bad")  # votes that are not preference pairs
+CHOICES = SIDES + NO_PREFERENCE
+WILSON_Z = 1.959963984540054  # two-sided 95 % normal quantile
 
 
 def make_vote(
@@ -30,38 +46,171 @@ def make_vote(
     prompt: str,
     replies: dict[str, str],
     sides: dict[str, str],
-    winner_side: str,
+    choice: str,
     family: str,
     settings: dict[str, Any],
     models: dict[str, str] | None = None,
     timestamp: datetime | None = None,
 ) -> dict[str, Any]:
-    """A preference record from a blind round.
+    """A vote record from a blind round.
 
     `replies` maps "A"/"B" to the text shown; `sides` maps "A"/"B" to the model behind it ("base"/"dpo");
-    `winner_side` is the side the user picked.
+    `choice` is what the user picked: "A", "B", "tie" or "both_bad". Identical replies hold no preference, so
+    an A/B pick between them is recorded as a tie.
     """
-    if winner_side not in SIDES:
-        raise ValueError(f"winner_side must be one of {SIDES}, got {winner_side!r}")
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
     if set(replies) != set(SIDES) or set(sides) != set(SIDES) or set(sides.values()) != set(MODELS):
         raise ValueError("replies and sides must map both 'A' and 'B' (sides to 'base' and 'dpo')")
-    loser_side = "B" if winner_side == "A" else "A"
+    if choice in SIDES and replies["A"] == replies["B"]:
+        choice = "tie"
     stamp = (timestamp or datetime.now(timezone.utc)).isoformat()
+    decided = choice in SIDES
+    loser_side = "B" if choice == "A" else "A"
     return {
         "prompt": prompt,
-        "chosen": replies[winner_side],
-        "rejected": replies[loser_side],
+        "chosen": replies[choice] if decided else None,
+        "rejected": replies[loser_side] if decided else None,
+        "vote": choice,
+        "outcome": sides[choice] if decided else choice,
         "family": family,
-        "winner_side": winner_side,
-        "chosen_model": sides[winner_side],
+        "winner_side": choice if decided else None,
+        "chosen_model": sides[choice] if decided else None,
         "models": dict(models or {}),
         "settings": dict(settings),
         "timestamp": stamp,
     }
 
 
+def outcome_of(record: dict[str, Any]) -> str | None:
+    """"dpo", "base", "tie" or "both_bad" for a stored vote (lines from before `outcome` existed: their
+    `chosen_model`); None for a line that is not a vote."""
+    outcome = record.get("outcome") or record.get("chosen_model")
+    return outcome if outcome in MODELS + NO_PREFERENCE else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blind rounds
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RoundError(ValueError):
+    """An unknown, expired or already-voted round id."""
+
+
+@dataclass
+class BlindRound:
+    """An open blind round: the two texts shown and, server-side only, which model wrote each."""
+
+    round_id: str
+    prompt: str
+    family: str
+    replies: dict[str, str]  # "A"/"B" -> text
+    sides: dict[str, str]  # "A"/"B" -> "base"/"dpo"
+    settings: dict[str, Any]
+    models: dict[str, str] = field(default_factory=dict)
+
+
+def blind_order(rng: random.Random) -> dict[str, str]:
+    """Which model goes behind reply A and B, drawn from `rng` (a SystemRandom in the app: not guessable)."""
+    return {"A": "base", "B": "dpo"} if rng.random() < 0.5 else {"A": "dpo", "B": "base"}
+
+
+class RoundStore:
+    """Open blind rounds in memory, each closed by exactly one vote (or dropped when re-drawn).
+
+    Bounded: past `max_open` rounds the oldest open one is forgotten (its id then reads as unknown). Closed ids
+    are remembered (also bounded) so that a second vote gets "already voted" rather than "unknown".
+    """
+
+    def __init__(self, max_open: int = 10_000) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[str, BlindRound] = OrderedDict()
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, *, prompt: str, family: str, texts: dict[str, str], sides: dict[str, str],
+             settings: dict[str, Any], models: dict[str, str] | None = None) -> BlindRound:
+        """Register a round; `texts` maps "base"/"dpo" to the replies, `sides` "A"/"B" to the models."""
+        round_ = BlindRound(round_id=secrets.token_urlsafe(12), prompt=prompt, family=family,
+                            replies={side: texts[model] for side, model in sides.items()}, sides=dict(sides),
+                            settings=dict(settings), models=dict(models or {}))
+        with self._lock:
+            self._open[round_.round_id] = round_
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        return round_
+
+    def close(self, round_id: str) -> BlindRound:
+        """Take the round for its vote; a second call with the same id raises RoundError."""
+        key = str(round_id or "").strip()
+        with self._lock:
+            round_ = self._open.pop(key, None)
+            if round_ is None:
+                if key in self._closed:
+                    raise RoundError(f"Round {key!r} already has its vote; start a new round.")
+                raise RoundError(f"Unknown round id {key!r}: it never existed, was re-drawn, or the app restarted; "
+                                 "start a new round.")
+            self._closed[key] = None
+            while len(self._closed) > 10 * self.max_open:
+                self._closed.popitem(last=False)
+        return round_
+
+    def discard(self, round_id: str | None) -> None:
+        """Forget an open round without a vote (regenerate)."""
+        with self._lock:
+            self._open.pop(str(round_id or ""), None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoreboard
+# --------------------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % by default); (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per family: votes, dpo_wins, base_wins, ties, both_bad, and the DPO win rate over decisive votes
+    (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes).
+
+    `families` are listed first (with zeros when they have no votes yet), then any other family in the records.
+    """
+    board: dict[str, dict[str, Any]] = {}
+
+    def row(family: str) -> dict[str, Any]:
+        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0})
+
+    for family in families:
+        row(family)
+    keys = {"dpo": "dpo_wins", "base": "base_wins", "tie": "ties", "both_bad": "both_bad"}
+    for record in records:
+        outcome = outcome_of(record)
+        if outcome is None:
+            continue
+        entry = row(str(record.get("family") or "unknown"))
+        entry["votes"] += 1
+        entry[keys[outcome]] += 1
+    for entry in board.values():
+        decisive = entry["dpo_wins"] + entry["base_wins"]
+        if decisive:
+            low, high = wilson_interval(entry["dpo_wins"], decisive)
+            entry |= {"dpo_win_rate": entry["dpo_wins"] / decisive, "ci_low": low, "ci_high": high}
+        else:
+            entry |= {"dpo_win_rate": None, "ci_low": None, "ci_high": None}
+    return board
+
+
 class VoteStore:
-    """Append-only JSONL file of votes; counts what is already there on start."""
+    """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start."""
 
     def __init__(self, path: str | Path = DEFAULT_VOTES_FILE) -> None:
         self.path = Path(path).expanduser()

@@ -11,9 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
+import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from dpo_studio import ui
 from dpo_studio.app_config import (
@@ -25,7 +27,8 @@ from dpo_studio.app_config import (
     load_config_file,
     resolve_sources,
 )
-from dpo_studio.generation import score_pair, token_log_ratios
+from dpo_studio.generation import score_pair
+from dpo_studio.prompt_format import DECODER_ONLY_FORMAT
 from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
 from tiny_models import BETA, FAMILIES, build_family, build_models_dir, free_port, load_plain, plain_generate
 
@@ -140,17 +143,41 @@ def test_load_error_is_a_message_and_server_still_answers(served):
     assert "broken" not in demo.studio.registry.loaded()
 
 
-def test_what_dpo_changed_and_scoring(served):
+def _plain_greedy_ids(model_dir: Path, prompt: str, max_new_tokens: int) -> list[int]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = torch.tensor([tokenizer(DECODER_ONLY_FORMAT.prompt_from_text(prompt))["input_ids"]])
+    out = load_plain(model_dir, "gpt2").generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                 max_new_tokens=max_new_tokens, pad_token_id=1, eos_token_id=1)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@torch.inference_mode()
+def _plain_logps(model_dir: Path, prompt: str, completion: list[int]) -> list[float]:
+    """log p(completion token | prompt, earlier tokens) under one plain GPT-2 model."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt_ids = tokenizer(DECODER_ONLY_FORMAT.prompt_from_text(prompt))["input_ids"]
+    logits = load_plain(model_dir, "gpt2")(torch.tensor([prompt_ids + completion])).logits[0]
+    logps = torch.log_softmax(logits[len(prompt_ids) - 1 : -1].float(), dim=-1)
+    return logps.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1).tolist()
+
+
+def test_what_dpo_changed_and_scoring(served, models_dir):
     demo, client = served
     studio = demo.studio
     pair = studio.registry.get("gpt2")
     base, dpo, runs = studio.compare(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
     highlights, summary = studio.changes(runs)
     highlights = highlights["gpt2"]
-    expected = token_log_ratios(pair, PROMPT, dpo)[:-1]  # cut at the cap: the unseen EOS is not shown
+    # Independently: the sampled ids (from plain generate on the merged model), scored by plain base and merged
+    # forwards. Cut at the cap, so no EOS: exactly CAP tokens, whatever re-encoding the text would give.
+    sampled = _plain_greedy_ids(models_dir / "gpt2" / "merged", PROMPT, CAP)
+    assert len(highlights) == CAP == len(sampled)
+    expected = [(pair.tokenizer.decode([t]), d - b) for t, b, d in zip(
+        sampled, _plain_logps(models_dir / "gpt2" / "base", PROMPT, sampled),
+        _plain_logps(models_dir / "gpt2" / "merged", PROMPT, sampled))]
     assert [t for t, _ in highlights] == [t for t, _ in expected]
     scale = max(abs(r) for _, r in expected)
-    assert [s for _, s in highlights] == pytest.approx([r / scale for _, r in expected])
+    assert [s for _, s in highlights] == pytest.approx([r / scale for _, r in expected], abs=1e-4)
     assert f"{sum(r for _, r in expected):+.3f} nats" in summary and "mixed-adapter batch" in summary
 
     reply_a, reply_b = "I am fine, thanks for asking!", "The weather is lovely."
@@ -179,37 +206,41 @@ def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served):
     registry = served[0].studio.registry  # the loaded tiny models, a fresh vote file
     votes_file = tmp_path / "votes" / "votes.jsonl"
     studio = ui.Studio(registry, VoteStore(votes_file), max_new_tokens_cap=CAP, rng=random.Random(3))
-    assert studio.vote(None, "A")[0].startswith("Generate a pair")
+    assert studio.vote_message(None, "A")[0].startswith("Generate a pair")
 
     seen_orders = set()
-    for choice in ("A", "B", "tie"):
-        reply_a, reply_b, round_, _ = studio.blind_generate(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
+    for choice in ("A", "B", "tie", "both_bad"):
+        round_id, reply_a, reply_b = studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
         base, dpo = studio.generate("gpt2", PROMPT, studio.settings(CAP, 0.0, 1.0, 0))
         assert {reply_a, reply_b} == {base.text, dpo.text}
-        seen_orders.add(round_["sides"]["A"])
-        message, cleared = studio.vote(round_, choice)
+        message, cleared = studio.vote_message(round_id, choice)
         assert cleared is None
-        if choice != "tie":
-            record = VoteStore(votes_file).records()[-1]
+        record = VoteStore(votes_file).records()[-1]
+        sides = {"A": "base" if reply_a == base.text else "dpo", "B": "base" if reply_b == base.text else "dpo"}
+        seen_orders.add(sides["A"])
+        assert f"Reply A was the **{'DPO' if sides['A'] == 'dpo' else 'base'}** model" in message
+        assert record["vote"] == choice and record["family"] == "gpt2" and record["prompt"] == PROMPT
+        assert record["settings"] == {"max_new_tokens": CAP, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+        assert record["timestamp"]
+        if choice in ("A", "B"):
             winner = reply_a if choice == "A" else reply_b
             assert record["chosen"] == winner and record["rejected"] == ({reply_a, reply_b} - {winner}).pop()
-            assert record["winner_side"] == choice and record["family"] == "gpt2"
-            assert record["chosen_model"] == round_["sides"][choice]
-            assert record["settings"] == {"max_new_tokens": CAP, "temperature": 0.0, "top_p": 1.0, "seed": 0}
-            assert record["prompt"] == PROMPT and record["timestamp"]
-    assert studio.votes.count == 2  # the tie recorded nothing
+            assert record["winner_side"] == choice and record["chosen_model"] == record["outcome"] == sides[choice]
+        else:  # not a preference: counted, but no pair to train on
+            assert record["chosen"] is None and record["rejected"] is None and record["outcome"] == choice
+    assert studio.votes.count == 4
     assert seen_orders == {"base", "dpo"}  # the order really is shuffled (seeded RNG here)
 
     restarted = VoteStore(votes_file)  # a "restart": a new store on the same file
-    assert restarted.count == 2
+    assert restarted.count == 4
     lines = votes_file.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == restarted.records()
     # A crash that cut the last line: the next vote still lands on its own line, the damaged one is skipped.
     with votes_file.open("a", encoding="utf-8") as handle:
         handle.write('{"prompt": "cut')
-    vote = make_vote(prompt="p", replies={"A": "x", "B": "y"}, sides={"A": "dpo", "B": "base"}, winner_side="B",
+    vote = make_vote(prompt="p", replies={"A": "x", "B": "y"}, sides={"A": "dpo", "B": "base"}, choice="B",
                      family="t5", settings={})
-    assert VoteStore(votes_file).append(vote) == 3
+    assert VoteStore(votes_file).append(vote) == 5
     assert VoteStore(votes_file).records()[-1] == vote
 
 
@@ -221,7 +252,7 @@ def test_export_votes_to_local_hub(tmp_path, local_hub):
         export_votes(store, f"{local_hub.user}/votes")
     for winner in ("A", "B"):
         store.append(make_vote(prompt="Hi", replies={"A": "hey!", "B": "Greetings."}, sides={"A": "dpo", "B": "base"},
-                               winner_side=winner, family="gpt2", settings={"seed": 0}))
+                               choice=winner, family="gpt2", settings={"seed": 0}))
     repo_id = f"{local_hub.user}/dpo-studio-votes"
     url = export_votes(store, repo_id, private=True)
     assert repo_id in url

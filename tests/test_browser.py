@@ -1,7 +1,10 @@
-"""The app in a real browser (Debian chromium driven by playwright): compare, blind A/B vote, no console errors.
+"""The app in a real browser (Debian chromium driven by playwright): streaming compare, blind A/B vote, the
+scoreboard, no console errors.
 
-Set DPO_STUDIO_UPDATE_SCREENSHOT=1 to also copy the screenshot to docs/app.png (the README's picture); by default
-the test writes only under its tmp dir, so running the suite never changes tracked files.
+The tiny models generate a whole reply in a few milliseconds, so the engine's per-step stream is slowed here (a
+pause after each step, the tokens untouched) to catch the page mid-stream.
+Set DPO_STUDIO_UPDATE_SCREENSHOT=1 to also copy the screenshots to docs/app.png and docs/streaming.png (the README's
+pictures); by default the test writes only under its tmp dir, so running the suite never changes tracked files.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,14 +32,25 @@ from dpo_studio import ui  # noqa: E402
 from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
 from tiny_models import build_models_dir, free_port  # noqa: E402
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "app.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+STEP_PAUSE_S = 0.15  # per decoding step, so that a 32-token reply streams for ~5 s
 PROMPT = "How was your morning?"
 TIMEOUT_MS = 60_000  # generous: a busy 2-core CI box; the waits return as soon as the condition holds
 
 
 
+def _slowed(stream):
+    def slow(*args, **kwargs):
+        for step in stream(*args, **kwargs):
+            yield step
+            time.sleep(STEP_PAUSE_S)
+
+    return slow
+
+
 @pytest.fixture()
-def app_url(tmp_path: Path):
+def app_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ui, "stream_pair_results", _slowed(ui.stream_pair_results))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     build_models_dir(tmp_path / "models")
@@ -68,17 +83,30 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
 
-            # Compare tab: both families, default sampling settings.
-            page.get_by_label("Both").check()
+            # Compare tab, one family: a screenshot while both columns are still growing.
             page.locator("#prompt textarea").fill(PROMPT)
             page.locator("#compare-btn").click()
+            page.wait_for_function(  # a few tokens in (a 32-token reply is ~80 characters here)
+                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value.length "
+                ">= 15)")
+            partial = (_value(page, "base-out"), _value(page, "dpo-out"))
+            page.screenshot(path=str(tmp_path / "streaming.png"), full_page=True)
+            page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # the end: "What DPO changed" arrived
+            final = (_value(page, "base-out"), _value(page, "dpo-out"))
+            for part, whole in zip(partial, final):  # the screenshot caught both replies part-way
+                assert part and len(part) < len(whole) and whole.startswith(part.rstrip())
+
+            # Both families: one section each, each streamed in turn.
+            page.get_by_label("Both").check()
+            page.locator("#compare-btn").click()
             page.wait_for_function(
-                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value)")
+                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value"
+                "?.includes('[T5]'))")
+            page.locator("#changes-t5").wait_for(state="visible")  # "What DPO changed" for both: the end
             base, dpo = _value(page, "base-out"), _value(page, "dpo-out")
             assert base.startswith("[GPT-2]\n") and "\n\n[T5]\n" in base
             assert dpo.startswith("[GPT-2]\n") and "\n\n[T5]\n" in dpo
             assert all(section.split("\n", 1)[1].strip() for section in (base + "\n\n" + dpo).split("\n\n"))
-            page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # "What DPO changed" summary arrived
             for family in ("gpt2", "t5"):  # one highlighted view per family, with its tokens
                 view = page.locator(f"#changes-{family}")
                 view.wait_for(state="visible")
@@ -87,19 +115,35 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
-                DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-                shutil.copyfile(shot, DOCS_SCREENSHOT)
+                DOCS.mkdir(exist_ok=True)
+                shutil.copyfile(shot, DOCS / "app.png")
+                shutil.copyfile(tmp_path / "streaming.png", DOCS / "streaming.png")
 
-            # Blind A/B tab: generate, vote once, the vote is in the dataset file.
+            # Scoreboard before any vote.
+            page.get_by_role("tab", name="Scoreboard").click()
+            table = page.locator("#scoreboard-table")
+            page.wait_for_function("() => document.querySelector('#scoreboard-table')?.innerText.includes('GPT-2')")
+            before = table.inner_text()
+
+            # Blind A/B tab: vote buttons wait for the complete round, one vote, the vote is in the dataset file.
             page.get_by_role("tab", name="Blind A/B").click()
             page.locator("#blind-prompt textarea").fill(PROMPT)
             page.locator("#blind-btn").click()
-            page.wait_for_function(
-                "() => ['reply-a', 'reply-b'].every(id => document.querySelector(`#${id} textarea`)?.value)")
+            page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
             reply_a, reply_b = _value(page, "reply-a"), _value(page, "reply-b")
             page.locator("#vote-a").click()
             page.locator("#blind-status").get_by_text("Votes collected: 1", exact=False).wait_for()
+            page.locator("#blind-status").get_by_text("Reply A was the", exact=False).wait_for()
             page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
+
+            # The scoreboard counted it (refreshed after the vote, no reload).
+            page.get_by_role("tab", name="Scoreboard").click()
+            page.wait_for_function("before => document.querySelector('#scoreboard-table').innerText !== before",
+                                   arg=before)
+            after = table.inner_text()
+            assert "100.0%" in after or "0.0%" in after  # one decisive vote: a win rate of 0 or 1 for its family
+            page.locator("#scoreboard-plot").wait_for(state="visible")
+            page.screenshot(path=str(tmp_path / "scoreboard.png"), full_page=True)
         finally:
             browser.close()
 

@@ -68,16 +68,40 @@ def test_autograd_takes_the_stock_path_with_equal_gradients() -> None:
     torch.testing.assert_close(layer.weight.grad, stock.weight.grad)
 
 
-def _lora_model(family: str):
+def _lora_model(family: str, lora_bias: bool = False):
     model = _gpt2() if family == "gpt2" else _t5()
     targets = ["c_attn", "c_fc"] if family == "gpt2" else ["q", "v", "wi"]
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                                                  fan_in_fan_out=family == "gpt2"))
+                                                  fan_in_fan_out=family == "gpt2", lora_bias=lora_bias))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name:  # weights and (lora_bias=True) biases: non-zero, so that they show
                 param.normal_(0.0, 0.5)
     return peft_model.eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_masked_batch_applies_a_lora_b_bias_like_peft(family: str) -> None:
+    """An adapter trained with `lora_bias=True`: the masked rows equal PEFT's own mixed batch (masked path off)."""
+    peft_model = _lora_model(family, lora_bias=True)
+    biases = [m.lora_B["default"].bias for m in peft_model.modules() if hasattr(m, "lora_B")]
+    assert biases and all(b is not None and b.abs().sum() > 0 for b in biases)
+    stock = copy.deepcopy(peft_model)  # PEFT's `_mixed_batch_forward`, untouched
+    assert enable_masked_adapter_batches(peft_model) == len(biases)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5], [5, 6, 7, 8, 9]])
+    extra = {"decoder_input_ids": ids[:, :3]} if family == "t5" else {}
+    names = ["__base__", "default", "default"]
+    with torch.inference_mode():
+        masked = peft_model(input_ids=ids, adapter_names=names, **extra).logits
+        reference = stock(input_ids=ids, adapter_names=names, **extra).logits
+        no_bias = copy.deepcopy(peft_model)
+        for module in no_bias.modules():
+            if hasattr(module, "lora_B"):
+                module.lora_B["default"].bias.zero_()
+        without = no_bias(input_ids=ids, adapter_names=names, **extra).logits
+    torch.testing.assert_close(masked, reference, rtol=1e-5, atol=1e-5)
+    assert (masked[1:] - without[1:]).abs().max() > 1e-2  # the bias matters: ignoring it would be caught
+    torch.testing.assert_close(masked[0], without[0], rtol=1e-6, atol=1e-6)  # base rows: no bias
 
 
 @pytest.mark.parametrize("family", ["gpt2", "t5"])

@@ -12,6 +12,7 @@ The tiny models cannot repeat a prompt, so a wrapper around the real engine make
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -92,6 +93,16 @@ def echo_reply(real):
     return generate
 
 
+def echo_stream(real):
+    """The real streaming engine, except that the DPO reply repeats the user's text."""
+
+    def stream(pair, prompt, **settings):
+        for base, _ in real(pair, prompt, **settings):
+            yield base, GenerationResult(text=str(prompt).strip(), token_ids=[], ended_with_eos=True)
+
+    return stream
+
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
@@ -106,6 +117,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ui, "generate_pair_results", echo_reply(ui.generate_pair_results))
+        patch.setattr(ui, "stream_pair_results", echo_stream(ui.stream_pair_results))
         ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             yield demo, f"http://127.0.0.1:{port}/"
@@ -119,6 +131,8 @@ def call(demo: gr.Blocks, api_name: str, *args):
     [fn] = [f for f in demo.fns.values() if f.api_name == api_name]
     try:
         values = fn.fn(*args)
+        if inspect.isgenerator(values):  # a streaming callback: what it shows last
+            values = list(values)[-1]
     except gr.Error as exc:
         return exc
     values = values if isinstance(values, tuple) else (values,)
@@ -147,11 +161,11 @@ def test_compare_blind_and_score_render_user_text_inert(app, payload):
     assert "Σ log-ratio" in summary
     assert_inert(summary)
 
-    rendered, (reply_a, reply_b, round_, _) = call(demo, "ui_blind", payload, "t5", *settings)
+    rendered, (reply_a, reply_b, round_id, *_) = call(demo, "ui_blind", payload, "t5", *settings)
     assert payload in (reply_a, reply_b)
     for markdown in rendered:
         assert_inert(markdown)
-    rendered, _ = call(demo, "ui_vote_A", round_)
+    rendered, _ = call(demo, "ui_vote_A", round_id)
     assert_inert(rendered[0], shows="Saved: you preferred reply A.")
     # Stored verbatim: escaping belongs to rendering, the preference data keeps the user's text.
     record = json.loads(demo.studio.votes.path.read_text(encoding="utf-8").splitlines()[-1])
@@ -169,7 +183,8 @@ def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, mon
     demo, _ = app
     # A tokenizer whose tokens carry the payload whole (real BPE pieces would split it): the summary names the
     # most boosted and most suppressed tokens inside <code>.
-    monkeypatch.setattr(ui, "token_log_ratios", lambda pair, prompt, completion: [(completion, 0.5), ("ok", -0.5)])
+    monkeypatch.setattr(ui, "generated_token_log_ratios",
+                        lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     _, _, runs = demo.studio.compare(payload, "gpt2", CAP, 0.0, 1.0, 0)
     [summary], _ = call(demo, "ui_changes", runs)
     assert_inert(summary, shows=f"most boosted {payload} (+0.500)")
@@ -207,7 +222,8 @@ def test_payload_prompt_in_chromium_runs_nothing(app, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     _, url = app
     # Whole-reply tokens, so the payload reaches the Markdown summary and the highlighted view intact.
-    monkeypatch.setattr(ui, "token_log_ratios", lambda pair, prompt, completion: [(completion, 0.5), ("ok", -0.5)])
+    monkeypatch.setattr(ui, "generated_token_log_ratios",
+                        lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     dialogs: list[str] = []
     injected: dict[str, dict[str, int]] = {}
     with sync_api.sync_playwright() as p:

@@ -86,7 +86,9 @@ def child(variant: str, root: Path, requests: int) -> None:
         if i:  # the first request is a warm-up
             times.append(time.perf_counter() - start)
     base, dpo = result[0]
+    model = pair.model if pair.model is not None else pair.base_model
     print(json.dumps({
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "variant": variant, "load_s": load_s, "latency_s": statistics.median(times), "rss_after_imports_mb": rss0,
         "peak_rss_mb": peak_rss_mb(), "base_tokens": base.token_ids, "dpo_tokens": dpo.token_ids,
         "shares_weights": pair.shares_weights,
@@ -129,12 +131,12 @@ def main() -> None:
             load = statistics.median(r["load_s"] for r in results)
             summary[variant] = dict(latency=latency, delta=delta, peak=peak, tokens=(results[0]["base_tokens"],
                                                                                    results[0]["dpo_tokens"]))
-            rows.append([f"{kind}: {variant}", f"{shape}", round(load, 2), round(latency, 3), round(delta),
-                         round(peak)])
+            rows.append([f"{kind}: {variant}", f"{shape}", results[0]["dtype"], round(load, 2), round(latency, 3),
+                         round(delta), round(peak)])
         same = summary["product"]["tokens"] == summary["two-models"]["tokens"]
         differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
         ratios.append((kind, summary, same, differs))
-    print(table(["variant", "model", "load s", "request latency s", "peak memory MB (above imports)",
+    print(table(["variant", "model", "weights (ran)", "load s", "request latency s", "peak memory MB (above imports)",
                  "peak RSS MB (total)"], rows))
     for kind, s, same, differs in ratios:
         p, t = s["product"], s["two-models"]

@@ -59,6 +59,8 @@ __all__ = [
     "pair_lengths",
     "physical_cores",
     "reuse_frozen_weight_casts",
+    "skip_lora_input_round_trips",
+    "use_eager_attention",
     "use_fused_gelu",
 ]
 
@@ -72,6 +74,7 @@ MEGABATCH_BATCHES = 16
 # Opt-outs of the CPU patches (set to "0"): reused bf16 copies of frozen weights, the CPU log-prob head.
 FROZEN_COPIES_ENV = "DPO_STUDIO_FROZEN_COPIES"
 CPU_HEAD_ENV = "DPO_STUDIO_CPU_HEAD"
+EAGER_ATTENTION_ENV = "DPO_STUDIO_BF16_EAGER_ATTENTION"
 
 
 # ------------------------------------------------------------------------------------------------------ CPU settings
@@ -211,8 +214,12 @@ class _LengthGroupedTrainerMixin:
     def train(self, *args, **kwargs):
         try:
             return super().train(*args, **kwargs)
-        finally:  # the bf16 copies of frozen weights are for training; merging and saving follow
+        finally:  # the bf16 copies of frozen weights and eager attention are for training; merging and saving follow
             drop_frozen_weight_copies(self.model)
+            restore = getattr(self, "_dpo_studio_attention_to_restore", None)
+            if restore is not None:
+                base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                base.set_attn_implementation(restore)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         # Called inside TRL's __init__ after it patched the fused LM head: switch causal LMs to the compact head first,
@@ -462,6 +469,48 @@ def reuse_frozen_weight_casts(model: torch.nn.Module) -> int:
     return patched
 
 
+def _lora_cast_input_dtype(self, x, dtype):
+    # PEFT casts a LoRA layer's input to the adapter's dtype (fp32); under CPU autocast the matmul casts it straight
+    # back to bf16, so a bf16 input is passed on as it is (bitwise the same product, two copies fewer per layer).
+    if x is not None and x.device.type == "cpu" and not self.lora_variant and x.dtype == cpu_autocast_dtype():
+        return x
+    return type(self)._cast_input_dtype(self, x, dtype)
+
+
+def skip_lora_input_round_trips(model: torch.nn.Module) -> int:
+    """Install `_lora_cast_input_dtype` on a PEFT model's LoRA layers (in place); returns how many. Off with
+    DPO_STUDIO_FROZEN_COPIES=0 (the same switch as the other autocast-cast savings)."""
+    from peft.tuners.lora import LoraLayer
+
+    if os.environ.get(FROZEN_COPIES_ENV, "1") == "0":
+        return 0
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and "_cast_input_dtype" not in module.__dict__:
+            module._cast_input_dtype = types.MethodType(_lora_cast_input_dtype, module)
+            patched += 1
+    return patched
+
+
+def use_eager_attention(model: torch.nn.Module) -> str | None:
+    """Switch a model from SDPA to transformers' eager attention (in place) for bf16 training on the CPU; returns the
+    implementation to restore afterwards, or None when nothing changed.
+
+    Why: PyTorch's CPU flash-attention backward in bf16 is slow at chat lengths: in a GPT-2-small bf16 DPO step it took
+    ~20% of the time, while eager attention (autocast bf16 matmuls, fp32 softmax) made the whole step ~18% faster. In
+    fp32 both measured the same, so fp32 runs keep SDPA. The policy and its reference both run eager (the switch is
+    made before the reference pass); off with DPO_STUDIO_BF16_EAGER_ATTENTION=0.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    if current != "sdpa" or os.environ.get(EAGER_ATTENTION_ENV, "1") == "0":
+        return None
+    try:
+        model.set_attn_implementation("eager")
+    except (AttributeError, ValueError):  # an architecture without an eager path
+        return None
+    return current
+
+
 # -------------------------------------------------------------------------------------------- CPU log-prob head
 def _use_cpu_log_prob_head(hidden: torch.Tensor, lm_head: torch.nn.Module) -> bool:
     """The CPU head serves a frozen, bias-free LM head on the CPU; anything else stays on TRL's kernel."""
@@ -628,10 +677,15 @@ def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: An
         args = dataclasses.replace(args, precompute_ref_batch_size=max(32, args.per_device_train_batch_size))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     use_fused_gelu(base)
-    if next(base.parameters()).device.type == "cpu":
+    on_cpu = next(base.parameters()).device.type == "cpu"
+    if on_cpu:
         reuse_frozen_weight_casts(base)  # a no-op outside CPU bf16 autocast
+    attention_to_restore = use_eager_attention(base) if on_cpu and args.bf16 else None
     if base.config.is_encoder_decoder:
         add_bucketed_seq2seq_forward(base)
     trainer = _length_grouped_class(trainer_class)(model=model, args=args, **kwargs)
+    trainer._dpo_studio_attention_to_restore = attention_to_restore
+    if on_cpu:
+        skip_lora_input_round_trips(trainer.model)  # the LoRA layers exist once the trainer wrapped the model
     _install_compact_heads(trainer)  # idempotent; covers runs without precomputed reference log-probs
     return trainer

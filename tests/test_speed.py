@@ -286,7 +286,8 @@ def test_frozen_weight_is_autocasts_cast_made_once_and_redone_when_the_weight_ch
 
 def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
     """GPT-2 (Conv1D) and T5 (nn.Linear) with LoRA under bf16 autocast: the patched layers compute exactly what
-    autocast computes (the same bf16 copy of each weight), forward and backward; fp32 calls are untouched."""
+    autocast computes (the same bf16 copy of each weight; LoRA inputs not round-tripped through fp32), forward and
+    backward; fp32 calls are untouched."""
     from peft import get_peft_model
 
     for t5 in (False, True):
@@ -299,6 +300,7 @@ def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
             if patched:
                 base = model.get_base_model()
                 assert speed.reuse_frozen_weight_casts(base) > 0
+                assert speed.skip_lora_input_round_trips(model) == (12 if t5 else 2)  # q, v of each attention
                 assert not getattr(base.get_output_embeddings(), "_dpo_studio_frozen_casts", False)
             models.append(model)
         ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])

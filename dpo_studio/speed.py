@@ -20,6 +20,11 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
 * **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
   page-faulted each elementwise op's output (PyTorch has no caching allocator on CPU).
 * **Precision** is chosen in `precision.py` (bf16 auto where the hardware has it) before the trainer is built.
+* **bf16 on CPU** (issue 12; each patch only acts under CPU bf16 autocast and is opt-out): frozen base weights cast
+  to bf16 once and reused (`reuse_frozen_weight_casts`, bitwise equal to autocast's per-op casts), no fp32 round trip
+  of LoRA inputs (`skip_lora_input_round_trips`, bitwise equal), eager attention while training
+  (`use_eager_attention`: the CPU flash-attention backward is slow in bf16), and the CPU log-prob head
+  (`CpuLogProbHead`, fp32 runs too) instead of TRL's Triton-shaped kernel for frozen heads.
 
 Reference log-probs once per pair (`precompute_ref_log_probs=True`) and no gradient checkpointing are product
 defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and rejected in `seq2seq_dpo`.

@@ -115,7 +115,9 @@ def child(variant: str, root: Path, requests: int) -> None:
     streams = [streamed(pair, prompts[0], stream_pair_results) for _ in range(requests + 1)][1:]  # 1 warm-up
     stream = {side: {key: statistics.median(s[side][key] for s in streams) for key in ("ttft_s", "tok_s")}
               for side in ("base", "dpo")}
+    model = pair.model if pair.model is not None else pair.base_model
     print(json.dumps({
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "variant": variant, "load_s": load_s, "latency_s": statistics.median(times), "rss_after_imports_mb": rss0,
         "peak_rss_mb": peak_rss_mb(), "base_tokens": base.token_ids, "dpo_tokens": dpo.token_ids,
         "shares_weights": pair.shares_weights, "stream": stream,
@@ -159,8 +161,8 @@ def main() -> None:
             load = statistics.median(r["load_s"] for r in results)
             summary[variant] = dict(latency=latency, delta=delta, peak=peak, tokens=(results[0]["base_tokens"],
                                                                                    results[0]["dpo_tokens"]))
-            rows.append([f"{kind}: {variant}", f"{shape}", round(load, 2), round(latency, 3), round(delta),
-                         round(peak)])
+            rows.append([f"{kind}: {variant}", f"{shape}", results[0]["dtype"], round(load, 2), round(latency, 3),
+                         round(delta), round(peak)])
             stream = {side: {key: statistics.median(r["stream"][side][key] for r in results)
                              for key in ("ttft_s", "tok_s")} for side in ("base", "dpo")}
             stream_rows.append([f"{kind}: {variant}", round(stream["base"]["ttft_s"], 3),
@@ -170,7 +172,7 @@ def main() -> None:
         same = summary["product"]["tokens"] == summary["two-models"]["tokens"]
         differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
         ratios.append((kind, summary, same, differs))
-    print(table(["variant", "model", "load s", "request latency s", "peak memory MB (above imports)",
+    print(table(["variant", "model", "weights (ran)", "load s", "request latency s", "peak memory MB (above imports)",
                  "peak RSS MB (total)"], rows))
     print(table(["streamed", "base: s to 1st token", "DPO: s to 1st token", "base: tokens/s", "DPO: tokens/s",
                  "stream = non-streamed tokens"], stream_rows))

@@ -112,10 +112,10 @@ def build_model(kind: str, shape: dict[str, int], tokenizer, seed: int = 0):
     return T5ForConditionalGeneration(cfg)
 
 
-def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
-    """Best fp32 GEMM rate (GFLOP/s) of torch.mm on `n x n` matrices with the current thread setting."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate (GFLOP/s) of torch.mm on `n x n` matrices of `dtype` with the current thread setting."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    c = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=c)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -123,6 +123,25 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
         torch.mm(a, b, out=c)
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+# `--precision` of the benches -> the product's `--bf16` (None = auto: the product's own rule, `precision.py`).
+PRECISIONS = {"auto": None, "bf16": True, "fp32": False}
+
+
+def product_args(precision: str = "auto", **overrides: Any):
+    """The product's training arguments (`config.DPOTrainingArguments` over `config.PRODUCT_DEFAULTS`), as
+    `train_dpo.py` builds them: the product resolves precision and sets `use_cpu` itself."""
+    from dpo_studio.config import PRODUCT_DEFAULTS, DPOTrainingArguments
+
+    return DPOTrainingArguments(**{**PRODUCT_DEFAULTS, **overrides, "bf16": PRECISIONS[precision]})
+
+
+def ran_precision(trainer) -> str:
+    """The precision a trainer trained in (after the product's resolution), in words."""
+    from dpo_studio.precision import precision_of
+
+    return precision_of(trainer.args).describe()
 
 
 def peak_rss_mb() -> float:

@@ -141,8 +141,12 @@ def test_bf16_training_run_follows_the_fp32_loss_curve(tmp_path, t5):
     curves = []
     for bf16 in (False, True):
         trainer = build(tmp_path / str(bf16), t5, bf16)
+        config = trainer.model.get_base_model().config
+        # CPU bf16 trains with eager attention (speed.use_eager_attention), fp32 keeps SDPA; SDPA is back afterwards.
+        assert config._attn_implementation == ("eager" if bf16 else "sdpa")
         before = trainer.evaluate()["eval_loss"]
         trainer.train()
+        assert config._attn_implementation == "sdpa"
         curves.append((before, [h["loss"] for h in trainer.state.log_history if "loss" in h], trainer.evaluate()["eval_loss"]))
     (before32, curve32, after32), (before16, curve16, after16) = curves
     assert len(curve32) == len(curve16) == 12

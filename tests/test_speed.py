@@ -264,3 +264,152 @@ def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
     causal, seq2seq = build(tmp_path / "g", False, fast=True), build(tmp_path / "t", True, fast=True)
     assert getattr(causal.model.get_base_model(), "_dpo_studio_compact_head", False) is cpu
     assert getattr(seq2seq.model.get_base_model(), "_dpo_studio_bucketed", False) is cpu
+
+
+# ------------------------------------------------------------------------------------- bf16 on CPU (forced, any CPU)
+def bf16_autocast():
+    """CPU bf16 autocast as Trainer runs it under --bf16 (emulated on CPUs without native bf16: slower, same values)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_frozen_weight_is_autocasts_cast_made_once_and_redone_when_the_weight_changes(monkeypatch):
+    layer = torch.nn.Linear(8, 4)
+    layer.requires_grad_(False)
+    assert speed.frozen_weight(layer, "weight") is layer.weight  # no autocast: the parameter itself
+    with bf16_autocast():
+        first = speed.frozen_weight(layer, "weight")
+        assert first.dtype == torch.bfloat16 and torch.equal(first, layer.weight.to(torch.bfloat16))
+        assert speed.frozen_weight(layer, "weight") is first  # reused, not re-cast
+        with torch.no_grad():
+            layer.weight.add_(1.0)  # an in-place change (e.g. a merge) invalidates the copy
+        again = speed.frozen_weight(layer, "weight")
+        assert again is not first and torch.equal(again, layer.weight.to(torch.bfloat16))
+        layer.weight.requires_grad_(True)  # trainable: autocast's own (cached) cast, not ours
+        assert speed.frozen_weight(layer, "weight") is layer.weight
+        layer.weight.requires_grad_(False)
+        monkeypatch.setenv(speed.FROZEN_COPIES_ENV, "0")
+        assert speed.frozen_weight(layer, "weight") is layer.weight
+    speed.drop_frozen_weight_copies(layer)
+    assert "_dpo_studio_lowp" not in layer.__dict__
+
+
+def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
+    """GPT-2 (Conv1D) and T5 (nn.Linear) with LoRA under bf16 autocast: the patched layers compute exactly what
+    autocast computes (the same bf16 copy of each weight; LoRA inputs not round-tripped through fp32), forward and
+    backward; fp32 calls are untouched."""
+    from peft import get_peft_model
+
+    for t5 in (False, True):
+        lora = LoraConfig(task_type="SEQ_2_SEQ_LM" if t5 else "CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                          target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
+        models = []
+        for patched in (False, True):
+            model = get_peft_model(tiny_model(t5), lora)
+            perturb_lora(model)
+            if patched:
+                base = model.get_base_model()
+                assert speed.reuse_frozen_weight_casts(base) > 0
+                assert speed.skip_lora_input_round_trips(model) == (12 if t5 else 2)  # q, v of each attention
+                assert not getattr(base.get_output_embeddings(), "_dpo_studio_frozen_casts", False)
+            models.append(model)
+        ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
+        extra = {"decoder_input_ids": torch.tensor([[0, 13, 14, 15]])} if t5 else {}
+        outs = []
+        for model in models:
+            model.eval()  # no dropout (the tiny configs have some); gradients flow all the same
+            for autocast in (False, True):
+                with bf16_autocast() if autocast else torch.autocast("cpu", enabled=False):
+                    logits = model(input_ids=ids, **extra).logits
+                logits.float().square().mean().backward()
+                grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+                model.zero_grad()
+                outs.append((logits.detach(), grads))
+        for (plain, plain_grads), (patched, patched_grads) in zip(outs[:2], outs[2:]):
+            assert torch.equal(plain, patched)
+            assert plain_grads.keys() == patched_grads.keys() and plain_grads
+            for name in plain_grads:
+                assert torch.equal(plain_grads[name], patched_grads[name]), name
+
+
+def reference_head(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """Independent float64 computation of what the head returns (full logits, torch.log_softmax)."""
+    logits = hidden.double() @ weight.double().t()
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    return dict(
+        log_probs=log_p.gather(1, targets[:, None])[:, 0],
+        entropy=-(p * log_p).sum(-1),
+        log_sum_sq_probs=torch.log((p * p).sum(-1)),
+        mean_logits=logits.mean(-1),
+        is_top1=logits.argmax(-1) == targets,
+    )
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_cpu_log_prob_head_matches_a_float64_log_softmax(monkeypatch, bf16):
+    """Values and hidden-state gradients (through log-probs and entropy) against float64, in chunks of 7 tokens.
+    fp32: 1e-4. bf16 (logits from a bf16 GEMM, each rounded to 8 bits of mantissa, statistics in fp32): log-probs and
+    entropy within 0.05 nats + 1%, gradients within 3% of their scale."""
+    monkeypatch.setattr(speed, "_head_token_chunk", lambda vocab: 7)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(30, 16, generator=gen)
+    weight = torch.randn(50, 16, generator=gen)
+    targets = torch.randint(0, 50, (30,), generator=gen)
+    hidden[0] = weight[targets[0]]  # row 0 certainly has its target on top (|w|^2 against w'.w)
+    weight[targets[0]] *= 2
+    hidden.requires_grad_(True)
+    fields = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    g_lp, g_ent = torch.randn(30, generator=gen), torch.randn(30, generator=gen)
+    with bf16_autocast() if bf16 else torch.autocast("cpu", enabled=False):
+        log_probs, entropy, log_sum_sq, mean_logits, is_top1 = speed.CpuLogProbHead.apply(hidden, weight, targets, fields)
+    ((log_probs * g_lp).sum() + (entropy * g_ent).sum()).backward()
+    assert log_probs.dtype == entropy.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+
+    reference_hidden = hidden.detach().double().requires_grad_(True)
+    ref = reference_head(reference_hidden, weight, targets)
+    ((ref["log_probs"] * g_lp.double()).sum() + (ref["entropy"] * g_ent.double()).sum()).backward()
+    tol = dict(atol=0.05, rtol=0.01) if bf16 else dict(atol=1e-4, rtol=1e-4)
+    for name, value in (("log_probs", log_probs), ("entropy", entropy), ("log_sum_sq_probs", log_sum_sq),
+                        ("mean_logits", mean_logits)):
+        torch.testing.assert_close(value.double(), ref[name].detach(), **tol, msg=name)
+    assert is_top1[0] and (is_top1 == ref["is_top1"]).float().mean() >= (0.9 if bf16 else 1.0)
+    scale = reference_hidden.grad.abs().max()
+    assert (hidden.grad.double() - reference_hidden.grad).abs().max() <= (0.03 if bf16 else 1e-5) * scale
+
+
+def test_cpu_log_prob_head_equals_trls_kernel_under_bf16():
+    """TRL's ChunkedLogProbFunction is what the head replaces on CPU: under bf16 autocast both score within bf16
+    rounding (0.05 nats + 1%) and give gradients within 3% of their scale."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(40, 32, generator=gen)
+    weight = torch.randn(300, 32, generator=gen) * 0.3
+    targets = torch.randint(0, 300, (40,), generator=gen)
+    outs = []
+    for head in ("ours", "trl"):
+        h = hidden.clone().requires_grad_(True)
+        with bf16_autocast():
+            if head == "ours":
+                log_probs, entropy, *_ = speed.CpuLogProbHead.apply(h, weight, targets, ("entropy",))
+            else:
+                log_probs, entropy, *_ = ChunkedLogProbFunction.apply(h, weight, None, targets, 1.0, 128, None, 1.0,
+                                                                      ("entropy",))
+        log_probs.sum().backward()
+        outs.append((log_probs.detach(), entropy.detach(), h.grad))
+    (lp, ent, grad), (lp_trl, ent_trl, grad_trl) = outs
+    torch.testing.assert_close(lp, lp_trl, atol=0.05, rtol=0.01)
+    torch.testing.assert_close(ent, ent_trl, atol=0.05, rtol=0.01)
+    assert (grad - grad_trl).abs().max() <= 0.03 * grad_trl.abs().max()
+
+
+def test_cpu_patches_are_opt_out_and_leave_trainable_heads_to_trl(tmp_path, monkeypatch):
+    head = torch.nn.Linear(8, 20, bias=False)
+    hidden = torch.zeros(3, 8)
+    assert not speed._use_cpu_log_prob_head(hidden, head)  # trainable head (full DPO): TRL's kernel
+    head.requires_grad_(False)
+    assert speed._use_cpu_log_prob_head(hidden, head)
+    monkeypatch.setenv(speed.CPU_HEAD_ENV, "0")
+    assert not speed._use_cpu_log_prob_head(hidden, head)
+    monkeypatch.setenv(speed.FROZEN_COPIES_ENV, "0")
+    assert speed.reuse_frozen_weight_casts(tiny_model(False)) == 0

@@ -46,7 +46,10 @@ def evaluate_pairs(trainer) -> dict[str, float]:
         for batch in loader:
             size = _pairs_in(batch)
             trainer._metrics["eval"].clear()
-            loss, _, _ = trainer.prediction_step(model, trainer._prepare_inputs(batch), prediction_loss_only=True)
+            # The run's mixed precision, as TRL scores the reference: before `train` accelerate has not wrapped the
+            # model's forward in autocast yet, and a bf16 reference against an fp32 policy reads as non-zero rewards.
+            with trainer.accelerator.autocast():
+                loss, _, _ = trainer.prediction_step(model, trainer._prepare_inputs(batch), prediction_loss_only=True)
             sums["loss"] += float(loss.detach().float()) * size
             for key in PAIR_METRICS:
                 sums[key] += trainer._metrics["eval"][key][-1] * size  # TRL's mean over this batch's pairs

@@ -176,3 +176,15 @@ def test_bf16_really_runs_after_an_earlier_trainer_prepared_the_model(tmp_path):
     mlp.register_forward_hook(lambda module, inputs, output: seen.append((output.dtype, torch.is_autocast_enabled("cpu"))))
     trainer.train()
     assert seen and set(seen) == {(torch.bfloat16, True)}
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_held_out_metrics_run_in_the_precision_of_the_reference(tmp_path, t5):
+    """Before training the policy is the reference, so under bf16 too every implicit reward is exactly 0: the held-out
+    pass runs under the same autocast as TRL's reference pass (it once ran fp32 against a bf16 reference)."""
+    from dpo_studio.evaluation import evaluate_pairs
+
+    trainer = build(tmp_path, t5, bf16=True)
+    before = evaluate_pairs(trainer)
+    assert before["rewards/margins"] == before["rewards/chosen"] == before["rewards/accuracies"] == 0.0
+    assert before["loss"] == pytest.approx(0.693147, abs=1e-6)

@@ -18,13 +18,12 @@ from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio import publish
+from dpo_studio.cards import RepoIds, render_card, write_model_cards
 from dpo_studio.cli import run_cli
 from dpo_studio.config import parse_config
 from dpo_studio.pipeline import run
-from dpo_studio.publish import (
-    PushAccessError, PushTarget, deploy_space, parse_repo_ids, push_outputs, push_requested,
-    render_card, repo_ids_for, upload_repo, write_model_cards,
-)
+from dpo_studio.publish import PushAccessError, PushTarget, parse_repo_ids, push_outputs, push_requested, repo_ids_for, upload_repo
+from dpo_studio.space import deploy_space
 from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 
@@ -187,12 +186,22 @@ def test_push_without_token_fails_fast_and_writes_nothing(tmp_path):
     assert timed.returncode == 2 and "huggingface_hub" in imported and not {"torch", "trl", "transformers"} & imported
 
 
-def test_push_requested_prescan(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("push: true\n")
-    assert push_requested(["--push"]) and push_requested(["--push_only", "d"]) and push_requested(["--push=true"])
-    assert push_requested(["--config", str(config)]) and push_requested([f"--config={config}"])
-    assert not push_requested(["--push", "false"]) and not push_requested(["--models", "gpt2"])
+def test_push_prescan_agrees_with_the_real_parser(tmp_path):
+    """The fast pre-scan answers as TrlParser does (flags, spellings, the --config YAML, CLI over config)."""
+    push_yaml, plain_yaml = tmp_path / "push.yaml", tmp_path / "plain.yaml"
+    push_yaml.write_text("push: true\nmodels: gpt2\n")
+    plain_yaml.write_text("models: gpt2\npush_only: null\n")
+    out = ["--output_dir", str(tmp_path / "o")]
+    cases = [["--push"], ["--push", "false"], ["--push=true"], ["--push", "no"], ["--push_only", "d"],
+             ["--push-only=d"], ["--models", "gpt2"], ["--push", "--models", "gpt2"], ["--config", str(push_yaml)],
+             ["--config", str(push_yaml), "--push", "false"], ["--config", str(plain_yaml)],
+             ["--config", str(plain_yaml), "--push-only", "d"]]
+    answers = []
+    for argv in cases:
+        script_args, _, _ = parse_config([*argv, *out])
+        assert push_requested(argv) == bool(script_args.push or script_args.push_only), argv
+        answers.append(push_requested(argv))
+    assert True in answers and False in answers
 
 
 def test_bad_token_read_only_token_and_foreign_namespace_exit_2(outputs, local_hub, monkeypatch, capsys):
@@ -305,7 +314,7 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
     for base, license_id, phrase in (("test-user/tiny-gpt2", "mit", "the\n  base model's, as its card states"),
                                      ("test-user/no-card", "other", "**License unknown**")):
         hub_metrics = {**metrics, "base_model": base, "base_license": base_model_license(base)}
-        ids = publish.RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
+        ids = RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
         for kind in ("merged", "adapter"):
             card = render_card(kind, hub_metrics, ids, outputs / "gpt2")
             parsed = ModelCard(str(card))
@@ -316,7 +325,7 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
     # metrics.json written before the license was recorded: looked up on the Hub when the card is rendered
     legacy = {key: value for key, value in metrics.items() if key != "base_license"}
     legacy["base_model"] = "test-user/tiny-gpt2"
-    ids = publish.RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
+    ids = RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
     assert ModelCard(str(render_card("merged", legacy, ids, outputs / "gpt2"))).data.license == "mit"
 
 

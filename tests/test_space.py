@@ -13,7 +13,8 @@ import pytest
 from huggingface_hub import snapshot_download
 
 from dpo_studio import publish
-from dpo_studio.publish import PushTarget, deploy_space, push_outputs
+from dpo_studio.publish import PushTarget, push_outputs
+from dpo_studio.space import deploy_space
 from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
 from tiny_models import build_models_dir, free_port
 

@@ -46,9 +46,10 @@ def local_path(ref: str, base_dir: Path | None = None) -> Path:
     """The absolute path a local reference names: `./x` and `../x` relative to `base_dir` (default: the working
     directory), `~` expanded."""
     path = Path(ref).expanduser()
-    if base_dir is not None and ref.startswith(RELATIVE_PREFIXES):
-        path = Path(base_dir) / path
-    return path if path.is_absolute() else path.resolve()
+    if path.is_absolute():
+        return path
+    anchor = Path(base_dir) if base_dir is not None and ref.startswith(RELATIVE_PREFIXES) else Path.cwd()
+    return (anchor / path).resolve()
 
 
 def public_ref(ref: str | None) -> str | None:

@@ -365,22 +365,28 @@ def test_second_push_of_unchanged_outputs_creates_no_commit(outputs, local_hub):
     assert {repo_id: len(HfApi().list_repo_commits(repo_id)) for repo_id in first} == history
 
 
-def test_token_never_written_or_printed(outputs, local_hub, tmp_path):
+def test_token_never_written_or_printed(local_hub, tmp_path):
+    """The token is set before training starts: nothing the run writes, prints, pushes or caches contains it."""
     planted = "hf_PLANTEDtokenZ9x8c7v6b5n4m3"
     local_hub.add_token(planted, local_hub.user, ("test-org",))
+    data, out = write_toy_pairs(tmp_path / "pairs.jsonl", 16), tmp_path / "out"
     env = {**os.environ, "HF_TOKEN": planted, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, str(REPO / "train_dpo.py"), "--push-only", str(outputs),
-                           "--hub-namespace", "test-org"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "train_dpo.py"), "--dataset", str(data), "--output-dir",
+                           str(out), "--models", "gpt2", *TINY_DEMO, "--num-train-epochs", "1", "--demo-sft-epochs",
+                           "1", "--push", "--hub-namespace", "test-org", "--log-level", "debug"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pushed test-org/gpt2-dpo (commit" in proc.stdout
     assert planted not in proc.stdout + proc.stderr
-    for repo_type, repo_id in local_hub.repos:
-        for name, content in local_hub.files(repo_id, repo_type).items():
-            assert planted.encode() not in content, f"{repo_id}/{name}"
-    for path in outputs.rglob("*"):
-        assert not path.is_file() or planted.encode() not in path.read_bytes()
-    for path in (tmp_path / "home").rglob("*"):
-        assert not path.is_file() or planted.encode() not in path.read_bytes(), f"token stored in {path}"
+    pushed = [(repo_id, name, content) for repo_type, repo_id in local_hub.repos
+              for name, content in local_hub.files(repo_id, repo_type).items()]
+    assert {repo_id for repo_id, _, _ in pushed} >= {"test-org/gpt2-dpo", "test-org/gpt2-dpo-lora"}
+    for repo_id, name, content in pushed:
+        assert planted.encode() not in content, f"{repo_id}/{name}"
+    written = [path for root in (out, tmp_path / "home") for path in root.rglob("*") if path.is_file()]
+    assert any(path.name == "metrics.json" for path in written)
+    for path in written:
+        assert planted.encode() not in path.read_bytes(), f"token stored in {path}"
 
 
 def test_cli_trains_then_pushes(local_hub, tmp_path, capsys):

@@ -518,20 +518,9 @@ def stream_pair_results(
         stop.set()  # the consumer left early: end the generation at its next step
 
 
-def generate_pair(
-    pair: LoadedPair,
-    prompts: Sequence[Prompt],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> list[tuple[str, str]]:
-    """(base text, DPO text) for every prompt; see `generate_pair_results` for the semantics."""
-    results = generate_pair_results(
-        pair, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-    )
-    return [(base.text, dpo.text) for base, dpo in results]
+def generate_pair(pair: LoadedPair, prompts: Sequence[Prompt], **settings: Any) -> list[tuple[str, str]]:
+    """(base text, DPO text) for every prompt; `settings` and semantics as `generate_pair_results`."""
+    return [(base.text, dpo.text) for base, dpo in generate_pair_results(pair, prompts, **settings)]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -157,3 +157,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def ask_compare(proc, port: int, family: str, max_new_tokens: int, timeout_s: float) -> tuple[str, str] | None:
+    """The app's `/compare` answer (greedy) from the server `proc` started on `port`, polling until it is up;
+    None when it exits or does not answer within `timeout_s`."""
+    import time
+
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
+            return client.predict("Any tips about tea?", family, max_new_tokens, 0.0, api_name="/compare")
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    return None

@@ -35,6 +35,8 @@ from pathlib import Path
 import yaml
 
 from dpo_studio.generation import LoadedPair, load_pair
+from dpo_studio.names import DPO_CONFIG_FILE, family_label
+from dpo_studio.public_refs import is_local_path, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "app_conf
 ENV_PREFIX = "DPO_STUDIO_"
 ROLES = ("base", "adapter", "merged")
 FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision"}
-KNOWN_LABELS = {"gpt2": "GPT-2", "t5": "T5"}
 # Used only when no config file exists at all (e.g. a Space that ships no app_config.yaml); mirrors the example file.
 BUILTIN_FAMILIES = {
     "gpt2": {"label": "GPT-2", "base": "openai-community/gpt2", "adapter": "dpo-studio/gpt2-dpo-lora",
@@ -89,17 +90,9 @@ class FamilySource:
 
 
 # ----------------------------------------------------------------------------------------------------- reading
-def _label_for(name: str) -> str:
-    return KNOWN_LABELS.get(name.lower(), name)
-
-
 def _resolve_value(value: str, base_dir: Path | None) -> str:
-    """Explicit path syntax (./ ../ ~ /) becomes an absolute path; everything else is a repo id, left alone."""
-    if value.startswith(("./", "../")) and base_dir is not None:
-        return str((base_dir / value).resolve())
-    if value.startswith(("~", "/")):
-        return str(Path(value).expanduser())
-    return value
+    """A local path becomes absolute (`./` and `../` relative to `base_dir`); a Hub id is left alone."""
+    return str(local_path(value, base_dir)) if is_local_path(value) else value
 
 
 def families_from_mapping(data: object, where: str, base_dir: Path | None = None) -> dict[str, FamilySource]:
@@ -134,7 +127,7 @@ def families_from_mapping(data: object, where: str, base_dir: Path | None = None
                 values[role] = _resolve_value(values[role], base_dir)  # type: ignore[arg-type]
         if values["adapter"] is None and values["merged"] is None:
             raise AppConfigError(f"{where}: families.{name} needs 'adapter' or 'merged' (the DPO side)")
-        out[name] = FamilySource(name=name, label=values["label"] or _label_for(name), base=values["base"],
+        out[name] = FamilySource(name=name, label=values["label"] or family_label(name), base=values["base"],
                                  adapter=values["adapter"], merged=values["merged"], revision=values["revision"],
                                  base_revision=values["base_revision"])
     return out
@@ -179,11 +172,11 @@ def discover_models_dir(models_dir: str | Path) -> dict[str, FamilySource]:
         elif has_adapter:
             base = _json_field(adapter / "adapter_config.json", "base_model_name_or_path")
         if base is None and has_merged:
-            base = _json_field(merged / "dpo_config.json", "base_model")
-        if base is not None and base.startswith("../"):  # written relative to adapter/ and merged/ (demo)
-            base = str((folder / "adapter" / base).resolve())
+            base = _json_field(merged / DPO_CONFIG_FILE, "base_model")
+        if base is not None:  # a demo's local base is written relative to adapter/ and merged/
+            base = _resolve_value(base, folder / "adapter")
         out[folder.name] = FamilySource(
-            name=folder.name, label=_label_for(folder.name), base=base,
+            name=folder.name, label=family_label(folder.name), base=base,
             adapter=str(adapter) if has_adapter else None, merged=str(merged) if has_merged else None,
         )
     if not out:

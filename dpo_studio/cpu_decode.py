@@ -37,9 +37,10 @@ import types
 import torch
 from torch import nn
 
+from dpo_studio.names import BASE_ADAPTER
+
 MAX_ROWS = 32  # measured faster than the stock GEMM up to 64 rows on AVX2; wider inputs (prefill) keep the stock path
 ENV_SWITCH = "DPO_STUDIO_SMALL_BATCH_MATMUL"  # "0" turns both re-formulations off
-BASE_ROWS = "__base__"  # PEFT's adapter name for "adapters off" rows
 
 
 def _conv1d_class() -> type | None:
@@ -86,7 +87,7 @@ def _row_scale(names: tuple[str, ...], adapter: str, scaling: float, x: torch.Te
 
 def _masked_lora_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     names = kwargs.get("adapter_names")
-    adapters = set(names or ()) - {BASE_ROWS}
+    adapters = set(names or ()) - {BASE_ADAPTER}
     adapter = next(iter(adapters)) if len(adapters) == 1 else None
     if (
         names is None or adapter is None or args or len(kwargs) != 1 or x.dim() != 3 or self.disable_adapters

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,10 +26,10 @@ from typing import Any, Iterable
 from datasets import Dataset
 
 from .prompt_format import ROLE_LABELS, PromptFormat
+from .public_refs import DATA_FILE_SUFFIXES, is_local_path
 
 logger = logging.getLogger("dpo_studio")
 
-LOCAL_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
 VOTES_WITHOUT_PREFERENCE = ("tie", "both_bad")  # the app's votes file (dpo_studio/votes.py): no chosen/rejected
 
@@ -79,13 +78,9 @@ class LoadReport:
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
-def is_local_source(source: str) -> bool:
-    return os.path.exists(source) or Path(source).suffix.lower() in LOCAL_SUFFIXES
-
-
 def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     """Raw rows (dicts) from a local file or a Hub dataset id. Raises DataError for unreadable input."""
-    if is_local_source(source):
+    if is_local_path(source):
         return _read_local(Path(source))
     from datasets import load_dataset  # Hub path: the datasets library does loading, caching and auth
 
@@ -101,9 +96,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .jsonl/.json/.csv/.parquet file")
-    kind = LOCAL_SUFFIXES.get(path.suffix.lower())
+    kind = DATA_FILE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}', expected one of {sorted(LOCAL_SUFFIXES)}")
+        raise DataError(f"{path}: unsupported file type '{path.suffix}', expected one of {sorted(DATA_FILE_SUFFIXES)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     if kind == "parquet":

@@ -27,12 +27,9 @@ from typing import Any
 import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RemoteEntryNotFoundError
-from huggingface_hub.utils import validate_repo_id
 from peft import PeftModel
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -42,6 +39,9 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from dpo_studio.cpu_decode import enable_masked_adapter_batches, enable_small_batch_matmuls
+from dpo_studio.model_classes import auto_model_class, prepare_tokenizer_padding
+from dpo_studio.names import ADAPTER_WEIGHTS_FILE, BASE_ADAPTER, DPO_ADAPTER, DPO_CONFIG_FILE
+from dpo_studio.public_refs import is_hub_id, is_local_path, local_path
 from dpo_studio.prompt_format import (
     DECODER_ONLY_FORMAT,
     ENCODER_DECODER_FORMAT,
@@ -51,11 +51,7 @@ from dpo_studio.prompt_format import (
 
 logger = logging.getLogger(__name__)
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "adapters off" in a mixed batch
-DPO_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the loaded adapter
-DPO_CONFIG_FILE = "dpo_config.json"  # {"beta": ...} written next to the adapter / merged model by training
 DEFAULT_BETA = 0.1  # TRL's DPOConfig default
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 Prompt = str | list[dict[str, str]]  # user text, or a conversation ending with a user turn
 
@@ -101,23 +97,15 @@ class LoadedPair:
         return model.device  # type: ignore[union-attr]
 
 
-def _is_local(source: str) -> bool:
-    return Path(source).expanduser().is_dir()
-
-
 def _expand(source: str | None) -> str | None:
-    """`~/runs/x` -> an absolute path when it is a local directory; Hub ids pass through unchanged."""
-    return str(Path(source).expanduser()) if source is not None and _is_local(source) else source
+    """`~/runs/x` -> an absolute path when it is a local path; Hub ids pass through unchanged."""
+    return str(local_path(source)) if source is not None and is_local_path(source) else source
 
 
 def _check_source(role: str, source: str) -> None:
     """Fail early, in one line, on a source that is neither a local directory nor a possible repo id."""
-    if not _is_local(source):
-        try:
-            validate_repo_id(source)
-        except HFValidationError:
-            message = f"{role} {source!r} is neither an existing local directory nor a valid Hub repo id"
-            raise ValueError(message) from None
+    if not (Path(source).is_dir() if is_local_path(source) else is_hub_id(source)):
+        raise ValueError(f"{role} {source!r} is neither an existing local directory nor a valid Hub repo id")
 
 
 def resolve_file(
@@ -127,8 +115,8 @@ def resolve_file(
 
     Used for prompt_format.json, dpo_config.json and to decide where the tokenizer lives.
     """
-    if _is_local(source):
-        path = Path(source).expanduser() / filename
+    if is_local_path(source):
+        path = local_path(source) / filename
         return path if path.is_file() else None
     try:
         return Path(hf_hub_download(source, filename, revision=revision, token=token))
@@ -161,6 +149,77 @@ def read_beta(sources: Sequence[tuple[str, str | None]], token: str | bool | Non
     return float(data["beta"])
 
 
+def _checked_sources(
+    base: str | None, adapter: str | None, merged: str | None, revision: str | None, token: str | bool | None
+) -> tuple[str, str | None, str | None]:
+    """(base, adapter, merged) expanded and checked before any model download; base read from the adapter if None."""
+    if adapter is None and merged is None:
+        raise ValueError("load_pair needs an adapter or a merged model for the DPO side (both are None)")
+    base, adapter, merged = (_expand(s) for s in (base, adapter, merged))
+    for role, source in (("base model", base), ("adapter", adapter), ("merged model", merged)):
+        if source is not None:
+            _check_source(role, source)
+    if adapter is not None:
+        # Checked before any download: PEFT would silently fall back to a pickled adapter_model.bin, and the
+        # product loads only safetensors from outside.
+        if resolve_file(adapter, "adapter_config.json", revision=revision, token=token) is None:
+            raise ValueError(f"adapter {adapter!r}: no adapter_config.json found")
+        if resolve_file(adapter, ADAPTER_WEIGHTS_FILE, revision=revision, token=token) is None:
+            raise ValueError(f"adapter {adapter!r}: no {ADAPTER_WEIGHTS_FILE} (only safetensors are loaded)")
+    if base is None:
+        if adapter is None:
+            raise ValueError("load_pair needs a base model when no adapter is given")
+        base = _base_from_adapter(adapter, revision=revision, token=token)
+    return base, adapter, merged
+
+
+def _load_models(
+    model_cls: type, base: str, adapter: str | None, merged: str | None, *, revision: str | None,
+    base_revision: str | None, load_kwargs: dict[str, Any], device: str | torch.device,
+) -> tuple[PeftModel | None, PreTrainedModel | None, PreTrainedModel | None]:
+    """(shared PeftModel, None, None) with an adapter, else (None, base model, merged model); in eval mode."""
+    base_model = model_cls.from_pretrained(base, revision=base_revision, **load_kwargs)
+    if adapter is not None:
+        peft_model = PeftModel.from_pretrained(base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision,
+                                               token=load_kwargs["token"], is_trainable=False)
+        peft_model.to(device).eval()
+        # A base row + a DPO row then cost about one row (CPU): see cpu_decode.
+        enable_small_batch_matmuls(peft_model)
+        enable_masked_adapter_batches(peft_model)
+        return peft_model, None, None
+    dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
+    for model in (base_model, dpo_model):
+        model.to(device).eval()
+        enable_small_batch_matmuls(model)
+    return None, base_model, dpo_model
+
+
+def _load_tokenizer(
+    sources: Sequence[tuple[str, str | None]], is_encoder_decoder: bool, hub: dict[str, Any]
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the first source that has one (the DPO side first: that is what training wrote)."""
+    tok_found = _first_source_with(sources, "tokenizer_config.json", hub["token"])
+    tok_source, tok_revision = (tok_found[0], tok_found[1]) if tok_found else sources[-1]
+    tokenizer = AutoTokenizer.from_pretrained(tok_source, revision=tok_revision, **hub)
+    prepare_tokenizer_padding(tokenizer, is_encoder_decoder)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer from {tok_source!r} has no EOS token")
+    return tokenizer
+
+
+def _load_prompt_format(
+    sources: Sequence[tuple[str, str | None]], is_encoder_decoder: bool, token: str | bool | None
+) -> PromptFormat:
+    """The saved prompt_format.json of the first source that has one, else the architecture's default format."""
+    found = _first_source_with(sources, PROMPT_FORMAT_FILE, token)
+    if found is not None:
+        return PromptFormat.from_dict(json.loads(found[2].read_text(encoding="utf-8")))
+    prompt_format = ENCODER_DECODER_FORMAT if is_encoder_decoder else DECODER_ONLY_FORMAT
+    logger.warning("No %s next to %s; using the default %s format", PROMPT_FORMAT_FILE, sources[0][0],
+                   prompt_format.kind)
+    return prompt_format
+
+
 def load_pair(
     base: str | None,
     adapter: str | None,
@@ -180,79 +239,20 @@ def load_pair(
     `revision` applies to the adapter and merged repos (our published ones), `base_revision` to the base repo.
     Only safetensors are loaded. Tokenizer and prompt format come from the adapter, else merged, else base.
     """
-    if adapter is None and merged is None:
-        raise ValueError("load_pair needs an adapter or a merged model for the DPO side (both are None)")
-    base, adapter, merged = (_expand(s) for s in (base, adapter, merged))
-    for role, source in (("base model", base), ("adapter", adapter), ("merged model", merged)):
-        if source is not None:
-            _check_source(role, source)
-    if adapter is not None:
-        # Checked before any download: PEFT would silently fall back to a pickled adapter_model.bin, and the
-        # product loads only safetensors from outside.
-        if resolve_file(adapter, "adapter_config.json", revision=revision, token=token) is None:
-            raise ValueError(f"adapter {adapter!r}: no adapter_config.json found")
-        if resolve_file(adapter, ADAPTER_WEIGHTS_FILE, revision=revision, token=token) is None:
-            raise ValueError(f"adapter {adapter!r}: no {ADAPTER_WEIGHTS_FILE} (only safetensors are loaded)")
-    if base is None:
-        if adapter is None:
-            raise ValueError("load_pair needs a base model when no adapter is given")
-        base = _base_from_adapter(adapter, revision=revision, token=token)
-
+    base, adapter, merged = _checked_sources(base, adapter, merged, revision, token)
     hub = {"token": token, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(base, revision=base_revision, **hub)
     is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    model_cls = AutoModelForSeq2SeqLM if is_encoder_decoder else AutoModelForCausalLM
-    load_kwargs: dict[str, Any] = {"use_safetensors": True, **hub}
-    if dtype is not None:
-        load_kwargs["dtype"] = dtype
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-
+    load_kwargs: dict[str, Any] = {"use_safetensors": True, **hub} | ({"dtype": dtype} if dtype is not None else {})
+    peft_model, base_model, dpo_model = _load_models(
+        auto_model_class(is_encoder_decoder), base, adapter, merged, revision=revision, base_revision=base_revision,
+        load_kwargs=load_kwargs, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Where tokenizer / prompt format / dpo_config live: the DPO side first (that is what training wrote).
-    sources: list[tuple[str, str | None]] = [(s, revision) for s in (adapter, merged) if s is not None]
-    sources.append((base, base_revision))
-
-    base_model = model_cls.from_pretrained(base, revision=base_revision, **load_kwargs)
-    peft_model: PeftModel | None = None
-    dpo_model: PreTrainedModel | None = None
-    if adapter is not None:
-        peft_model = PeftModel.from_pretrained(
-            base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision, token=token, is_trainable=False
-        )
-        peft_model.to(device).eval()
-        # A base row + a DPO row then cost about one row (CPU): see cpu_decode.
-        enable_small_batch_matmuls(peft_model)
-        enable_masked_adapter_batches(peft_model)
-        base_model = None
-    else:
-        dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
-        for model in (base_model, dpo_model):
-            model.to(device).eval()
-            enable_small_batch_matmuls(model)
-
-    tok_found = _first_source_with(sources, "tokenizer_config.json", token)
-    tok_source, tok_revision = (tok_found[0], tok_found[1]) if tok_found else (base, base_revision)
-    tokenizer = AutoTokenizer.from_pretrained(tok_source, revision=tok_revision, **hub)
-    if not is_encoder_decoder:
-        # Decoder-only generation continues from the last prompt token, so batches are padded on the left.
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer from {tok_source!r} has no EOS token")
-
-    fmt_found = _first_source_with(sources, PROMPT_FORMAT_FILE, token)
-    if fmt_found is not None:
-        prompt_format = PromptFormat.from_dict(json.loads(fmt_found[2].read_text(encoding="utf-8")))
-    else:
-        prompt_format = ENCODER_DECODER_FORMAT if is_encoder_decoder else DECODER_ONLY_FORMAT
-        logger.warning("No %s next to %s; using the default %s format", PROMPT_FORMAT_FILE, sources[0][0],
-                       prompt_format.kind)
-
+    sources = [(s, revision) for s in (adapter, merged) if s is not None] + [(base, base_revision)]
     return LoadedPair(
         model=peft_model,
-        tokenizer=tokenizer,
-        prompt_format=prompt_format,
+        tokenizer=_load_tokenizer(sources, is_encoder_decoder, hub),
+        prompt_format=_load_prompt_format(sources, is_encoder_decoder, token),
         is_encoder_decoder=is_encoder_decoder,
         base_model=base_model,
         dpo_model=dpo_model,
@@ -269,8 +269,8 @@ def _base_from_adapter(adapter: str, *, revision: str | None, token: str | bool 
     base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path}: field 'base_model_name_or_path' is empty; pass the base model explicitly")
-    if base.startswith("../") and _is_local(adapter):  # a demo adapter names its base relative to itself
-        base = str((Path(adapter).expanduser() / base).resolve())
+    if base.startswith("../") and is_local_path(adapter):  # a demo adapter names its base relative to itself
+        base = str((local_path(adapter) / base).resolve())
     return base
 
 
@@ -518,20 +518,9 @@ def stream_pair_results(
         stop.set()  # the consumer left early: end the generation at its next step
 
 
-def generate_pair(
-    pair: LoadedPair,
-    prompts: Sequence[Prompt],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> list[tuple[str, str]]:
-    """(base text, DPO text) for every prompt; see `generate_pair_results` for the semantics."""
-    results = generate_pair_results(
-        pair, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-    )
-    return [(base.text, dpo.text) for base, dpo in results]
+def generate_pair(pair: LoadedPair, prompts: Sequence[Prompt], **settings: Any) -> list[tuple[str, str]]:
+    """(base text, DPO text) for every prompt; `settings` and semantics as `generate_pair_results`."""
+    return [(base.text, dpo.text) for base, dpo in generate_pair_results(pair, prompts, **settings)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -625,6 +614,8 @@ def encoded_token_logps(pair: LoadedPair, enc: EncodedPair, what: str = "the pro
             logits = _completion_logits(pair.model, pair, enc, 2, adapter_names=[BASE_ADAPTER, DPO_ADAPTER])
         else:
             logits = torch.cat([_completion_logits(m, pair, enc, 1) for m in (pair.base_model, pair.dpo_model)])
+    # TRL's selective_log_softmax computes the same (tests check it), but importing trl would put the training stack
+    # into the inference-only Space; this is its two-line core.
     logps = torch.log_softmax(logits.float(), dim=-1)
     token_logps = logps.gather(-1, targets.expand(2, -1).unsqueeze(-1)).squeeze(-1)
     return token_logps[0].cpu(), token_logps[1].cpu()

@@ -42,12 +42,12 @@ from .public_refs import public_ref, scrub
 from .signals import StopOnSignal, TrainingInterrupted
 from .evaluation import evaluate_pairs
 from .licenses import base_model_license
+from .names import DPO_CONFIG_FILE  # beta etc., read back by the app to score implicit rewards
 from .report import write_json, write_plots, write_report_html
 
 logger = logging.getLogger("dpo_studio")
 
 FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
-DPO_CONFIG_FILE = "dpo_config.json"  # beta etc., read back by the app to score implicit rewards
 DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 
@@ -184,7 +184,7 @@ def save_outputs(
         shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
     write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
     write_report_html(stage, metrics)
-    from .publish import write_model_cards  # cards in merged/ and adapter/ use local paths until published
+    from .cards import write_model_cards  # cards in merged/ and adapter/ use local paths until published
 
     write_model_cards(stage, metrics)
 

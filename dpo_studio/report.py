@@ -70,7 +70,8 @@ td:first-child,th:first-child{text-align:left}.plots img{width:48%;margin:1%}
 """
 
 
-def _cell(value: Any) -> str:
+def html_cell(value: Any) -> str:
+    """A report.html table cell: numbers rounded for reading, text escaped."""
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -80,8 +81,43 @@ def _cell(value: Any) -> str:
 
 def _table(header: list[str], rows: list[list[Any]], css_class: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _generation_section(metrics: dict[str, Any]) -> list[str]:
+    """report.html's base-vs-DPO generation table, health warnings, style judge and samples."""
+    from .evidence import summarize_for_card
+
+    evaluation = {
+        "generation_before": metrics["generation_before"], "generation_after": metrics["generation_after"],
+        "comparison": metrics.get("generation_comparison", {}),
+    }
+    rows = [[r["metric"], r["base"], r["dpo"], r["note"]] for r in summarize_for_card(evaluation)]
+    settings = metrics.get("generation_settings", {})
+    parts = [
+        "<h2>Generations: base vs DPO</h2>",
+        f"<p class='muted'>{settings.get('prompts', '?')} held-out prompts, temperature "
+        f"{settings.get('temperature', '?')}, top-p {settings.get('top_p', '?')}, at most "
+        f"{settings.get('max_new_tokens', '?')} new tokens, seed {settings.get('seed', '?')}, same for both.</p>",
+        _table(["metric", "base", "DPO", "reading"], rows),
+    ]
+    for warning in metrics.get("generation_warnings", []):
+        parts.append(f"<p class='warn'>⚠ {html.escape(warning)}</p>")
+    judge = metrics.get("judge")
+    if judge:
+        preferred = ", ".join(html.escape(n) for n, _ in judge["top_features"]["preferred"])
+        rejected = ", ".join(html.escape(n) for n, _ in judge["top_features"]["rejected"])
+        parts.append(
+            f"<p class='muted'>Style judge: {html.escape(judge['kind'])}, trained on {judge['train_replies']} "
+            f"training replies; held-out accuracy {judge['heldout_accuracy']:.3f}. Preferred-style cues: "
+            f"{preferred}. Rejected-style cues: {rejected}.</p>"
+        )
+    samples = metrics.get("samples", [])
+    if samples:
+        parts.append("<h2>Samples</h2>")
+        parts.append(_table(["prompt", "base", "DPO"], [[s["prompt"], s["base"], s["dpo"]] for s in samples], "samples"))
+    return parts
 
 
 def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
@@ -110,36 +146,7 @@ def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
             parts.append(f"<img alt='{html.escape(file_name)}' src='data:image/png;base64,{data}'>")
     parts.append("</div>")
     if "generation_before" in metrics:
-        from .evidence import summarize_for_card
-
-        evaluation = {
-            "generation_before": metrics["generation_before"], "generation_after": metrics["generation_after"],
-            "comparison": metrics.get("generation_comparison", {}),
-        }
-        rows = [[r["metric"], r["base"], r["dpo"], r["note"]] for r in summarize_for_card(evaluation)]
-        settings = metrics.get("generation_settings", {})
-        parts += [
-            "<h2>Generations: base vs DPO</h2>",
-            f"<p class='muted'>{settings.get('prompts', '?')} held-out prompts, temperature "
-            f"{settings.get('temperature', '?')}, top-p {settings.get('top_p', '?')}, at most "
-            f"{settings.get('max_new_tokens', '?')} new tokens, seed {settings.get('seed', '?')}, same for both.</p>",
-            _table(["metric", "base", "DPO", "reading"], rows),
-        ]
-        for warning in metrics.get("generation_warnings", []):
-            parts.append(f"<p class='warn'>⚠ {html.escape(warning)}</p>")
-        judge = metrics.get("judge")
-        if judge:
-            preferred = ", ".join(html.escape(n) for n, _ in judge["top_features"]["preferred"])
-            rejected = ", ".join(html.escape(n) for n, _ in judge["top_features"]["rejected"])
-            parts.append(
-                f"<p class='muted'>Style judge: {html.escape(judge['kind'])}, trained on {judge['train_replies']} "
-                f"training replies; held-out accuracy {judge['heldout_accuracy']:.3f}. Preferred-style cues: "
-                f"{preferred}. Rejected-style cues: {rejected}.</p>"
-            )
-        samples = metrics.get("samples", [])
-        if samples:
-            parts.append("<h2>Samples</h2>")
-            parts.append(_table(["prompt", "base", "DPO"], [[s["prompt"], s["base"], s["dpo"]] for s in samples], "samples"))
+        parts += _generation_section(metrics)
     parts.append("</body></html>")
     path = family_dir / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dpo_studio.cli import run_cli
+from dpo_studio.data import DataError, load_pairs
 
 OK = {"prompt": "Tea or coffee?", "chosen": "Tea, always!", "rejected": "Both contain caffeine."}
 
@@ -70,8 +71,23 @@ def test_malformed_input_fails_cleanly(case, tmp_path, capsys):
     assert not out.exists(), "nothing is written for bad input"
 
 
-def test_at_least_twenty_cases():
-    assert len(CASES) >= 20
+def test_each_case_fails_by_its_own_defect(tmp_path):
+    """Controls for the table: the row the cases are built from loads as a pair, and every case is rejected with a
+    message of its own (no two cases test the same defect)."""
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl(OK, OK))
+    pairs, report = load_pairs(str(good))
+    assert [(p.messages, p.chosen, p.rejected) for p in pairs] == [((("user", OK["prompt"]),), OK["chosen"], OK["rejected"])] * 2
+    assert report.rows_kept == 2
+    messages = set()
+    for case, (name, content, _) in CASES.items():
+        path = tmp_path / case.replace(" ", "_") / name
+        path.parent.mkdir()
+        path.mkdir() if content is None else path.write_bytes(content)
+        with pytest.raises(DataError) as err:
+            load_pairs(str(path))
+        messages.add(str(err.value).replace(str(path), "FILE"))
+    assert len(messages) == len(CASES), sorted(messages)
 
 
 def test_missing_file_and_bad_option(tmp_path, capsys):

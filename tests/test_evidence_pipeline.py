@@ -140,7 +140,7 @@ def test_crash_while_writing_cards_keeps_finished_outputs(trained, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash while writing model cards")
 
-    monkeypatch.setattr("dpo_studio.publish.write_model_cards", crash)
+    monkeypatch.setattr("dpo_studio.cards.write_model_cards", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(*parse_config(["--dataset", str(data), "--output-dir", str(out), "--overwrite", *TINY]))
     for path, content in before.items():

@@ -11,104 +11,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio.generation import (
-    DPO_CONFIG_FILE,
     GenerationResult,
     generate_pair,
     generate_pair_results,
     load_pair,
+    completion_token_logps,
     score_pair,
     split_generated,
     token_log_ratios,
 )
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from tiny_models import BETA, EOS, PAD, build_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PAD, EOS, UNK = 0, 1, 2
-BETA = 0.2
 MAX_NEW = 10
-CORPUS = [
-    "Hello there, how are you doing today?",
-    "I am fine, thanks for asking! What about you?",
-    "What is your favourite food? I really love pizza and pasta.",
-    "User: tell me a joke\nAssistant: Why did the chicken cross the road?",
-    "respond: User: what is the weather like\nThe weather is lovely and warm today.",
-]
 PROMPTS = ["Hi", "Tell me a joke about the chicken and the road, please!", "What is your favourite food?"]
-
-
-
-
-def _train_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS * 3, trainer)
-    return tok
-
-
-def _build_family(root: Path, family: str) -> dict[str, Path]:
-    """Write base/, adapter/ (LoRA with perturbed B), merged/ for one tiny model family."""
-    torch.manual_seed(0 if family == "gpt2" else 1)
-    backend = _train_tokenizer()
-    if family == "gpt2":
-        # No pad token on purpose: load_pair must fall back to EOS for left padding.
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
-        config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=backend.get_vocab_size(),
-                            bos_token_id=EOS, eos_token_id=EOS, initializer_range=0.3)
-        model, targets, fmt = GPT2LMHeadModel(config), ["c_attn"], DECODER_ONLY_FORMAT
-        lora_extra = {"fan_in_fan_out": True}  # GPT-2 uses Conv1D (transposed) layers
-    else:
-        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-        )
-        config = T5Config(vocab_size=backend.get_vocab_size(), d_model=32, d_ff=64, d_kv=8, num_layers=2,
-                          num_heads=2, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
-        model, targets, fmt = T5ForConditionalGeneration(config), ["q", "v"], ENCODER_DECODER_FORMAT
-        lora_extra = {}
-    dirs = {name: root / family / name for name in ("base", "adapter", "merged")}
-    model.save_pretrained(dirs["base"])
-    tokenizer.save_pretrained(dirs["base"])
-    # Reload so that the adapter records base_model_name_or_path, as after training a Hub/local base model.
-    model = type(model).from_pretrained(dirs["base"])
-
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, **lora_extra))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:  # B starts at zero; perturb it so that DPO != base
-                param.normal_(0.0, 0.5)
-    peft_model.save_pretrained(dirs["adapter"])
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(dirs["merged"])
-    for name in ("adapter", "merged"):
-        tokenizer.save_pretrained(dirs[name])
-        fmt.save(dirs[name])
-    (dirs["adapter"] / DPO_CONFIG_FILE).write_text(json.dumps({"beta": BETA}))
-    return dirs
 
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("models")
-    return {family: _build_family(root, family) for family in ("gpt2", "t5")}
+    return build_models_dir(root, suppress_eos=False)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +86,7 @@ def test_fallback_without_adapter_gives_same_outputs(families, pairs, family):
     d = families[family]
     fallback = load_pair(str(d["base"]), None, str(d["merged"]))
     assert not fallback.shares_weights and fallback.model is None
-    assert fallback.beta == 0.1  # merged/ has no dpo_config.json here: TRL's default
+    assert fallback.beta == BETA  # read from merged/dpo_config.json
     assert generate_pair_results(fallback, PROMPTS, max_new_tokens=MAX_NEW) == generate_pair_results(
         pairs[family], PROMPTS, max_new_tokens=MAX_NEW
     )
@@ -268,11 +196,38 @@ def test_eos_and_token_counts_on_constructed_models(families):
             assert side.text == (loops.tokenizer.decode([token]) * 4).strip()
 
 
-def test_sampling_is_reproducible_with_the_same_seed(pairs):
-    pair = pairs["gpt2"]
-    kwargs = {"max_new_tokens": MAX_NEW, "temperature": 1.5, "top_p": 0.95}
-    first = generate_pair_results(pair, PROMPTS, seed=3, **kwargs)
-    assert generate_pair_results(pair, PROMPTS, seed=3, **kwargs) == first
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_sampling_follows_seed_and_temperature(pairs, family):
+    """Same seed: same samples; another seed: other samples; temperature near 0: the greedy replies (so the
+    temperature reaches the sampler), temperature 1.5: not the greedy replies."""
+    pair = pairs[family]
+    kwargs = {"max_new_tokens": MAX_NEW, "top_p": 1.0}
+    greedy = generate_pair_results(pair, PROMPTS, max_new_tokens=MAX_NEW)
+    hot = generate_pair_results(pair, PROMPTS, seed=3, temperature=1.5, **kwargs)
+    assert generate_pair_results(pair, PROMPTS, seed=3, temperature=1.5, **kwargs) == hot
+    assert generate_pair_results(pair, PROMPTS, seed=4, temperature=1.5, **kwargs) != hot
+    assert hot != greedy
+    assert generate_pair_results(pair, PROMPTS, seed=3, temperature=1e-4, **kwargs) == greedy
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_engine_log_probs_equal_trl_selective_log_softmax(families, pairs, family):
+    """generation's per-token log-softmax (kept hand-written so the Space needs no trl) equals TRL's."""
+    from trl.trainer.utils import selective_log_softmax
+
+    pair, model = pairs[family], _plain_model(families[family]["merged"], family)
+    fmt = DECODER_ONLY_FORMAT if family == "gpt2" else ENCODER_DECODER_FORMAT
+    prompt_ids = pair.tokenizer(fmt.prompt_from_text("How are you?"))["input_ids"]
+    completion = pair.tokenizer(fmt.render_completion("I am fine"), add_special_tokens=False)["input_ids"] + [EOS]
+    with torch.no_grad():
+        if family == "gpt2":
+            logits = model(input_ids=torch.tensor([prompt_ids + completion])).logits[:, len(prompt_ids) - 1 : -1]
+        else:
+            logits = model(input_ids=torch.tensor([prompt_ids]), labels=torch.tensor([completion])).logits
+    expected = selective_log_softmax(logits, torch.tensor([completion]))[0]
+    _, dpo_logps, ids = completion_token_logps(pair, "How are you?", "I am fine")
+    assert ids == completion
+    assert torch.allclose(dpo_logps, expected, atol=1e-4)
 
 
 def test_clear_errors(families, pairs, tmp_path):

@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from hub_server import git_blob_sha
 
+from tiny_models import word_tokenizer
+
 
 def _tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
@@ -25,12 +27,7 @@ def _tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
 
 
 def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    return word_tokenizer(["[UNK]", "hello", "world"], unk_token="[UNK]")
 
 
 def _local_files(folder: Path) -> dict[str, bytes]:

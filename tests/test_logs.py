@@ -4,13 +4,12 @@ progress bars stay. Checked on a real train-and-push against the local Hub and o
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from test_pipeline import TINY_DEMO
-from tiny_models import build_models_dir, free_port
+from tiny_models import ask_compare, build_models_dir, free_port
 from toy_data import write_toy_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,15 +54,7 @@ def test_app_log_is_quiet_by_default(tmp_path, level):
            str(tmp_path / "votes.jsonl"), *(["--log-level", level] if level else [])]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        from gradio_client import Client
-
-        answer, deadline = None, time.time() + 180
-        while answer is None and time.time() < deadline and proc.poll() is None:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
-                answer = client.predict("Any tips about tea?", "both", 4, 0.0, api_name="/compare")
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.5)
+        answer = ask_compare(proc, port, "both", 4, timeout_s=180)
         assert answer is not None
     finally:
         proc.terminate()

@@ -32,8 +32,8 @@ def test_votes_status_and_serving_table_hold_no_local_path(tmp_path):
     votes_file = tmp_path / "private" / "votes.jsonl"
     demo = build_app(ModelRegistry(discover_models_dir(models)), votes_file=votes_file)
     studio = demo.studio
-    reply_a, reply_b, round_, status = studio.blind_generate("Any tips about tea?", "gpt2", 8, 0.7, 0.95, 0)
-    message, _ = studio.vote(round_, "A")
+    *_, (reply_a, reply_b, round_, status) = studio.blind_stream("Any tips about tea?", "gpt2", 8, 0.7, 0.95, 0)
+    message, _ = studio.vote_message(round_, "A")
     assert "Saved" in message
     record = json.loads(votes_file.read_text(encoding="utf-8").splitlines()[-1])
     shown = [status, message, studio.votes_status(), studio.serving_summary(), json.dumps(record)]

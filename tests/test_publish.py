@@ -18,13 +18,12 @@ from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio import publish
+from dpo_studio.cards import RepoIds, render_card, write_model_cards
 from dpo_studio.cli import run_cli
 from dpo_studio.config import parse_config
 from dpo_studio.pipeline import run
-from dpo_studio.publish import (
-    PushAccessError, PushTarget, deploy_space, parse_repo_ids, push_outputs, push_requested,
-    render_card, repo_ids_for, upload_repo, write_model_cards,
-)
+from dpo_studio.publish import PushAccessError, PushTarget, parse_repo_ids, push_outputs, push_requested, repo_ids_for, upload_repo
+from dpo_studio.space import deploy_space
 from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 
@@ -187,12 +186,22 @@ def test_push_without_token_fails_fast_and_writes_nothing(tmp_path):
     assert timed.returncode == 2 and "huggingface_hub" in imported and not {"torch", "trl", "transformers"} & imported
 
 
-def test_push_requested_prescan(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("push: true\n")
-    assert push_requested(["--push"]) and push_requested(["--push_only", "d"]) and push_requested(["--push=true"])
-    assert push_requested(["--config", str(config)]) and push_requested([f"--config={config}"])
-    assert not push_requested(["--push", "false"]) and not push_requested(["--models", "gpt2"])
+def test_push_prescan_agrees_with_the_real_parser(tmp_path):
+    """The fast pre-scan answers as TrlParser does (flags, spellings, the --config YAML, CLI over config)."""
+    push_yaml, plain_yaml = tmp_path / "push.yaml", tmp_path / "plain.yaml"
+    push_yaml.write_text("push: true\nmodels: gpt2\n")
+    plain_yaml.write_text("models: gpt2\npush_only: null\n")
+    out = ["--output_dir", str(tmp_path / "o")]
+    cases = [["--push"], ["--push", "false"], ["--push=true"], ["--push", "no"], ["--push_only", "d"],
+             ["--push-only=d"], ["--models", "gpt2"], ["--push", "--models", "gpt2"], ["--config", str(push_yaml)],
+             ["--config", str(push_yaml), "--push", "false"], ["--config", str(plain_yaml)],
+             ["--config", str(plain_yaml), "--push-only", "d"]]
+    answers = []
+    for argv in cases:
+        script_args, _, _ = parse_config([*argv, *out])
+        assert push_requested(argv) == bool(script_args.push or script_args.push_only), argv
+        answers.append(push_requested(argv))
+    assert True in answers and False in answers
 
 
 def test_bad_token_read_only_token_and_foreign_namespace_exit_2(outputs, local_hub, monkeypatch, capsys):
@@ -305,7 +314,7 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
     for base, license_id, phrase in (("test-user/tiny-gpt2", "mit", "the\n  base model's, as its card states"),
                                      ("test-user/no-card", "other", "**License unknown**")):
         hub_metrics = {**metrics, "base_model": base, "base_license": base_model_license(base)}
-        ids = publish.RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
+        ids = RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
         for kind in ("merged", "adapter"):
             card = render_card(kind, hub_metrics, ids, outputs / "gpt2")
             parsed = ModelCard(str(card))
@@ -316,7 +325,7 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
     # metrics.json written before the license was recorded: looked up on the Hub when the card is rendered
     legacy = {key: value for key, value in metrics.items() if key != "base_license"}
     legacy["base_model"] = "test-user/tiny-gpt2"
-    ids = publish.RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
+    ids = RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
     assert ModelCard(str(render_card("merged", legacy, ids, outputs / "gpt2"))).data.license == "mit"
 
 
@@ -356,22 +365,28 @@ def test_second_push_of_unchanged_outputs_creates_no_commit(outputs, local_hub):
     assert {repo_id: len(HfApi().list_repo_commits(repo_id)) for repo_id in first} == history
 
 
-def test_token_never_written_or_printed(outputs, local_hub, tmp_path):
+def test_token_never_written_or_printed(local_hub, tmp_path):
+    """The token is set before training starts: nothing the run writes, prints, pushes or caches contains it."""
     planted = "hf_PLANTEDtokenZ9x8c7v6b5n4m3"
     local_hub.add_token(planted, local_hub.user, ("test-org",))
+    data, out = write_toy_pairs(tmp_path / "pairs.jsonl", 16), tmp_path / "out"
     env = {**os.environ, "HF_TOKEN": planted, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, str(REPO / "train_dpo.py"), "--push-only", str(outputs),
-                           "--hub-namespace", "test-org"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "train_dpo.py"), "--dataset", str(data), "--output-dir",
+                           str(out), "--models", "gpt2", *TINY_DEMO, "--num-train-epochs", "1", "--demo-sft-epochs",
+                           "1", "--push", "--hub-namespace", "test-org", "--log-level", "debug"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pushed test-org/gpt2-dpo (commit" in proc.stdout
     assert planted not in proc.stdout + proc.stderr
-    for repo_type, repo_id in local_hub.repos:
-        for name, content in local_hub.files(repo_id, repo_type).items():
-            assert planted.encode() not in content, f"{repo_id}/{name}"
-    for path in outputs.rglob("*"):
-        assert not path.is_file() or planted.encode() not in path.read_bytes()
-    for path in (tmp_path / "home").rglob("*"):
-        assert not path.is_file() or planted.encode() not in path.read_bytes(), f"token stored in {path}"
+    pushed = [(repo_id, name, content) for repo_type, repo_id in local_hub.repos
+              for name, content in local_hub.files(repo_id, repo_type).items()]
+    assert {repo_id for repo_id, _, _ in pushed} >= {"test-org/gpt2-dpo", "test-org/gpt2-dpo-lora"}
+    for repo_id, name, content in pushed:
+        assert planted.encode() not in content, f"{repo_id}/{name}"
+    written = [path for root in (out, tmp_path / "home") for path in root.rglob("*") if path.is_file()]
+    assert any(path.name == "metrics.json" for path in written)
+    for path in written:
+        assert planted.encode() not in path.read_bytes(), f"token stored in {path}"
 
 
 def test_cli_trains_then_pushes(local_hub, tmp_path, capsys):

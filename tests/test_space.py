@@ -13,9 +13,10 @@ import pytest
 from huggingface_hub import snapshot_download
 
 from dpo_studio import publish
-from dpo_studio.publish import PushTarget, deploy_space, push_outputs
+from dpo_studio.publish import PushTarget, push_outputs
+from dpo_studio.space import deploy_space
 from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
-from tiny_models import build_models_dir, free_port
+from tiny_models import ask_compare, build_models_dir, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("trl", "datasets", "matplotlib", "pandas")  # never imported by the app
@@ -94,15 +95,7 @@ def test_downloaded_space_starts_and_answers_compare(outputs, local_hub, tmp_pat
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        from gradio_client import Client
-
-        answer, deadline = None, started + 240
-        while answer is None and time.perf_counter() < deadline and proc.poll() is None:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
-                answer = client.predict("Any tips about tea?", "gpt2", 8, 0.0, api_name="/compare")
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.5)
+        answer = ask_compare(proc, port, "gpt2", 8, timeout_s=240 - (time.perf_counter() - started))
         elapsed = time.perf_counter() - started
         assert answer is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 240 s"
         base, dpo = answer

@@ -40,18 +40,40 @@ CORPUS = [
 ]
 
 
-def _tokenizer(seq2seq: bool) -> PreTrainedTokenizerFast:
+def bpe_tokenizer(seq2seq: bool, corpus: list[str] = CORPUS, vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus`; seq2seq: appends </s> and pads with <pad> like T5's, else
+    no pad token (like GPT-2's: the code under test must fall back to EOS)."""
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     # Alphabet learnt from the (ASCII) corpus only, so every token decodes to readable text (screenshots).
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "</s>", "<unk>"])
-    backend.train_from_iterator(CORPUS * 3, trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"])
+    backend.train_from_iterator(corpus * 3, trainer)
     if seq2seq:  # T5 appends </s> to every encoded text
         backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
         return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>",
                                        pad_token="<pad>")
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+
+
+def word_tokenizer(words: list[str], *, append_eos: bool = False, **special_tokens: str) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over `words` (token id = position); `append_eos` adds </s> like T5's.
+    `special_tokens`: e.g. pad_token="<pad>", eos_token="</s>", unk_token="<unk>" (each must be in `words`)."""
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=special_tokens.get("unk_token")))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if append_eos:
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                               special_tokens=[("</s>", words.index("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
+
+
+def perturb_lora(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
+    """LoRA B starts at zero (policy == reference, DPO == base); seeded random values make them differ."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
 def _suppress_eos(model: torch.nn.Module) -> None:
@@ -61,11 +83,12 @@ def _suppress_eos(model: torch.nn.Module) -> None:
         model.get_output_embeddings().weight[[PAD, EOS, UNK]] = 0.0
 
 
-def build_family(root: Path, family: str, *, with_adapter: bool = True) -> dict[str, Path]:
-    """Write root/<family>/{base, adapter (if with_adapter), merged}; returns the folders."""
+def build_family(root: Path, family: str, *, with_adapter: bool = True, suppress_eos: bool = True) -> dict[str, Path]:
+    """Write root/<family>/{base, adapter (if with_adapter), merged}; returns the folders. `suppress_eos`: replies
+    run to max_new_tokens (see _suppress_eos); without it the random models may end early."""
     torch.manual_seed(0 if family == "gpt2" else 1)
     seq2seq = family == "t5"
-    tokenizer = _tokenizer(seq2seq)
+    tokenizer = bpe_tokenizer(seq2seq)
     vocab = len(tokenizer)
     if seq2seq:
         config = T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=2,
@@ -77,7 +100,8 @@ def build_family(root: Path, family: str, *, with_adapter: bool = True) -> dict[
                             eos_token_id=EOS, initializer_range=0.3)
         model, targets, fmt = GPT2LMHeadModel(config), ["c_attn"], DECODER_ONLY_FORMAT
         extra = {"fan_in_fan_out": True}  # GPT-2's Conv1D stores weights transposed
-    _suppress_eos(model)
+    if suppress_eos:
+        _suppress_eos(model)
     model.generation_config.max_length = None  # max_new_tokens alone decides
     dirs = {name: root / family / name for name in ("base", "adapter", "merged")}
     model.save_pretrained(dirs["base"])
@@ -85,10 +109,7 @@ def build_family(root: Path, family: str, *, with_adapter: bool = True) -> dict[
     model = type(model).from_pretrained(dirs["base"])  # so the adapter records base_model_name_or_path
 
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, **extra))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:  # B starts at zero; perturb it so that DPO != base
-                param.normal_(0.0, 0.5)
+    perturb_lora(peft_model, seed=0 if family == "gpt2" else 1, scale=0.5)
     settings = json.dumps({"beta": BETA, "loss_type": ["sigmoid"], "base_model": str(dirs["base"])})
     if with_adapter:
         peft_model.save_pretrained(dirs["adapter"])
@@ -136,3 +157,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def ask_compare(proc, port: int, family: str, max_new_tokens: int, timeout_s: float) -> tuple[str, str] | None:
+    """The app's `/compare` answer (greedy) from the server `proc` started on `port`, polling until it is up;
+    None when it exits or does not answer within `timeout_s`."""
+    import time
+
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
+            return client.predict("Any tips about tea?", family, max_new_tokens, 0.0, api_name="/compare")
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    return None

@@ -83,22 +83,24 @@ def test_report_html_renders_offline_with_its_images(trained, tmp_path):
     assert errors == []
 
 
-def test_evaluate_entry_point_reproduces_the_training_evidence(trained, tmp_path, capsys):
+def test_evaluate_entry_point_measures_the_dpo_side_it_is_given(trained, tmp_path, capsys):
+    """Independent expectations: a "DPO model" that is a copy of the base must measure exactly like the base (same
+    seed and settings on both sides), while the trained adapter must not; and both come from --evaluate alone."""
     data, out = trained
     family = out / "gpt2"
-    args = ["--evaluate", "--eval-base", str(family / "base"), "--eval-adapter", str(family / "adapter"),
-            "--dataset", str(data), "--eval-fraction", "0.25", "--seed", "0", "--eval-generations", "6",
-            "--generation-max-new-tokens", "12", "--output-dir", str(tmp_path / "eval")]
-    assert run_cli(args) == 0
+    common = ["--evaluate", "--eval-base", str(family / "base"), "--dataset", str(data), "--eval-fraction", "0.25",
+              "--seed", "0", "--eval-generations", "6", "--generation-max-new-tokens", "12"]
+    assert run_cli([*common, "--eval-merged", str(family / "base"), "--output-dir", str(tmp_path / "same")]) == 0
+    assert run_cli([*common, "--eval-adapter", str(family / "adapter"), "--output-dir", str(tmp_path / "dpo")]) == 0
     printed = capsys.readouterr().out
     assert "| Metric | Base | DPO |" in printed and "evaluation written to" in printed
-    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    metrics = json.loads((family / "metrics.json").read_text())
-    assert evaluation["shares_weights"] is True
-    # Same weights, prompts, seed and sampling settings as the post-training evaluation: the same figures.
-    for side in ("generation_before", "generation_after"):
-        assert evaluation[side] == pytest.approx(metrics[side])
-    assert evaluation["samples"] == metrics["samples"]
+    same = json.loads((tmp_path / "same" / "evaluation.json").read_text())
+    dpo = json.loads((tmp_path / "dpo" / "evaluation.json").read_text())
+    assert same["shares_weights"] is False and dpo["shares_weights"] is True
+    assert same["generation_after"] == same["generation_before"]
+    assert all(sample["base"] == sample["dpo"] for sample in same["samples"])
+    assert any(sample["base"] != sample["dpo"] for sample in dpo["samples"])
+    assert dpo["generation_before"]["num_outputs"] == 6
 
 
 def test_evaluate_needs_a_dpo_model(tmp_path, capsys):

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,53 +349,47 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
+def _length_drift(b: float, a: float) -> str:
+    return (f"mean_length_tokens went from {_fmt(b)} (base) to {_fmt(a)} (DPO), {abs(a / b - 1):.0%} "
+            f"{'longer' if a > b else 'shorter'} [limit: {LENGTH_DRIFT_MAX:.0%}]: replies drifted in length; likely "
+            f"causes: learning rate too high, beta too low, too many epochs, or a length gap between chosen and "
+            f"rejected replies in the data.")
+
+
+# Each health check: metric, "got worse past its threshold" given (base, DPO) values, and the one-line message.
+HEALTH_CHECKS: tuple[tuple[str, Callable[[float, float], bool], Callable[[float, float], str]], ...] = (
+    ("repeated_trigram_rate",
+     lambda b, a: a > b + REPETITION_MAX_INCREASE or (a > REPETITION_CEILING and a > b),
+     lambda b, a: f"repeated_trigram_rate rose from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limits: "
+                  f"+{REPETITION_MAX_INCREASE} or {REPETITION_CEILING}]: the DPO model repeats itself; likely "
+                  f"causes: {_USUAL_CAUSES}."),
+    ("mean_length_tokens", lambda b, a: b > 0 and abs(a / b - 1) > LENGTH_DRIFT_MAX, _length_drift),
+    ("eos_rate", lambda b, a: b - a > EOS_RATE_MAX_DROP,
+     lambda b, a: f"eos_rate fell from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: -{EOS_RATE_MAX_DROP}]: the DPO "
+                  f"model often runs to the token cap without stopping; likely causes: {_USUAL_CAUSES}."),
+    ("distinct_2", lambda b, a: b > 0 and a < b * (1 - DISTINCT2_MAX_REL_DROP),
+     lambda b, a: f"distinct_2 fell from {_fmt(b)} (base) to {_fmt(a)} (DPO), {1 - a / b:.0%} lower [limit: "
+                  f"{DISTINCT2_MAX_REL_DROP:.0%}]: less varied wording (mode collapse); likely causes: "
+                  f"{_USUAL_CAUSES}."),
+    ("empty_rate", lambda b, a: a - b > EMPTY_RATE_MAX_INCREASE,
+     lambda b, a: f"empty_rate rose from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: +{EMPTY_RATE_MAX_INCREASE}]: "
+                  f"the DPO model often emits nothing; likely causes: {_USUAL_CAUSES}."),
+    ("preferred_style_rate", lambda b, a: b - a > STYLE_RATE_MAX_DROP,
+     lambda b, a: f"preferred_style_rate fell from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: "
+                  f"-{STYLE_RATE_MAX_DROP}]: DPO moved away from the chosen style; likely causes: chosen and "
+                  f"rejected swapped in the data, or training that did not converge."),
+)
+
+
 def health_warnings(before: Mapping[str, float], after: Mapping[str, float]) -> list[str]:
     """One-line messages for each health metric that got worse past its threshold (constants above)."""
     msgs: list[str] = []
-
-    def vals(key: str) -> tuple[float, float] | None:
-        if key in before and key in after and before[key] is not None and after[key] is not None:
-            return float(before[key]), float(after[key])
-        return None
-
-    if (v := vals("repeated_trigram_rate")) is not None:
-        b, a = v
-        if a > b + REPETITION_MAX_INCREASE or (a > REPETITION_CEILING and a > b):
-            msgs.append(f"repeated_trigram_rate rose from {_fmt(b)} (base) to {_fmt(a)} (DPO) "
-                        f"[limits: +{REPETITION_MAX_INCREASE} or {REPETITION_CEILING}]: the DPO model repeats "
-                        f"itself; likely causes: {_USUAL_CAUSES}.")
-    if (v := vals("mean_length_tokens")) is not None:
-        b, a = v
-        if b > 0 and abs(a / b - 1) > LENGTH_DRIFT_MAX:
-            way = "longer" if a > b else "shorter"
-            msgs.append(f"mean_length_tokens went from {_fmt(b)} (base) to {_fmt(a)} (DPO), {abs(a / b - 1):.0%} "
-                        f"{way} [limit: {LENGTH_DRIFT_MAX:.0%}]: replies drifted in length; likely causes: learning "
-                        f"rate too high, beta too low, too many epochs, or a length gap between chosen and "
-                        f"rejected replies in the data.")
-    if (v := vals("eos_rate")) is not None:
-        b, a = v
-        if b - a > EOS_RATE_MAX_DROP:
-            msgs.append(f"eos_rate fell from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: -{EOS_RATE_MAX_DROP}]: "
-                        f"the DPO model often runs to the token cap without stopping; likely causes: "
-                        f"{_USUAL_CAUSES}.")
-    if (v := vals("distinct_2")) is not None:
-        b, a = v
-        if b > 0 and a < b * (1 - DISTINCT2_MAX_REL_DROP):
-            msgs.append(f"distinct_2 fell from {_fmt(b)} (base) to {_fmt(a)} (DPO), {1 - a / b:.0%} lower "
-                        f"[limit: {DISTINCT2_MAX_REL_DROP:.0%}]: less varied wording (mode collapse); likely "
-                        f"causes: {_USUAL_CAUSES}.")
-    if (v := vals("empty_rate")) is not None:
-        b, a = v
-        if a - b > EMPTY_RATE_MAX_INCREASE:
-            msgs.append(f"empty_rate rose from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: "
-                        f"+{EMPTY_RATE_MAX_INCREASE}]: the DPO model often emits nothing; likely causes: "
-                        f"{_USUAL_CAUSES}.")
-    if (v := vals("preferred_style_rate")) is not None:
-        b, a = v
-        if b - a > STYLE_RATE_MAX_DROP:
-            msgs.append(f"preferred_style_rate fell from {_fmt(b)} (base) to {_fmt(a)} (DPO) [limit: "
-                        f"-{STYLE_RATE_MAX_DROP}]: DPO moved away from the chosen style; likely causes: chosen and "
-                        f"rejected swapped in the data, or training that did not converge.")
+    for key, worse, message in HEALTH_CHECKS:
+        if before.get(key) is None or after.get(key) is None:
+            continue
+        b, a = float(before[key]), float(after[key])
+        if worse(b, a):
+            msgs.append(message(b, a))
     return msgs
 
 

@@ -82,6 +82,14 @@ def test_compare_api_has_optional_settings_and_both_families(served, models_dir)
     base, dpo = client.predict(PROMPT, "gpt2", api_name="/compare")  # defaults: sampling, seed 0
     assert base and dpo
     assert client.predict(PROMPT, "gpt2", api_name="/compare") == (base, dpo)  # same seed, same outputs
+    # The settings are used: another seed samples other replies, temperature 0 is plain greedy and differs.
+    other_seed = client.predict(PROMPT, "gpt2", ui.DEFAULT_MAX_NEW_TOKENS, ui.DEFAULT_TEMPERATURE, ui.DEFAULT_TOP_P,
+                                1, api_name="/compare")
+    assert other_seed[0] != base and other_seed[1] != dpo
+    greedy = client.predict(PROMPT, "gpt2", ui.DEFAULT_MAX_NEW_TOKENS, 0.0, api_name="/compare")
+    assert greedy == (plain_generate(models_dir / "gpt2" / "base", "gpt2", PROMPT, CAP),
+                      plain_generate(models_dir / "gpt2" / "merged", "gpt2", PROMPT, CAP))
+    assert greedy[0] != base and greedy[1] != dpo
 
     # "both": one section per family, each the same as asking for that family alone.
     both = client.predict(PROMPT, "both", CAP, 0.0, 1.0, 0, api_name="/compare")

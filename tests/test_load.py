@@ -25,7 +25,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
+from dpo_studio.app_config import AppConfigError, ModelRegistry, discover_models_dir
 from tiny_models import FAMILIES, free_port, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap here
@@ -161,7 +161,7 @@ def test_queue_cap_is_generous_and_configurable():
     assert QUEUE_SIZE is None and ui.DEFAULT_MAX_QUEUE >= 200  # None: $DPO_STUDIO_MAX_QUEUE, else the default
     assert ui.max_queue_from_env({}) == ui.DEFAULT_MAX_QUEUE
     assert ui.max_queue_from_env({"DPO_STUDIO_MAX_QUEUE": "500"}) == 500
-    with pytest.raises(ui.AppConfigError, match="DPO_STUDIO_MAX_QUEUE='lots' is not a whole number"):
+    with pytest.raises(AppConfigError, match="DPO_STUDIO_MAX_QUEUE='lots' is not a whole number"):
         ui.max_queue_from_env({"DPO_STUDIO_MAX_QUEUE": "lots"})
 
 

@@ -17,13 +17,20 @@ loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export f
     app.py       build_app; server.py launch and `python app.py`'s command line
 """
 
-from dpo_studio.app_config import AppConfigError
 from dpo_studio.ui.app import build_app, load_example_prompts
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV, max_queue_from_env
 from dpo_studio.ui.render import md_text
-from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
+from dpo_studio.ui.requests import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    MAX_NEW_TOKENS_CAP,
+    MAX_PROMPT_CHARS,
+)
 from dpo_studio.ui.server import launch, main
 from dpo_studio.ui.studio import Studio
 
-__all__ = ["AppConfigError", "DEFAULT_MAX_QUEUE", "MAX_NEW_TOKENS_CAP", "MAX_PROMPT_CHARS", "MAX_QUEUE_ENV",
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_QUEUE", "DEFAULT_SEED", "DEFAULT_TEMPERATURE",
+           "DEFAULT_TOP_P", "MAX_NEW_TOKENS_CAP", "MAX_PROMPT_CHARS", "MAX_QUEUE_ENV",
            "Studio", "build_app", "launch", "load_example_prompts", "main", "max_queue_from_env", "md_text"]

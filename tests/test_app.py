@@ -231,21 +231,22 @@ def test_fallback_to_two_models_when_no_adapter_is_published(tmp_path, models_di
     assert "serving two models: no adapter published" in studio.changes(runs)[1]
 
 
-def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served):
+def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served, models_dir):
     registry = served[0].studio.registry  # the loaded tiny models, a fresh vote file
     votes_file = tmp_path / "votes" / "votes.jsonl"
     studio = ui.Studio(registry, VoteStore(votes_file), max_new_tokens_cap=CAP, rng=random.Random(3))
     assert studio.vote_message(None, "A")[0].startswith("Generate a pair")
 
     seen_orders = set()
+    base = plain_generate(models_dir / "gpt2" / "base", "gpt2", PROMPT, CAP)
+    dpo = plain_generate(models_dir / "gpt2" / "merged", "gpt2", PROMPT, CAP)
     for choice in ("A", "B", "tie", "both_bad"):
         round_id, reply_a, reply_b = studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
-        base, dpo = studio.generate("gpt2", PROMPT, studio.settings(CAP, 0.0, 1.0, 0))
-        assert {reply_a, reply_b} == {base.text, dpo.text}
+        assert {reply_a, reply_b} == {base, dpo}
         message, cleared = studio.vote_message(round_id, choice)
         assert cleared is None
         record = VoteStore(votes_file).records()[-1]
-        sides = {"A": "base" if reply_a == base.text else "dpo", "B": "base" if reply_b == base.text else "dpo"}
+        sides = {"A": "base" if reply_a == base else "dpo", "B": "base" if reply_b == base else "dpo"}
         seen_orders.add(sides["A"])
         assert f"Reply A was the **{'DPO' if sides['A'] == 'dpo' else 'base'}** model" in message
         assert record["vote"] == choice and record["family"] == "gpt2" and record["prompt"] == PROMPT

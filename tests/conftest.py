@@ -20,3 +20,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny GPT-2 and T5 families in train_dpo.py's output layout (tests/tiny_models.py), built once, read only."""
+    from tiny_models import build_models_dir
+
+    root = tmp_path_factory.mktemp("models")
+    build_models_dir(root)
+    return root

@@ -27,10 +27,9 @@ from dpo_studio.app_config import (
     load_config_file,
     resolve_sources,
 )
-from dpo_studio.generation import score_pair
-from dpo_studio.prompt_format import DECODER_ONLY_FORMAT
+from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
 from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
-from tiny_models import BETA, FAMILIES, build_family, build_models_dir, free_port, load_plain, plain_generate
+from tiny_models import BETA, EOS, FAMILIES, build_family, free_port, load_plain, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap in these tests
 MAX_CHARS = 200
@@ -41,16 +40,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
     pytest.mark.usefixtures("single_thread"),
 ]
-
-
-
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    build_models_dir(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +82,14 @@ def test_compare_api_has_optional_settings_and_both_families(served, models_dir)
     base, dpo = client.predict(PROMPT, "gpt2", api_name="/compare")  # defaults: sampling, seed 0
     assert base and dpo
     assert client.predict(PROMPT, "gpt2", api_name="/compare") == (base, dpo)  # same seed, same outputs
+    # The settings are used: another seed samples other replies, temperature 0 is plain greedy and differs.
+    other_seed = client.predict(PROMPT, "gpt2", ui.DEFAULT_MAX_NEW_TOKENS, ui.DEFAULT_TEMPERATURE, ui.DEFAULT_TOP_P,
+                                1, api_name="/compare")
+    assert other_seed[0] != base and other_seed[1] != dpo
+    greedy = client.predict(PROMPT, "gpt2", ui.DEFAULT_MAX_NEW_TOKENS, 0.0, api_name="/compare")
+    assert greedy == (plain_generate(models_dir / "gpt2" / "base", "gpt2", PROMPT, CAP),
+                      plain_generate(models_dir / "gpt2" / "merged", "gpt2", PROMPT, CAP))
+    assert greedy[0] != base and greedy[1] != dpo
 
     # "both": one section per family, each the same as asking for that family alone.
     both = client.predict(PROMPT, "both", CAP, 0.0, 1.0, 0, api_name="/compare")
@@ -151,43 +148,75 @@ def _plain_greedy_ids(model_dir: Path, prompt: str, max_new_tokens: int) -> list
     return out[0, ids.shape[1]:].tolist()
 
 
-@torch.inference_mode()
-def _plain_logps(model_dir: Path, prompt: str, completion: list[int]) -> list[float]:
-    """log p(completion token | prompt, earlier tokens) under one plain GPT-2 model."""
+def _plain_reply_ids(model_dir: Path, family: str, reply: str) -> list[int]:
+    """The reply as training writes it, by hand: GPT-2 " reply</s>", T5 "reply</s>" (the decoder's side)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompt_ids = tokenizer(DECODER_ONLY_FORMAT.prompt_from_text(prompt))["input_ids"]
-    logits = load_plain(model_dir, "gpt2")(torch.tensor([prompt_ids + completion])).logits[0]
-    logps = torch.log_softmax(logits[len(prompt_ids) - 1 : -1].float(), dim=-1)
+    text = reply if family == "t5" else f" {reply}"
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [EOS]
+
+
+@torch.inference_mode()
+def _plain_logps(model_dir: Path, family: str, prompt: str, completion: list[int]) -> list[float]:
+    """log p(completion token | prompt, earlier tokens) under one plain model: one forward, teacher forcing."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_plain(model_dir, family)
+    if family == "t5":
+        encoder_ids = torch.tensor([tokenizer(ENCODER_DECODER_FORMAT.prompt_from_text(prompt))["input_ids"]])
+        logits = model(input_ids=encoder_ids, labels=torch.tensor([completion])).logits[0]
+    else:
+        prompt_ids = tokenizer(DECODER_ONLY_FORMAT.prompt_from_text(prompt))["input_ids"]
+        logits = model(torch.tensor([prompt_ids + completion])).logits[0][len(prompt_ids) - 1 : -1]
+    logps = torch.log_softmax(logits.float(), dim=-1)
     return logps.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1).tolist()
 
 
-def test_what_dpo_changed_and_scoring(served, models_dir):
-    demo, client = served
+def _plain_reward(models_dir: Path, family: str, prompt: str, reply: str) -> tuple[float, float, float]:
+    """(Σ log p base, Σ log p DPO, β · difference) of a reply, from plain forwards of the base and merged models."""
+    completion = _plain_reply_ids(models_dir / family / "base", family, reply)
+    logp_base, logp_dpo = (sum(_plain_logps(models_dir / family / side, family, prompt, completion))
+                           for side in ("base", "merged"))
+    return logp_base, logp_dpo, BETA * (logp_dpo - logp_base)
+
+
+def test_what_dpo_changed_equals_plain_forwards(served, models_dir):
+    demo, _ = served
     studio = demo.studio
-    pair = studio.registry.get("gpt2")
-    base, dpo, runs = studio.compare(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
+    tokenizer = studio.registry.get("gpt2").tokenizer
+    _, _, runs = studio.compare(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
     highlights, summary = studio.changes(runs)
     highlights = highlights["gpt2"]
     # Independently: the sampled ids (from plain generate on the merged model), scored by plain base and merged
     # forwards. Cut at the cap, so no EOS: exactly CAP tokens, whatever re-encoding the text would give.
     sampled = _plain_greedy_ids(models_dir / "gpt2" / "merged", PROMPT, CAP)
     assert len(highlights) == CAP == len(sampled)
-    expected = [(pair.tokenizer.decode([t]), d - b) for t, b, d in zip(
-        sampled, _plain_logps(models_dir / "gpt2" / "base", PROMPT, sampled),
-        _plain_logps(models_dir / "gpt2" / "merged", PROMPT, sampled))]
+    expected = [(tokenizer.decode([t]), d - b) for t, b, d in zip(
+        sampled, _plain_logps(models_dir / "gpt2" / "base", "gpt2", PROMPT, sampled),
+        _plain_logps(models_dir / "gpt2" / "merged", "gpt2", PROMPT, sampled))]
     assert [t for t, _ in highlights] == [t for t, _ in expected]
     scale = max(abs(r) for _, r in expected)
     assert [s for _, s in highlights] == pytest.approx([r / scale for _, r in expected], abs=1e-4)
     assert f"{sum(r for _, r in expected):+.3f} nats" in summary and "mixed-adapter batch" in summary
 
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_are_beta_times_plain_log_prob_differences(served, models_dir, family):
+    demo, client = served
     reply_a, reply_b = "I am fine, thanks for asking!", "The weather is lovely."
-    direct = score_pair(pair, PROMPT, reply_a, reply_b)
-    assert direct["beta"] == BETA  # from dpo_config.json
-    via_api = client.predict(PROMPT, reply_a, reply_b, "GPT-2", api_name="/score")
-    assert via_api["gpt2"] == pytest.approx(direct)
-    rows, verdict = studio.score(PROMPT, reply_a, reply_b, "gpt2")
-    assert [r[4] for r in rows] == [round(direct["reward_a"], 5), round(direct["reward_b"], 5)]
-    assert f"DPO prefers reply {direct['preferred'].upper()}" in verdict
+    (base_a, dpo_a, reward_a), (base_b, dpo_b, reward_b) = (_plain_reward(models_dir, family, PROMPT, r)
+                                                            for r in (reply_a, reply_b))
+    assert abs(reward_a - reward_b) > 1e-3  # the perturbed adapter prefers one of them: "preferred" is decided
+    label = {"gpt2": "GPT-2", "t5": "T5"}[family]
+    [scores] = client.predict(PROMPT, reply_a, reply_b, label, api_name="/score").values()
+    assert scores["beta"] == BETA  # from dpo_config.json
+    assert [scores[k] for k in ("logp_base_a", "logp_dpo_a", "logp_base_b", "logp_dpo_b")] == pytest.approx(
+        [base_a, dpo_a, base_b, dpo_b], abs=1e-3)
+    assert [scores["reward_a"], scores["reward_b"], scores["margin"]] == pytest.approx(
+        [reward_a, reward_b, reward_a - reward_b], abs=1e-3 * BETA)
+    assert scores["preferred"] == ("a" if reward_a > reward_b else "b")
+    rows, verdict = demo.studio.score(PROMPT, reply_a, reply_b, family)  # the tab: the same numbers, rounded
+    assert [row[:2] for row in rows] == [[label, "A"], [label, "B"]]
+    assert [row[4] for row in rows] == pytest.approx([reward_a, reward_b], abs=1e-3 * BETA)
+    assert f"DPO prefers reply {scores['preferred'].upper()}" in verdict
 
 
 def test_fallback_to_two_models_when_no_adapter_is_published(tmp_path, models_dir):
@@ -202,21 +231,22 @@ def test_fallback_to_two_models_when_no_adapter_is_published(tmp_path, models_di
     assert "serving two models: no adapter published" in studio.changes(runs)[1]
 
 
-def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served):
+def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served, models_dir):
     registry = served[0].studio.registry  # the loaded tiny models, a fresh vote file
     votes_file = tmp_path / "votes" / "votes.jsonl"
     studio = ui.Studio(registry, VoteStore(votes_file), max_new_tokens_cap=CAP, rng=random.Random(3))
     assert studio.vote_message(None, "A")[0].startswith("Generate a pair")
 
     seen_orders = set()
+    base = plain_generate(models_dir / "gpt2" / "base", "gpt2", PROMPT, CAP)
+    dpo = plain_generate(models_dir / "gpt2" / "merged", "gpt2", PROMPT, CAP)
     for choice in ("A", "B", "tie", "both_bad"):
         round_id, reply_a, reply_b = studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
-        base, dpo = studio.generate("gpt2", PROMPT, studio.settings(CAP, 0.0, 1.0, 0))
-        assert {reply_a, reply_b} == {base.text, dpo.text}
+        assert {reply_a, reply_b} == {base, dpo}
         message, cleared = studio.vote_message(round_id, choice)
         assert cleared is None
         record = VoteStore(votes_file).records()[-1]
-        sides = {"A": "base" if reply_a == base.text else "dpo", "B": "base" if reply_b == base.text else "dpo"}
+        sides = {"A": "base" if reply_a == base else "dpo", "B": "base" if reply_b == base else "dpo"}
         seen_orders.add(sides["A"])
         assert f"Reply A was the **{'DPO' if sides['A'] == 'dpo' else 'base'}** model" in message
         assert record["vote"] == choice and record["family"] == "gpt2" and record["prompt"] == PROMPT
@@ -337,13 +367,13 @@ def test_app_py_serves_a_models_dir_on_the_port_from_the_environment(models_dir,
     monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
     monkeypatch.chdir(tmp_path)  # the default votes file lands here
     launched = {}
-    real_launch = ui.launch
+    real_launch = ui.server.launch
 
     def launch_in_background(demo, **kwargs):  # main() blocks in launch(); here the server runs in a thread
         launched.update(kwargs, demo=demo)
         real_launch(demo, **{**kwargs, "prevent_thread_lock": True, "quiet": True})
 
-    monkeypatch.setattr(ui, "launch", launch_in_background)
+    monkeypatch.setattr(ui.server, "launch", launch_in_background)
     monkeypatch.setattr(sys, "argv", ["app.py", "--models-dir", str(models_dir)])
     runpy.run_path(str(REPO_ROOT / "app.py"), run_name="__main__")
     try:

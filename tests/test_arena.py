@@ -16,10 +16,11 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from dpo_studio import ui
+from dpo_studio.ui import engine
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.generation import generate_pair_results, load_pair, stream_pair_results
 from dpo_studio.votes import RoundError, RoundStore, VoteStore, make_vote, scoreboard, wilson_interval
-from tiny_models import FAMILIES, build_family, build_models_dir, free_port, plain_generate
+from tiny_models import FAMILIES, build_family, free_port, plain_generate
 
 CAP = 12
 PROMPT = "How was your morning?"
@@ -27,13 +28,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
     pytest.mark.usefixtures("single_thread"),
 ]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    build_models_dir(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +157,7 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     gate = Gate()
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ui, "stream_pair_results", gate.wrap(ui.stream_pair_results))
+        patch.setattr(engine, "stream_pair_results", gate.wrap(engine.stream_pair_results))
         demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
                             max_new_tokens_cap=CAP, example_prompts=[], rng=random.Random(0))
         port = free_port()

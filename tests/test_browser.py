@@ -19,24 +19,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
-import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed"),
     pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
+    pytest.mark.usefixtures("single_thread"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
 
 from dpo_studio import ui  # noqa: E402
+from dpo_studio.ui import engine  # noqa: E402
 from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
-from tiny_models import build_models_dir, free_port  # noqa: E402
+from tiny_models import free_port  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 STEP_PAUSE_S = 0.15  # per decoding step, so that a 32-token reply streams for ~5 s
 PROMPT = "How was your morning?"
 TIMEOUT_MS = 60_000  # generous: a busy 2-core CI box; the waits return as soon as the condition holds
-
 
 
 def _slowed(stream):
@@ -49,13 +49,10 @@ def _slowed(stream):
 
 
 @pytest.fixture()
-def app_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(ui, "stream_pair_results", _slowed(ui.stream_pair_results))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    build_models_dir(tmp_path / "models")
+def app_url(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(engine, "stream_pair_results", _slowed(engine.stream_pair_results))
     votes_file = tmp_path / "votes" / "votes.jsonl"
-    demo = ui.build_app(ModelRegistry(discover_models_dir(tmp_path / "models")), votes_file=votes_file,
+    demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
                         max_new_tokens_cap=32)
     port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -63,7 +60,6 @@ def app_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield f"http://127.0.0.1:{port}/", votes_file
     finally:
         demo.close()
-        torch.set_num_threads(previous)
 
 
 def _value(page, elem_id: str) -> str:

@@ -24,15 +24,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 import pytest
-import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from markdown_it import MarkdownIt
 
 from dpo_studio import ui
+from dpo_studio.ui import comparing, engine
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.generation import GenerationResult
-from tiny_models import build_models_dir, free_port
+from tiny_models import free_port
 
 PAYLOADS = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '"><b>bold</b>']
 ALL_IN_ONE = " ".join(PAYLOADS)
@@ -48,7 +48,10 @@ INJECTED_JS = """() => ({
     images: document.querySelectorAll('img[src="x"]').length,
     bold: [...document.querySelectorAll('b')].filter(b => b.textContent === 'bold').length,
 })"""
-pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
 class _Elements(HTMLParser):
@@ -103,27 +106,21 @@ def echo_stream(real):
     return stream
 
 
-
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
+def app(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app (tiny GPT-2 and T5, echoing DPO replies) built and served on a free 127.0.0.1 port."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    models_dir = tmp_path_factory.mktemp("models")
-    build_models_dir(models_dir)
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
     demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
                         max_new_tokens_cap=CAP, example_prompts=[], rng=random.Random(0))
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ui, "generate_pair_results", echo_reply(ui.generate_pair_results))
-        patch.setattr(ui, "stream_pair_results", echo_stream(ui.stream_pair_results))
+        patch.setattr(engine, "generate_pair_results", echo_reply(engine.generate_pair_results))
+        patch.setattr(engine, "stream_pair_results", echo_stream(engine.stream_pair_results))
         ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             yield demo, f"http://127.0.0.1:{port}/"
         finally:
             demo.close()
-            torch.set_num_threads(previous)
 
 
 def call(demo: gr.Blocks, api_name: str, *args):
@@ -183,7 +180,7 @@ def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, mon
     demo, _ = app
     # A tokenizer whose tokens carry the payload whole (real BPE pieces would split it): the summary names the
     # most boosted and most suppressed tokens inside <code>.
-    monkeypatch.setattr(ui, "generated_token_log_ratios",
+    monkeypatch.setattr(comparing, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     _, _, runs = demo.studio.compare(payload, "gpt2", CAP, 0.0, 1.0, 0)
     [summary], _ = call(demo, "ui_changes", runs)
@@ -222,7 +219,7 @@ def test_payload_prompt_in_chromium_runs_nothing(app, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     _, url = app
     # Whole-reply tokens, so the payload reaches the Markdown summary and the highlighted view intact.
-    monkeypatch.setattr(ui, "generated_token_log_ratios",
+    monkeypatch.setattr(comparing, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     dialogs: list[str] = []
     injected: dict[str, dict[str, int]] = {}

@@ -20,14 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
-import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from tiny_models import FAMILIES, build_models_dir, free_port, plain_generate
+from dpo_studio.app_config import AppConfigError, ModelRegistry, discover_models_dir
+from tiny_models import FAMILIES, free_port, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap here
 MAX_CHARS = 200
@@ -37,17 +36,14 @@ DEADLINE_S = 300.0  # the whole burst, submission to last answer; never reached 
 OVERSIZED = "y" * (MAX_CHARS + 1)
 QUEUE_SIZE = inspect.signature(ui.build_app).parameters["max_queue_size"].default  # the app's default queue
 REFUSAL = f"{MAX_CHARS + 1} characters long; the limit is {MAX_CHARS}"
-pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")
-
-
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app with its default queue (concurrency 1 for model work, max_size 256) on a free 127.0.0.1 port."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; on a busy 2-core box intra-op threads only add waiting
-    models_dir = tmp_path_factory.mktemp("models")
-    build_models_dir(models_dir)
     demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)),
                         votes_file=tmp_path_factory.mktemp("votes") / "votes.jsonl", max_new_tokens_cap=CAP,
                         max_prompt_chars=MAX_CHARS, example_prompts=[], rng=random.Random(0))
@@ -63,7 +59,6 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     finally:
         client.close()
         demo.close()
-        torch.set_num_threads(previous)
 
 
 def _burst(clients: list[Client], requests: list[tuple], watch: int = 5) -> list[dict]:
@@ -166,7 +161,7 @@ def test_queue_cap_is_generous_and_configurable():
     assert QUEUE_SIZE is None and ui.DEFAULT_MAX_QUEUE >= 200  # None: $DPO_STUDIO_MAX_QUEUE, else the default
     assert ui.max_queue_from_env({}) == ui.DEFAULT_MAX_QUEUE
     assert ui.max_queue_from_env({"DPO_STUDIO_MAX_QUEUE": "500"}) == 500
-    with pytest.raises(ui.AppConfigError, match="DPO_STUDIO_MAX_QUEUE='lots' is not a whole number"):
+    with pytest.raises(AppConfigError, match="DPO_STUDIO_MAX_QUEUE='lots' is not a whole number"):
         ui.max_queue_from_env({"DPO_STUDIO_MAX_QUEUE": "lots"})
 
 

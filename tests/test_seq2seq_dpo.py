@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig
 
@@ -28,28 +27,20 @@ from dpo_studio.seq2seq_dpo import (
     Seq2SeqDPOTrainer,
     sequence_logps,
 )
+from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PAD, EOS = 0, 1
-WORDS = ["<pad>", "</s>", "<unk>"] + [f"{c}{i}" for c in "pab" for i in range(10)]
 TRL_METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                "logps/rejected"]
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 
-
-
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer that appends </s> like T5's."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return word_tokenizer(t5=True)
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
@@ -95,15 +86,6 @@ def make_trainer(tmp_path, tokenizer, train_rows=None, eval_rows=None, peft=True
         max_prompt_length=max_prompt,
         max_completion_length=max_completion,
     )
-
-
-def perturb_lora(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
-    """LoRA B starts at zero (policy == reference); give it random values so the policy differs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
 def collate(trainer: Seq2SeqDPOTrainer, rows) -> dict[str, torch.Tensor]:

@@ -409,3 +409,22 @@ def test_short_lora_run_learns_the_toy_preference(tmp_path, tokenizer):
     assert len(train_logs) == 30 and all({"loss", *TRL_METRICS} <= set(entry) for entry in train_logs)
     first, last = train_logs[:5], train_logs[-5:]
     assert sum(e["loss"] for e in last) < sum(e["loss"] for e in first)
+
+
+def test_labelled_values_match_a_direct_softmax_computation():
+    """The per-token fields (TRL's selective_log_softmax / entropy_from_logits plus ours) against plain softmax."""
+    from dpo_studio.seq2seq_dpo import _labelled_values
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 50, generator=gen) * 3
+    targets = torch.randint(0, 50, (37,), generator=gen)
+    fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    log_probs, entropy, log_sum_sq, mean_logits, is_top1 = _labelled_values(logits, targets, fields)
+    p = logits.double().softmax(-1)
+    rows = torch.arange(37)
+    torch.testing.assert_close(log_probs.double(), p[rows, targets].log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy.double(), -(p * p.log()).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_sum_sq.double(), (p**2).sum(-1).log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean_logits, logits.mean(-1))
+    assert torch.equal(is_top1, targets == logits.argmax(-1))
+    assert _labelled_values(logits, targets, ("log_probs",))[1:] == [None] * 4

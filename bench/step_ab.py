@@ -36,7 +36,7 @@ def step(m, b):
     with trainer.accelerator.autocast():
         return trainer.training_step(m, b)
 m = trainer.model; m.train(); trainer.current_gradient_accumulation_steps = 1
-orig = speed.bucketed_rows
+orig = speed.batching.bucketed_rows  # looked up there by the bucket runner
 from peft.tuners.lora import LoraLayer
 loras = [mod for mod in m.modules() if isinstance(mod, LoraLayer)]
 saved = [mod.__dict__.get("_cast_input_dtype") for mod in loras]
@@ -51,7 +51,7 @@ def setv(v):
     os.environ[speed.CPU_HEAD_ENV] = "0" if "nohead" in v else "1"
     os.environ[speed.FROZEN_COPIES_ENV] = "0" if "nocopies" in v else "1"
     nb = [int(x[1:]) for x in v.split("+") if x.startswith("b") and x[1:].isdigit()]
-    speed.bucketed_rows = functools.partial(orig, max_buckets=nb[0]) if nb else orig
+    speed.batching.bucketed_rows = functools.partial(orig, max_buckets=nb[0]) if nb else orig
 times = {v: [] for v in variants}; cpu = {v: [] for v in variants}; losses = {}
 for v in variants: setv(v); step(m, batch)  # warm
 for r in range(rounds):

@@ -37,58 +37,18 @@ def summary_table(results: list["FamilyResult"]) -> str:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    try:
-        setup_logging(argv_log_level(sys.argv[1:] if argv is None else argv))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:  # --push without a token fails here, in about a second: before TRL/torch are even imported
-        if push_requested(sys.argv[1:] if argv is None else argv):
-            require_token()
-    except PublishError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """Parse, run and summarise one command; bad input is one line on stderr and exit code 2."""
+    early = _early_checks(sys.argv[1:] if argv is None else argv)
+    if early is not None:
+        return early
 
-    from .config import ConfigError, family_dir_name, parse_config
+    from .config import ConfigError
     from .data import DataError
-    from .pipeline import OutputExistsError, is_main_process, run
+    from .pipeline import OutputExistsError
     from .signals import TrainingInterrupted
 
     try:
-        script_args, training_args, model_args = parse_config(argv)
-        if script_args.check_data:  # validation only: no push, no training, nothing written
-            from .data_check import check_data, format_report
-
-            print(format_report(check_data(script_args, training_args, model_args)))
-            return 0
-        target = None
-        if script_args.push or script_args.push_only:  # whoami + namespace rights, before any data or model
-            target = check_push_access(PushTarget(
-                script_args.hub_namespace, parse_repo_ids(script_args.hub_repo_ids), script_args.private,
-                script_args.revision, script_args.commit_message))
-            unknown = set(target.explicit or {}) - {family_dir_name(f) for f in script_args.family_list()}
-            if unknown and not script_args.push_only:
-                raise ConfigError(f"--hub-repo-ids names families not in --models: {', '.join(sorted(unknown))}")
-        if script_args.evaluate:
-            from .evidence import card_table_markdown
-            from .pipeline import evaluate_existing
-
-            path, result = evaluate_existing(script_args, training_args)
-            print(card_table_markdown({"generation_before": result["generation_before"],
-                                       "generation_after": result["generation_after"],
-                                       "comparison": result["generation_comparison"]}))
-            for warning in result["generation_warnings"]:
-                print(f"warning: {warning}")
-            print(f"evaluation written to {path}")
-            return 0
-        if script_args.push_only:
-            pushed = push_outputs(Path(script_args.push_only), target)
-        else:
-            results = run(script_args, training_args, model_args)
-            pushed = {}
-            if target is not None and is_main_process():
-                families = [r.output_dir for r in results]
-                pushed = push_outputs(Path(training_args.output_dir), target, families)
+        return _run_command(argv)
     except (DataError, ConfigError, OutputExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -98,6 +58,46 @@ def run_cli(argv: list[str] | None = None) -> int:
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _early_checks(args: list[str]) -> int | None:
+    """The log level and, for --push, the token: checked before TRL/torch are imported; an exit code on failure."""
+    try:
+        setup_logging(argv_log_level(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:  # --push without a token fails here, in about a second
+        if push_requested(args):
+            require_token()
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return None
+
+
+def _run_command(argv: list[str] | None) -> int:
+    """--check-data, --evaluate, --push-only or training (+ --push), after the push rights are checked."""
+    from .config import parse_config
+    from .pipeline import is_main_process, run
+
+    script_args, training_args, model_args = parse_config(argv)
+    if script_args.check_data:  # validation only: no push, no training, nothing written
+        from .data_check import check_data, format_report
+
+        print(format_report(check_data(script_args, training_args, model_args)))
+        return 0
+    target = _push_target(script_args) if script_args.push or script_args.push_only else None
+    if script_args.evaluate:
+        return _evaluate(script_args, training_args)
+    results = []
+    if script_args.push_only:
+        pushed = push_outputs(Path(script_args.push_only), target)
+    else:
+        results = run(script_args, training_args, model_args)
+        pushed = {}
+        if target is not None and is_main_process():
+            pushed = push_outputs(Path(training_args.output_dir), target, [r.output_dir for r in results])
     if is_main_process():
         if not script_args.push_only:
             print(summary_table(results))
@@ -105,4 +105,32 @@ def run_cli(argv: list[str] | None = None) -> int:
                 print(f"{result.family}: {result.output_dir}")
         for repo_id, commit in pushed.items():
             print(f"pushed {repo_id} (commit {commit[:10]})")
+    return 0
+
+
+def _push_target(script_args) -> PushTarget:
+    """whoami + namespace rights, before any data or model; --hub-repo-ids must name families of --models."""
+    from .config import ConfigError, family_dir_name
+
+    target = check_push_access(PushTarget(
+        script_args.hub_namespace, parse_repo_ids(script_args.hub_repo_ids), script_args.private,
+        script_args.revision, script_args.commit_message))
+    unknown = set(target.explicit or {}) - {family_dir_name(f) for f in script_args.family_list()}
+    if unknown and not script_args.push_only:
+        raise ConfigError(f"--hub-repo-ids names families not in --models: {', '.join(sorted(unknown))}")
+    return target
+
+
+def _evaluate(script_args, training_args) -> int:
+    """--evaluate: the evidence table and warnings of an existing base/DPO pair, written to evaluation.json."""
+    from .evaluate_existing import evaluate_existing
+    from .evidence import card_table_markdown
+
+    path, result = evaluate_existing(script_args, training_args)
+    print(card_table_markdown({"generation_before": result["generation_before"],
+                               "generation_after": result["generation_after"],
+                               "comparison": result["generation_comparison"]}))
+    for warning in result["generation_warnings"]:
+        print(f"warning: {warning}")
+    print(f"evaluation written to {path}")
     return 0

@@ -1,6 +1,6 @@
 """`--check-data`: read and validate the data exactly as a run would, and measure it with each family's tokenizer.
 
-The data go through `pipeline.prepare_data` (the data room's reader, row checks, split and caps: no second reader);
+The data go through `training_data.prepare_data` (the data room's reader, row checks, split and caps: no second reader);
 each family's pairs are rendered in its prompt format and tokenized the way its trainer does (TRL's prompt +
 completion + EOS for causal LMs, `seq2seq_dpo`'s own row tokenizer for encoder-decoders). Nothing is trained and
 nothing is written: the demo's tokenizer is trained in memory (seconds), a Hub model's tokenizer is downloaded alone.
@@ -76,7 +76,7 @@ def split_lengths(pairs: list[PreferencePair], tokenizer, arch: Architecture, ma
 
 def check_data(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelArguments) -> dict[str, Any]:
     """Validate the run's data and measure it per family; raises DataError / ConfigError like a run."""
-    from .pipeline import prepare_data
+    from .training_data import prepare_data
 
     families = [model_args.model_name_or_path] if model_args.model_name_or_path else script_args.family_list()
     data = prepare_data(script_args, training_args.seed)

@@ -24,7 +24,8 @@ from trl import DPOConfig
 
 from . import __version__
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
-from .data import LoadReport, PreferencePair, load_pairs, split_pairs, to_dataset
+from .data import to_dataset
+from .evaluate_existing import generation_evidence
 from .families import (
     Architecture,
     architecture_of,
@@ -38,14 +39,16 @@ from .families import (
 )
 from .precision import Precision, precision_of
 from .prompt_format import PromptFormat
-from .public_refs import public_ref, scrub
+from .public_refs import public_ref
 from .signals import StopOnSignal, TrainingInterrupted
 from .evaluation import evaluate_pairs
 from .licenses import base_model_license
 from .names import DPO_CONFIG_FILE  # beta etc., read back by the app to score implicit rewards
 from .report import write_json, write_plots, write_report_html
+from .training_data import PreparedData, prepare_data
 
 logger = logging.getLogger("dpo_studio")
+
 
 FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
 DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
@@ -53,13 +56,6 @@ DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base,
 
 class OutputExistsError(RuntimeError):
     pass
-
-
-@dataclass
-class PreparedData:
-    train: list[PreferencePair]
-    eval: list[PreferencePair]
-    info: dict[str, Any]
 
 
 @dataclass
@@ -72,38 +68,6 @@ class FamilyResult:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-# ------------------------------------------------------------------------------------------------------------- data
-def prepare_data(script_args: ScriptArguments, seed: int) -> PreparedData:
-    pairs, report = load_pairs(script_args.dataset, script_args.dataset_split, script_args.skip_invalid)
-    reports: list[LoadReport] = [report]
-    if script_args.eval_dataset:
-        eval_pairs, eval_report = load_pairs(script_args.eval_dataset, "test", script_args.skip_invalid)
-        reports.append(eval_report)
-        train_pairs = pairs
-    else:
-        train_pairs, eval_pairs = split_pairs(pairs, script_args.eval_fraction, seed)
-    if script_args.max_train_pairs:
-        train_pairs = train_pairs[: script_args.max_train_pairs]
-    if script_args.max_eval_pairs:
-        eval_pairs = eval_pairs[: script_args.max_eval_pairs]
-    for rep in reports:
-        if rep.rows_skipped:
-            logger.warning("%s: skipped %d invalid rows (first: %s)", rep.source, rep.rows_skipped, rep.skipped_examples[0])
-    dataset = public_ref(script_args.dataset)  # metrics.json and the cards are published: no local paths
-    load_reports = [rep.as_dict() for rep in reports]
-    for rep in load_reports:
-        rep["skipped_examples"] = [scrub(message, rep["source"]) for message in rep["skipped_examples"]]
-        rep["source"] = public_ref(rep["source"])
-    info = {
-        "dataset": dataset,
-        "eval_dataset": public_ref(script_args.eval_dataset) or f"{script_args.eval_fraction:g} of {dataset} (by prompt hash)",
-        "train_pairs": len(train_pairs),
-        "eval_pairs": len(eval_pairs),
-        "load_reports": load_reports,
-    }
-    return PreparedData(train_pairs, eval_pairs, info)
 
 
 # ------------------------------------------------------------------------------------------------------------ models
@@ -291,81 +255,165 @@ def count_truncation(trainer, n_train: int, n_eval: int, max_length: int | None)
     return out
 
 
-# Sampling settings of the evidence generations: the same for base and DPO, and the app's defaults.
-EVIDENCE_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
-NUM_CARD_SAMPLES = 5
+@dataclass
+class FamilyRun:
+    """One family's run in progress: where it writes, what it resumes from, and the base it trains."""
+
+    family: str
+    name: str  # the output folder's name
+    final: Path  # DIR/F, the finished outputs
+    work: Path  # DIR/.work/F: checkpoints, the demo base, staging
+    last_checkpoint: str | None
+    quant: Any = None  # bitsandbytes settings (QLoRA), or None
+    model: Any = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    arch: Architecture | None = None
+    base_model_id: str = ""
+    built_locally: bool = False
+    base_source: str = ""  # where the full-precision base reloads from
+    base_revision: str | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work / "checkpoints"
+
+    def load_full_precision_base(self, trust_remote_code: bool) -> PreTrainedModel:
+        """The full-precision base, reloaded for a QLoRA merge and as the frozen side of full-DPO comparisons."""
+        return load_model(self.base_source, self.arch, self.base_revision, trust_remote_code)
 
 
-def generation_evidence(pair, data: PreparedData, script_args: ScriptArguments, seed: int) -> dict[str, Any]:
-    """Generate from base and DPO (`generation.LoadedPair`) on held-out prompts and measure both sides.
+def claim_output(family: str, script_args: ScriptArguments, out_root: Path) -> FamilyRun | None:
+    """The family's folders, or None when --resume finds it finished; refuses to overwrite finished outputs."""
+    name = family_dir_name(family)
+    final, work = out_root / name, out_root / ".work" / name
+    if (final / FINISHED_MARKER).exists():
+        if script_args.resume:
+            logger.info("[%s] already finished in %s; skipping", family, final)
+            return None
+        if not script_args.overwrite:
+            raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
+    checkpoints = work / "checkpoints"
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None
+    if is_main_process():  # under DDP only rank 0 touches the output tree
+        if not script_args.resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    return FamilyRun(family, name, final, work, last_checkpoint)
 
-    Returns the metrics.json keys `generation_before`, `generation_after`, `generation_comparison`,
-    `generation_warnings`, `generation_settings`, `samples` and `judge` (the style judge, trained on the training
-    split's replies).
-    """
-    from .evidence import StyleJudge, evaluate_generations
-    from .generation import generate_pair_results
 
-    judge = StyleJudge.fit([p.chosen for p in data.train], [p.rejected for p in data.train])
-    prompts = [list(pair_.message_dicts()) for pair_ in data.eval[: script_args.eval_generations]]
-    results = generate_pair_results(
-        pair, prompts, max_new_tokens=script_args.generation_max_new_tokens, seed=seed, batch_size=16,
-        **EVIDENCE_SAMPLING,
+def load_base(
+    job: FamilyRun, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, seed: int,
+    precision: Precision,
+) -> None:
+    """Load (or build, for the demo) the base into `job`, quantized for QLoRA."""
+    job.quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
+                                    model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
+    job.model, job.tokenizer, job.arch, job.base_model_id, job.built_locally = prepare_base(
+        job.family, data, script_args, model_args, job.work, seed, job.quant
     )
-    base_outputs, dpo_outputs = [r[0] for r in results], [r[1] for r in results]
-    evaluation = evaluate_generations(base_outputs, dpo_outputs, judge)
-    return {
-        "generation_before": evaluation["generation_before"],
-        "generation_after": evaluation["generation_after"],
-        "generation_comparison": evaluation["comparison"],
-        "generation_warnings": evaluation["warnings"],
-        "generation_settings": {
-            **EVIDENCE_SAMPLING, "max_new_tokens": script_args.generation_max_new_tokens, "seed": seed,
-            "prompts": len(prompts),
-        },
-        "samples": [
-            {"prompt": prompt[-1]["content"], "base": base.text, "dpo": dpo.text}
-            for prompt, (base, dpo) in list(zip(prompts, results))[:NUM_CARD_SAMPLES]
-        ],
-        "judge": {
-            "kind": "naive Bayes on word unigrams+bigrams",
-            "train_replies": 2 * len(data.train),
-            "heldout_accuracy": judge.accuracy([p.chosen for p in data.eval], [p.rejected for p in data.eval]),
-            "top_features": judge.top_features(8),
-        },
-    }
+    job.base_source, job.base_revision = (
+        (str(job.work / "base"), None) if job.built_locally else (job.base_model_id, model_args.model_revision)
+    )
+    if job.built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
+        job.base_model_id = DEMO_BASE_REF
+    prepare_tokenizer(job.tokenizer, job.arch)
 
 
-def evaluate_existing(script_args: ScriptArguments, training_args: DPOConfig) -> tuple[Path, dict[str, Any]]:
-    """`--evaluate`: the post-training evidence for any base/DPO pair (local dirs or Hub ids), without training.
+def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments) -> dict[str, Any]:
+    """Held-out metrics before, DPO (stoppable by a signal, resumable), held-out metrics after.
 
-    The judge is trained on the training split of --dataset and the prompts come from its held-out split (or
-    --eval-dataset). Writes `evaluation.json` into --output-dir (atomically) and returns its path and content.
-    """
-    from .generation import load_pair
-
-    if not (script_args.eval_adapter or script_args.eval_merged):
-        raise ConfigError("--evaluate needs the DPO model: --eval-adapter DIR_OR_ID and/or --eval-merged DIR_OR_ID")
-    if script_args.eval_generations < 1:
-        raise ConfigError("--evaluate needs --eval-generations >= 1")
-    data = prepare_data(script_args, training_args.seed)
-    try:
-        pair = load_pair(
-            script_args.eval_base, script_args.eval_adapter, script_args.eval_merged,
-            trust_remote_code=script_args.trust_remote_code_models,
+    Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
+    arch = job.arch
+    train_ds = to_dataset(data.train, arch.prompt_format)
+    eval_ds = to_dataset(data.eval, arch.prompt_format)
+    args = dataclasses.replace(training_args, output_dir=str(job.checkpoints))
+    if args.world_size > 1:
+        train_ds = shared_on_disk(train_ds, job.work / "data" / "train", args)
+        eval_ds = shared_on_disk(eval_ds, job.work / "data" / "eval", args)
+    lora_config = (
+        arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
+        if model_args.use_peft
+        else None
+    )
+    trainer = build_trainer(arch, job.model, job.tokenizer, train_ds, eval_ds, args, lora_config)
+    truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
+    if any(counts["rows"] for counts in truncation.values()):
+        logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", job.family, args.max_length, truncation)
+    logger.info("[%s] evaluating the base model on %d held-out pairs", job.family, len(eval_ds))
+    eval_before = evaluate_pairs(trainer)
+    logger.info("[%s] DPO on %d pairs (%s)", job.family, len(train_ds), arch.kind)
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    started = time.perf_counter()
+    with stopper.installed():
+        train_output = trainer.train(resume_from_checkpoint=job.last_checkpoint)
+    runtime = time.perf_counter() - started
+    if stopper.requested:
+        raise TrainingInterrupted(
+            f"[{job.family}] {stopper.signal_name} received: checkpoint saved at step {stopper.stopped_at_step} in "
+            f"{job.checkpoints}; nothing was published. Continue with the same command plus --resume"
         )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--evaluate: cannot load the models: {exc}") from None
-    result = {
-        "base": pair.base_source, "dpo": pair.dpo_source, "shares_weights": pair.shares_weights,
-        "dataset": data.info, **generation_evidence(pair, data, script_args, training_args.seed),
+    logger.info(
+        "[%s] rank %d/%d finished %d DPO steps", job.family, args.process_index, args.world_size,
+        trainer.state.global_step,
+    )
+    return {
+        "trainer": trainer, "output": train_output, "runtime": runtime, "truncation": truncation,
+        "lora_config": lora_config, "train_pairs": len(train_ds), "eval_before": eval_before,
+        "eval_after": evaluate_pairs(trainer),
     }
-    out_dir = Path(training_args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "evaluation.json.tmp"
-    write_json(tmp, result)
-    os.replace(tmp, out_dir / "evaluation.json")
-    return out_dir / "evaluation.json", result
+
+
+def measure(
+    job: FamilyRun, data: PreparedData, trained: dict[str, Any], model_args: ModelArguments, precision: Precision
+) -> dict[str, Any]:
+    """metrics.json's content (without the generation evidence)."""
+    trainer, runtime, lora_config = trained["trainer"], trained["runtime"], trained["lora_config"]
+    args = trainer.args  # the settings as trained
+    # Pairs trained in this process (a resumed run counts only the steps it ran itself).
+    start_step = int(job.last_checkpoint.rsplit("-", 1)[-1]) if job.last_checkpoint else 0
+    steps_run = trainer.state.global_step - start_step
+    pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    pairs_seen = min(steps_run * pairs_per_step, trained["train_pairs"] * float(args.num_train_epochs))
+    built_locally, base_model_id = job.built_locally, job.base_model_id
+    return {
+        "family": job.name,
+        "architecture": job.arch.kind,
+        "model_type": job.arch.model_type,
+        "base_model": public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
+        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
+        "dataset": data.info["dataset"],
+        "data": data.info,
+        "train_runtime_s": round(runtime, 3),
+        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
+        "train_loss": trained["output"].training_loss,
+        "truncation": trained["truncation"],
+        "resumed_from_step": start_step or None,
+        "world_size": args.world_size,
+        "precision": precision.as_dict(),
+        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
+        "quantization": describe_quantization(job.quant),
+        "eval_before": trained["eval_before"],
+        "eval_after": trained["eval_after"],
+        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
+        "prompt_format": dataclasses.asdict(job.arch.prompt_format),
+        "versions": _versions(),
+        "log_history": trainer.state.log_history,
+    }
+
+
+def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
+    """Assemble the outputs in staging, metrics.json last, then swap them into DIR/F (rank 0 only)."""
+    stage = job.work / "staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    base_dir = job.work / "base" if job.built_locally else None
+    save_outputs(stage, model, job.tokenizer, job.arch, base_dir, job.base_model_id, args, metrics)
+    write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
+    publish_staging(stage, job.final)
+    if not keep_checkpoints:
+        shutil.rmtree(job.work, ignore_errors=True)
+    logger.info("[%s] outputs written to %s", job.family, job.final)
 
 
 def train_family(
@@ -376,122 +424,32 @@ def train_family(
     model_args: ModelArguments,
     precision: Precision | None = None,
 ) -> FamilyResult:
-    out_root = Path(training_args.output_dir)
-    name = family_dir_name(family)
-    final, work = out_root / name, out_root / ".work" / name
-    if (final / FINISHED_MARKER).exists():
-        if script_args.resume:
-            logger.info("[%s] already finished in %s; skipping", family, final)
-            return FamilyResult(family, final, {}, skipped=True)
-        if not script_args.overwrite:
-            raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
-    checkpoints = work / "checkpoints"
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None
-    if is_main_process():  # under DDP only rank 0 touches the output tree
-        if not script_args.resume:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-
+    """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save."""
+    job = claim_output(family, script_args, Path(training_args.output_dir))
+    if job is None:
+        name = family_dir_name(family)
+        return FamilyResult(family, Path(training_args.output_dir) / name, {}, skipped=True)
     set_seed(training_args.seed)
     precision = precision or precision_of(training_args)
-    quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
-                                model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
-    model, tokenizer, arch, base_model_id, built_locally = prepare_base(
-        family, data, script_args, model_args, work, training_args.seed, quant
-    )
-    # The full-precision base, reloaded for a QLoRA merge and as the frozen side of full-DPO comparisons.
-    base_source, base_revision = (str(work / "base"), None) if built_locally else (base_model_id, model_args.model_revision)
+    load_base(job, data, script_args, model_args, training_args.seed, precision)
+    trained = train(job, data, training_args, model_args)
+    trainer = trained["trainer"]
+    metrics = measure(job, data, trained, model_args, precision)
+    if not trainer.is_world_process_zero():  # DDP: rank 0 alone generates and writes outputs
+        return FamilyResult(family, job.final, metrics)
 
     def load_full_precision_base() -> PreTrainedModel:
-        return load_model(base_source, arch, base_revision, script_args.trust_remote_code_models)
+        return job.load_full_precision_base(script_args.trust_remote_code_models)
 
-    if built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
-        base_model_id = DEMO_BASE_REF
-    prepare_tokenizer(tokenizer, arch)
-    train_ds = to_dataset(data.train, arch.prompt_format)
-    eval_ds = to_dataset(data.eval, arch.prompt_format)
-    args = dataclasses.replace(training_args, output_dir=str(checkpoints))
-    if args.world_size > 1:
-        train_ds = shared_on_disk(train_ds, work / "data" / "train", args)
-        eval_ds = shared_on_disk(eval_ds, work / "data" / "eval", args)
-    lora_config = (
-        arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
-        if model_args.use_peft
-        else None
-    )
-    trainer = build_trainer(arch, model, tokenizer, train_ds, eval_ds, args, lora_config)
-    truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
-    if any(counts["rows"] for counts in truncation.values()):
-        logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", family, args.max_length, truncation)
-    logger.info("[%s] evaluating the base model on %d held-out pairs", family, len(eval_ds))
-    eval_before = evaluate_pairs(trainer)
-    logger.info("[%s] DPO on %d pairs (%s)", family, len(train_ds), arch.kind)
-    stopper = StopOnSignal()
-    trainer.add_callback(stopper)
-    started = time.perf_counter()
-    with stopper.installed():
-        train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
-    runtime = time.perf_counter() - started
-    if stopper.requested:
-        raise TrainingInterrupted(
-            f"[{family}] {stopper.signal_name} received: checkpoint saved at step {stopper.stopped_at_step} in "
-            f"{checkpoints}; nothing was published. Continue with the same command plus --resume"
-        )
-    logger.info(
-        "[%s] rank %d/%d finished %d DPO steps", family, args.process_index, args.world_size, trainer.state.global_step
-    )
-    eval_after = evaluate_pairs(trainer)
-    # Pairs trained in this process (a resumed run counts only the steps it ran itself).
-    start_step = int(last_checkpoint.rsplit("-", 1)[-1]) if last_checkpoint else 0
-    steps_run = trainer.state.global_step - start_step
-    pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    pairs_seen = min(steps_run * pairs_per_step, len(train_ds) * float(args.num_train_epochs))
-    metrics: dict[str, Any] = {
-        "family": name,
-        "architecture": arch.kind,
-        "model_type": arch.model_type,
-        "base_model": public_ref(base_model_id) if not built_locally else f"{name} built from config (demo), see base/",
-        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
-        "dataset": data.info["dataset"],
-        "data": data.info,
-        "train_runtime_s": round(runtime, 3),
-        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
-        "train_loss": train_output.training_loss,
-        "truncation": truncation,
-        "resumed_from_step": start_step or None,
-        "world_size": args.world_size,
-        "precision": precision.as_dict(),
-        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if quant is not None else "LoRA DPO",
-        "quantization": describe_quantization(quant),
-        "eval_before": eval_before,
-        "eval_after": eval_after,
-        # trainer.args: the settings as trained
-        "hyperparameters": selected_hyperparameters(trainer.args, model_args, lora_config),
-        "prompt_format": dataclasses.asdict(arch.prompt_format),
-        "versions": _versions(),
-        "log_history": trainer.state.log_history,
-    }
-    model = published_model(trainer.model, load_full_precision_base, quant is not None) if trainer.is_world_process_zero() else None
-    if script_args.eval_generations > 0 and trainer.is_world_process_zero():
+    model = published_model(trainer.model, load_full_precision_base, job.quant is not None)
+    if script_args.eval_generations > 0:
         logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
-        pair = serving_pair(model, load_full_precision_base, tokenizer, arch)
-        metrics.update(generation_evidence(pair, data, script_args, args.seed))
+        pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
+        metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
         for warning in metrics["generation_warnings"]:
             logger.warning("[%s] %s", family, warning)
-    if not trainer.is_world_process_zero():  # DDP: rank 0 alone writes outputs
-        return FamilyResult(family, final, metrics)
-    stage = work / "staging"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    save_outputs(
-        stage, model, tokenizer, arch, work / "base" if built_locally else None, base_model_id, args, metrics
-    )
-    write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
-    publish_staging(stage, final)
-    if not script_args.keep_checkpoints:
-        shutil.rmtree(work, ignore_errors=True)
-    logger.info("[%s] outputs written to %s", family, final)
-    return FamilyResult(family, final, metrics)
+    save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
+    return FamilyResult(family, job.final, metrics)
 
 
 def _versions() -> dict[str, str]:

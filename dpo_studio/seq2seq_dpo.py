@@ -55,7 +55,15 @@ if _trl_version.release[:2] >= (1, 17):
         stacklevel=2,
     )
 
-from trl.trainer.utils import FusedCausalLMOutput, create_model_from_path, pad  # noqa: E402  (after version check)
+from trl.trainer.utils import (  # noqa: E402  (after the version check)
+    FusedCausalLMOutput,
+    create_model_from_path,
+    entropy_from_logits,
+    pad,
+    selective_log_softmax,
+)
+
+from .fused_output import FUSED_OUTPUT_FIELDS, fused_output, policy_fields  # noqa: E402
 
 __all__ = [
     "SUPPORTED_LOSS_TYPES",
@@ -88,7 +96,6 @@ SUPPORTED_LOSS_TYPES = frozenset(
     }
 )
 
-_FUSED_OUTPUT_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 # Inputs the teacher-forced seq2seq forward derives from the preference batch itself.
 _TEACHER_FORCING_KEYS = (
     "decoder_input_ids",
@@ -243,34 +250,28 @@ def _teacher_forced_forward(
     )
 
 
-def _per_token_stats(logits: torch.Tensor, labels: torch.Tensor, outputs: tuple[str, ...]) -> dict[str, Any]:
-    """Per-token log-prob / entropy / ... of `labels` under `logits`, zero where the label is -100.
+def _labelled_values(logits: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...]) -> list[Any]:
+    """Per-token values (FUSED_OUTPUT_FIELDS order, None where not requested) of `targets` under `logits`, both for
+    the labelled positions only (`[N, V]`, `[N]`).
 
-    Hand-written counterpart of TRL's `_ChunkedLogProbFunction` (which works from hidden states and the LM head
-    weight): here the model's own forward produced the logits, so architecture details (T5's output scaling, BART's
-    final_logits_bias) are the model's business. Only the labelled positions are scored.
+    Counterpart of TRL's `ChunkedLogProbFunction` (which works from hidden states and the LM head weight): here the
+    model's own forward produced the logits, so architecture details (T5's output scaling, BART's final_logits_bias)
+    are the model's business. Log-probs and entropy are TRL's functions; TRL has none for the other three.
     """
-    mask = labels != -100
-    selected = logits[mask].float()  # [N, V]
-    targets = labels[mask]
-    log_softmax = selected.log_softmax(dim=-1)
-    values: dict[str, torch.Tensor | None] = dict.fromkeys(_FUSED_OUTPUT_FIELDS)
-    values["log_probs"] = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    selected = logits.float()
+    values: dict[str, torch.Tensor | None] = dict.fromkeys(FUSED_OUTPUT_FIELDS)
+    # One row of N tokens: TRL's fp32 path loops over rows, so this is a single logsumexp.
+    values["log_probs"] = selective_log_softmax(selected.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)
     with torch.no_grad():  # metrics / WPO weights only, as in TRL
         if "entropy" in outputs:
-            values["entropy"] = -(log_softmax.exp() * log_softmax).sum(-1)
-        if "log_sum_sq_probs" in outputs:
-            values["log_sum_sq_probs"] = torch.logsumexp(2 * log_softmax, dim=-1)
+            values["entropy"] = entropy_from_logits(selected)
+        if "log_sum_sq_probs" in outputs:  # log sum p^2 = logsumexp(2z) - 2 logsumexp(z)
+            values["log_sum_sq_probs"] = torch.logsumexp(2 * selected, dim=-1) - 2 * torch.logsumexp(selected, dim=-1)
         if "mean_logits" in outputs:
             values["mean_logits"] = selected.mean(-1)
         if "is_top1" in outputs:
             values["is_top1"] = selected.argmax(-1) == targets
-    # `masked_scatter` keeps the result connected to the graph even when no label is valid (as TRL does).
-    result = {
-        name: None if v is None else v.new_zeros(mask.shape).masked_scatter(mask, v) for name, v in values.items()
-    }
-    result["label_mask"] = mask
-    return result
+    return list(values.values())
 
 
 def _fused_seq2seq_forward(
@@ -289,10 +290,9 @@ def _fused_seq2seq_forward(
         model, forward, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, **kwargs
     )
     shifted_labels = labels[:, 1:].to(model_outputs.logits.device)
-    stats = _per_token_stats(model_outputs.logits, shifted_labels, outputs)
-    mask = stats["label_mask"]
-    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    return FusedCausalLMOutput(loss=-stats["log_probs"].sum() / denominator, **stats)
+    mask = shifted_labels != -100
+    values = _labelled_values(model_outputs.logits[mask], shifted_labels[mask], outputs)
+    return fused_output(values, mask, num_items_in_batch)
 
 
 def add_seq2seq_fused_head(
@@ -315,9 +315,9 @@ def add_seq2seq_fused_head(
     model = _unwrap_peft(model)
     if not getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(f"add_seq2seq_fused_head needs an encoder-decoder model, got {type(model).__name__}")
-    unknown = set(outputs) - set(_FUSED_OUTPUT_FIELDS)
+    unknown = set(outputs) - set(FUSED_OUTPUT_FIELDS)
     if unknown:
-        raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(_FUSED_OUTPUT_FIELDS)}")
+        raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(FUSED_OUTPUT_FIELDS)}")
     if original_forward is None:
         # Our own earlier patch remembers what it wrapped; otherwise the class forward (drops TRL's causal patch).
         original_forward = getattr(model, "_seq2seq_original_forward", None) or types.MethodType(
@@ -334,14 +334,7 @@ def add_seq2seq_fused_head(
             return original_forward(*args, **kw)
         if args:
             raise TypeError("pass the preference batch to the seq2seq fused forward as keyword arguments")
-        # The decoder call below sets these itself; PeftModelForSeq2SeqLM.forward passes them explicitly as None.
-        for key in _TEACHER_FORCING_KEYS:
-            value = kw.pop(key, None)
-            if value is not None and key != "use_cache":
-                raise ValueError(f"`{key}` cannot be combined with `encoder_input_ids` in the seq2seq forward")
-        for key in ("output_attentions", "output_hidden_states", "return_dict"):
-            if key in kw and kw[key] is None:
-                del kw[key]
+        _drop_teacher_forcing_kwargs(kw)
         if fused_lm_head:
             kw.pop("shift_labels", None)  # context/sequence parallelism is not supported for seq2seq
             return _fused_seq2seq_forward(
@@ -358,6 +351,18 @@ def add_seq2seq_fused_head(
 
     model._seq2seq_original_forward = original_forward
     model.forward = types.MethodType(_seq2seq_forward, model)
+
+
+def _drop_teacher_forcing_kwargs(kw: dict[str, Any]) -> None:
+    """Remove (in place) what the teacher-forced decoder call sets itself; PeftModelForSeq2SeqLM.forward passes them
+    explicitly as None. A real value there cannot be combined with a preference batch."""
+    for key in _TEACHER_FORCING_KEYS:
+        value = kw.pop(key, None)
+        if value is not None and key != "use_cache":
+            raise ValueError(f"`{key}` cannot be combined with `encoder_input_ids` in the seq2seq forward")
+    for key in ("output_attentions", "output_hidden_states", "return_dict"):
+        if key in kw and kw[key] is None:
+            del kw[key]
 
 
 _FUNCTIONAL_DROPOUT_ATTRS = ("dropout", "attention_dropout", "activation_dropout")
@@ -409,6 +414,21 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _decoder_start_token_id(base: PreTrainedModel) -> int:
+    """The token every decoder row starts with; refuses causal models and configs without one."""
+    if not getattr(base.config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"Seq2SeqDPOTrainer needs an encoder-decoder model (config.is_encoder_decoder=True), got "
+            f"{type(base).__name__}; use trl.DPOTrainer for causal LMs"
+        )
+    decoder_start = base.config.decoder_start_token_id
+    if decoder_start is None:
+        decoder_start = getattr(base.generation_config, "decoder_start_token_id", None)
+    if decoder_start is None:
+        raise ValueError(f"{type(base).__name__} config has no decoder_start_token_id")
+    return decoder_start
+
+
 class Seq2SeqDPOTrainer(DPOTrainer):
     """`trl.DPOTrainer` for encoder-decoder models; same constructor, plus two length limits.
 
@@ -442,28 +462,60 @@ class Seq2SeqDPOTrainer(DPOTrainer):
         max_prompt_length: int | None = None,
         max_completion_length: int | None = None,
     ):
-        if args is None:
-            args = DPOConfig("seq2seq-DPO")
+        args = args or DPOConfig("seq2seq-DPO")
         if isinstance(model, str):
-            init_kwargs = dict(args.model_init_kwargs or {})
-            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-            if quantization_config is not None:
-                init_kwargs["quantization_config"] = quantization_config
-            model_id, model = model, create_model_from_path(model, **init_kwargs)
+            model, processing_class = self._load_model(model, args, quantization_config, processing_class)
             quantization_config = None  # consumed here; the parent rejects it for an instantiated model
-            if processing_class is None:
-                processing_class = AutoTokenizer.from_pretrained(model_id, trust_remote_code=args.trust_remote_code)
         base = _unwrap_peft(model)
-        if not getattr(base.config, "is_encoder_decoder", False):
-            raise ValueError(
-                f"Seq2SeqDPOTrainer needs an encoder-decoder model (config.is_encoder_decoder=True), got "
-                f"{type(base).__name__}; use trl.DPOTrainer for causal LMs"
+        decoder_start = _decoder_start_token_id(base)
+        processing_class = self._checked_tokenizer(base, processing_class)
+        self._check_training_options(args, model, peft_config)
+        if ref_model is None and peft_config is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
+            # Hand-written: `trl.create_reference_model` does the same, but 1.16 deprecated it to trl.experimental.
+            ref_model = copy.deepcopy(base).eval().requires_grad_(False)
+        if ref_model is not None and not getattr(ref_model.config, "is_encoder_decoder", False):
+            raise ValueError(f"ref_model must be an encoder-decoder model, got {type(ref_model).__name__}")
+        self._set_length_limits(args, max_prompt_length, max_completion_length)  # read by `_prepare_dataset`
+        if data_collator is None:
+            data_collator = DataCollatorForSeq2SeqPreference(
+                pad_token_id=processing_class.pad_token_id,
+                decoder_start_token_id=decoder_start,
+                pad_to_multiple_of=args.pad_to_multiple_of,
             )
-        decoder_start = base.config.decoder_start_token_id
-        if decoder_start is None:
-            decoder_start = getattr(base.generation_config, "decoder_start_token_id", None)
-        if decoder_start is None:
-            raise ValueError(f"{type(base).__name__} config has no decoder_start_token_id")
+        # The parent patches the policy (and reference) with TRL's causal fused head, which cannot run T5, and may
+        # precompute reference log-probs before returning. Remember the forwards to wrap so `_install_seq2seq_heads`
+        # (run before any precompute and after the parent __init__) replaces TRL's patch with ours.
+        self._seq2seq_heads = [(base, self._forward_to_wrap(base), policy_fields(args.use_weighting))]
+        if ref_model is not None:
+            self._seq2seq_heads.append((ref_model, self._forward_to_wrap(ref_model), ("log_probs",)))
+        self._seq2seq_heads_installed = False
+
+        super().__init__(
+            model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
+            callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config, peft_config=peft_config,
+        )
+        self._install_seq2seq_heads()
+        if args.disable_dropout:
+            for module in (self.model, self.ref_model):
+                if module is not None:
+                    disable_functional_dropout(module)
+
+    @staticmethod
+    def _load_model(model_id: str, args: DPOConfig, quantization_config: Any, processing_class: Any):
+        """(model, tokenizer) for a model id or path, as TRL's own constructor would load them."""
+        init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
+        model = create_model_from_path(model_id, **init_kwargs)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model_id, trust_remote_code=args.trust_remote_code)
+        return model, processing_class
+
+    @staticmethod
+    def _checked_tokenizer(base: PreTrainedModel, processing_class: Any) -> PreTrainedTokenizerBase:
+        """The tokenizer to use (loaded from the model's path if none was given), with EOS and a pad token."""
         if processing_class is None:
             if not base.config.name_or_path:
                 raise ValueError("processing_class (a tokenizer) is required for a model that was not loaded by id/path")
@@ -476,6 +528,11 @@ class Seq2SeqDPOTrainer(DPOTrainer):
             raise ValueError(f"tokenizer {type(processing_class).__name__} has no eos_token")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        return processing_class
+
+    @staticmethod
+    def _check_training_options(args: DPOConfig, model: torch.nn.Module, peft_config: Any) -> None:
+        """Loss types, PEFT methods and kernels this trainer cannot run are refused before anything is built."""
         unsupported = [lt for lt in args.loss_type if lt not in SUPPORTED_LOSS_TYPES]
         if unsupported:
             raise ValueError(
@@ -489,12 +546,8 @@ class Seq2SeqDPOTrainer(DPOTrainer):
                 )
         if args.use_liger_kernel:
             raise ValueError("use_liger_kernel is not supported by Seq2SeqDPOTrainer (no Liger kernels for seq2seq)")
-        if ref_model is None and peft_config is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
-            ref_model = copy.deepcopy(base).eval().requires_grad_(False)
-        if ref_model is not None and not getattr(ref_model.config, "is_encoder_decoder", False):
-            raise ValueError(f"ref_model must be an encoder-decoder model, got {type(ref_model).__name__}")
 
-        # Read by `_prepare_dataset`, which the parent calls from its __init__.
+    def _set_length_limits(self, args: DPOConfig, max_prompt_length: int | None, max_completion_length: int | None):
         self.max_prompt_length = args.max_length if max_prompt_length is None else max_prompt_length
         self.max_completion_length = args.max_length if max_completion_length is None else max_completion_length
         for name in ("max_prompt_length", "max_completion_length"):
@@ -502,43 +555,6 @@ class Seq2SeqDPOTrainer(DPOTrainer):
             if value is not None and value < 2:
                 raise ValueError(f"{name} must be >= 2 (one token plus EOS), got {value}")
         self.truncation_counts: dict[str, dict[str, int]] = {}
-        if data_collator is None:
-            data_collator = DataCollatorForSeq2SeqPreference(
-                pad_token_id=processing_class.pad_token_id,
-                decoder_start_token_id=decoder_start,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-            )
-
-        # The parent patches the policy (and reference) with TRL's causal fused head, which cannot run T5, and may
-        # precompute reference log-probs before returning. Remember the forwards to wrap so `_install_seq2seq_heads`
-        # (run before any precompute and after the parent __init__) replaces TRL's patch with ours.
-        fused_outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-        if args.use_weighting:
-            fused_outputs += ("log_sum_sq_probs",)
-        self._seq2seq_heads = [(base, self._forward_to_wrap(base), fused_outputs)]
-        if ref_model is not None:
-            self._seq2seq_heads.append((ref_model, self._forward_to_wrap(ref_model), ("log_probs",)))
-        self._seq2seq_heads_installed = False
-
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
-        self._install_seq2seq_heads()
-        if args.disable_dropout:
-            for module in (self.model, self.ref_model):
-                if module is not None:
-                    disable_functional_dropout(module)
 
     @staticmethod
     def _forward_to_wrap(module: torch.nn.Module) -> Callable[..., Any]:

@@ -12,7 +12,8 @@ from trl import DPOTrainer
 from dpo_studio import precision, speed
 from dpo_studio.config import ConfigError, DPOTrainingArguments, parse_config
 from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer
-from test_speed import make_tokenizer, perturb_lora, rows, tiny_model
+from test_speed import rows, tiny_model
+from trainer_helpers import perturb_lora, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -100,7 +101,7 @@ def build(tmp_path, t5: bool, bf16: bool):
     return speed.fast_trainer(
         Seq2SeqDPOTrainer if t5 else DPOTrainer, model=tiny_model(t5), args=args,
         train_dataset=Dataset.from_list(rows(24, seed=1)), eval_dataset=Dataset.from_list(rows(12, seed=2)),
-        processing_class=make_tokenizer(t5), peft_config=lora)
+        processing_class=word_tokenizer(t5), peft_config=lora)
 
 
 @pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
@@ -170,7 +171,7 @@ def test_bf16_really_runs_after_an_earlier_trainer_prepared_the_model(tmp_path):
         per_device_train_batch_size=4, max_steps=2, disable_tqdm=True)
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
     trainer = speed.fast_trainer(DPOTrainer, model=model, args=args, train_dataset=Dataset.from_list(rows(8, seed=1)),
-                                 processing_class=make_tokenizer(False), peft_config=lora)
+                                 processing_class=word_tokenizer(False), peft_config=lora)
     seen = []
     mlp = trainer.model.get_base_model().transformer.h[0].mlp.c_fc
     mlp.register_forward_hook(lambda module, inputs, output: seen.append((output.dtype, torch.is_autocast_enabled("cpu"))))

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig
 
@@ -28,28 +27,20 @@ from dpo_studio.seq2seq_dpo import (
     Seq2SeqDPOTrainer,
     sequence_logps,
 )
+from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PAD, EOS = 0, 1
-WORDS = ["<pad>", "</s>", "<unk>"] + [f"{c}{i}" for c in "pab" for i in range(10)]
 TRL_METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                "logps/rejected"]
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 
-
-
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer that appends </s> like T5's."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return word_tokenizer(t5=True)
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
@@ -95,15 +86,6 @@ def make_trainer(tmp_path, tokenizer, train_rows=None, eval_rows=None, peft=True
         max_prompt_length=max_prompt,
         max_completion_length=max_completion,
     )
-
-
-def perturb_lora(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
-    """LoRA B starts at zero (policy == reference); give it random values so the policy differs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
 def collate(trainer: Seq2SeqDPOTrainer, rows) -> dict[str, torch.Tensor]:
@@ -427,3 +409,22 @@ def test_short_lora_run_learns_the_toy_preference(tmp_path, tokenizer):
     assert len(train_logs) == 30 and all({"loss", *TRL_METRICS} <= set(entry) for entry in train_logs)
     first, last = train_logs[:5], train_logs[-5:]
     assert sum(e["loss"] for e in last) < sum(e["loss"] for e in first)
+
+
+def test_labelled_values_match_a_direct_softmax_computation():
+    """The per-token fields (TRL's selective_log_softmax / entropy_from_logits plus ours) against plain softmax."""
+    from dpo_studio.seq2seq_dpo import _labelled_values
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 50, generator=gen) * 3
+    targets = torch.randint(0, 50, (37,), generator=gen)
+    fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    log_probs, entropy, log_sum_sq, mean_logits, is_top1 = _labelled_values(logits, targets, fields)
+    p = logits.double().softmax(-1)
+    rows = torch.arange(37)
+    torch.testing.assert_close(log_probs.double(), p[rows, targets].log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy.double(), -(p * p.log()).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_sum_sq.double(), (p**2).sum(-1).log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean_logits, logits.mean(-1))
+    assert torch.equal(is_top1, targets == logits.argmax(-1))
+    assert _labelled_values(logits, targets, ("log_probs",))[1:] == [None] * 4

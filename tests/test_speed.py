@@ -9,39 +9,22 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig, DPOTrainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dpo_studio import speed  # noqa: E402
 from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
-
-WORDS = ["<pad>", "</s>", "<unk>"] + [f"{p}{i}" for p in "pab" for i in range(10)]
-PAD, EOS = 0, 1
+from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: extra intra-op threads only spin-wait on a busy machine."""
-    previous, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # fast_trainer's configure_threads honours it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS")
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
-
-
-def make_tokenizer(t5: bool) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if t5:
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+def one_trainer_thread(single_thread):
+    """conftest's `single_thread`, kept by the trainers too: `fast_trainer`'s configure_threads honours OMP_NUM_THREADS."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 def rows(n: int, seed: int) -> list[dict[str, str]]:
@@ -78,17 +61,8 @@ def build(tmp_path, t5: bool, fast: bool, **overrides):
                       target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
     kwargs = dict(model=tiny_model(t5), args=dpo_args(tmp_path, **overrides),
                   train_dataset=Dataset.from_list(rows(24, seed=1)), eval_dataset=Dataset.from_list(rows(12, seed=2)),
-                  processing_class=make_tokenizer(t5), peft_config=lora)
+                  processing_class=word_tokenizer(t5), peft_config=lora)
     return speed.fast_trainer(cls, **kwargs) if fast else cls(**kwargs)
-
-
-def perturb_lora(model: torch.nn.Module, seed: int = 0) -> None:
-    """LoRA B starts at zero (policy == reference); random values make the policy differ."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
 
 
 # ---------------------------------------------------------------------------------------------------------- sampler
@@ -141,8 +115,8 @@ def test_buckets_cover_every_row_once_with_their_longest_length():
 def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5, monkeypatch):
     stock, fast = build(tmp_path / "s", t5, fast=False), build(tmp_path / "f", t5, fast=True)
     bucket_calls = []
-    run_buckets = speed._run_buckets
-    monkeypatch.setattr(speed, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
+    run_buckets = speed.heads._run_buckets
+    monkeypatch.setattr(speed.heads, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
     for trainer in (stock, fast):
         perturb_lora(trainer.model)
     examples = [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in stock.train_dataset]
@@ -218,25 +192,107 @@ def test_generation_is_untouched_by_the_patches(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- CPU
-def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+# Two sockets x two cores x two hyper-threads, as /proc/cpuinfo lists them (processor, physical id, core id).
+FAKE_CPUINFO = "\n\n".join(
+    f"processor\t: {n}\nmodel name\t: Fake CPU\nphysical id\t: {n // 4}\ncore id\t: {(n // 2) % 2}"
+    for n in range(8)
+) + "\n"
+
+
+@pytest.fixture
+def fake_cpuinfo(monkeypatch, tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(FAKE_CPUINFO, encoding="utf-8")
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open", lambda file, *a, **k: real_open(path if file == "/proc/cpuinfo" else file, *a, **k)
+    )
+
+
+@pytest.mark.parametrize(
+    "affinity, cores",
+    [
+        (set(range(8)), 4),  # 8 hyper-threads on 2 x 2 physical cores
+        ({0, 1}, 1),  # both hyper-threads of one core
+        ({0, 2, 4, 6}, 4),  # one hyper-thread of every core
+        ({1, 3}, 2),  # two cores of socket 0
+    ],
+)
+def test_physical_cores_counts_distinct_socket_core_pairs_within_the_affinity(fake_cpuinfo, monkeypatch, affinity, cores):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: affinity)
+    assert speed.physical_cores() == cores
+
+
+def test_threads_follow_omp_num_threads_else_physical_cores(fake_cpuinfo, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     previous = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         assert speed.configure_threads() == torch.get_num_threads() == 3
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert speed.configure_threads() == speed.physical_cores() == torch.get_num_threads()
+        assert speed.configure_threads() == torch.get_num_threads() == 2 * 2  # sockets x cores of FAKE_CPUINFO
+        monkeypatch.setenv("OMP_NUM_THREADS", "none")  # not a count: physical cores
+        assert speed.configure_threads() == 4
     finally:
         torch.set_num_threads(previous)
 
 
-def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+# A child process: with `keep_freed_memory_for_reuse` (or not) it mallocs and frees a 64 MiB block and reports
+# how glibc's `mallinfo2` counters moved: without the tuning the block is an mmap() given back on free (hblkhd grows
+# while held); with it the block comes from the heap (arena grows) and stays there after free (fordblks: free bytes
+# kept in the heap).
+MALLOC_CHILD = """
+import ctypes, json, sys
+from dpo_studio.speed import keep_freed_memory_for_reuse
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+applied = keep_freed_memory_for_reuse()
+size = 64 << 20
+before = libc.mallinfo2()  # importing torch has mmapped blocks of its own: compare against this
+block = libc.malloc(size)
+held = libc.mallinfo2()
+libc.free(block)
+freed = libc.mallinfo2()
+print(json.dumps({"applied": applied, "held_mmapped": held.hblkhd - before.hblkhd,
+                  "held_arena": held.arena - before.arena, "freed_kept_in_heap": freed.fordblks - before.fordblks}))
+"""
+
+
+def _malloc_child(tuning: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DPO_STUDIO_MALLOC_TUNING": tuning}
+    out = subprocess.run([sys.executable, "-c", MALLOC_CHILD], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _glibc_with_mallinfo2() -> bool:
+    import ctypes
     import platform
 
-    monkeypatch.setenv("DPO_STUDIO_MALLOC_TUNING", "0")
-    assert speed.keep_freed_memory_for_reuse() is False
-    monkeypatch.delenv("DPO_STUDIO_MALLOC_TUNING")
-    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert speed.keep_freed_memory_for_reuse() is expected
+    return platform.libc_ver()[0] == "glibc" and hasattr(ctypes.CDLL(None), "mallinfo2")
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's mallopt/mallinfo2 only")
+def test_malloc_tuning_keeps_large_freed_blocks_in_the_heap():
+    stock, tuned = _malloc_child("0"), _malloc_child("1")
+    assert stock["applied"] is False and tuned["applied"] is True
+    # Stock glibc: a 64 MiB block is its own mmap(), unmapped again by free (the page faults the tuning avoids).
+    assert stock["held_mmapped"] >= 64 << 20
+    assert stock["freed_kept_in_heap"] < 64 << 20
+    # Tuned: no mmap, the block sits in the heap and its memory stays there for reuse after free.
+    assert tuned["held_mmapped"] == 0 and tuned["held_arena"] >= 64 << 20
+    assert tuned["freed_kept_in_heap"] >= 64 << 20
 
 
 def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
@@ -260,7 +316,7 @@ def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
 @pytest.mark.parametrize("cpu", [True, False], ids=["cpu", "cuda"])
 def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
     """On a GPU (forced here by replacing the device probe) TRL's fused head and the plain seq2seq forward stay."""
-    monkeypatch.setattr(speed, "cpu_training", lambda args: cpu)
+    monkeypatch.setattr(speed.trainer, "cpu_training", lambda args: cpu)
     causal, seq2seq = build(tmp_path / "g", False, fast=True), build(tmp_path / "t", True, fast=True)
     assert getattr(causal.model.get_base_model(), "_dpo_studio_compact_head", False) is cpu
     assert getattr(seq2seq.model.get_base_model(), "_dpo_studio_bucketed", False) is cpu
@@ -350,7 +406,7 @@ def test_cpu_log_prob_head_matches_a_float64_log_softmax(monkeypatch, bf16):
     """Values and hidden-state gradients (through log-probs and entropy) against float64, in chunks of 7 tokens.
     fp32: 1e-4. bf16 (logits from a bf16 GEMM, each rounded to 8 bits of mantissa, statistics in fp32): log-probs and
     entropy within 0.05 nats + 1%, gradients within 3% of their scale."""
-    monkeypatch.setattr(speed, "_head_token_chunk", lambda vocab: 7)
+    monkeypatch.setattr(speed.heads, "_head_token_chunk", lambda vocab: 7)
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(30, 16, generator=gen)
     weight = torch.randn(50, 16, generator=gen)
@@ -406,10 +462,10 @@ def test_cpu_log_prob_head_equals_trls_kernel_under_bf16():
 def test_cpu_patches_are_opt_out_and_leave_trainable_heads_to_trl(tmp_path, monkeypatch):
     head = torch.nn.Linear(8, 20, bias=False)
     hidden = torch.zeros(3, 8)
-    assert not speed._use_cpu_log_prob_head(hidden, head)  # trainable head (full DPO): TRL's kernel
+    assert not speed.heads._use_cpu_log_prob_head(hidden, head)  # trainable head (full DPO): TRL's kernel
     head.requires_grad_(False)
-    assert speed._use_cpu_log_prob_head(hidden, head)
+    assert speed.heads._use_cpu_log_prob_head(hidden, head)
     monkeypatch.setenv(speed.CPU_HEAD_ENV, "0")
-    assert not speed._use_cpu_log_prob_head(hidden, head)
+    assert not speed.heads._use_cpu_log_prob_head(hidden, head)
     monkeypatch.setenv(speed.FROZEN_COPIES_ENV, "0")
     assert speed.reuse_frozen_weight_casts(tiny_model(False)) == 0

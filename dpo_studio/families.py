@@ -16,8 +16,6 @@ from packaging.version import Version
 from peft import LoraConfig
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -25,7 +23,9 @@ from transformers import (
 )
 
 from .config import ConfigError
+from .model_classes import auto_model_class, prepare_tokenizer_padding
 from .precision import Precision
+from .public_refs import resolve_file
 from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
 
 # Short family names and the Hub models they stand for.
@@ -55,7 +55,7 @@ class Architecture:
 
     @property
     def auto_model_class(self) -> type:
-        return AutoModelForSeq2SeqLM if self.is_encoder_decoder else AutoModelForCausalLM
+        return auto_model_class(self.is_encoder_decoder)
 
     @property
     def prompt_format(self) -> PromptFormat:
@@ -131,8 +131,6 @@ def load_model_and_tokenizer(
     arch = load_architecture(model_id, revision, trust_remote_code)
     model = load_model(model_id, arch, revision, trust_remote_code, quantization_config)
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
-    from .generation import resolve_file  # the one home of "this file in a local folder or a Hub repo"
-
     saved = resolve_file(model_id, PROMPT_FORMAT_FILE, revision=revision)
     if saved is not None:  # a model this tool trained (round two from round one): keep the format it learnt
         arch = replace(arch, saved_prompt_format=PromptFormat.from_dict(json.loads(saved.read_text(encoding="utf-8"))))
@@ -234,9 +232,5 @@ def quantized_device_map() -> dict[str, Any]:
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, arch: Architecture) -> PreTrainedTokenizerBase:
-    """GPT-2 ships without a pad token; pad with EOS (masked out everywhere) and pad on the left for generation."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not arch.is_encoder_decoder:
-        tokenizer.padding_side = "left"
-    return tokenizer
+    """The architecture's padding rule (`model_classes.prepare_tokenizer_padding`, shared with serving)."""
+    return prepare_tokenizer_padding(tokenizer, arch.is_encoder_decoder)

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RemoteEntryNotFoundError
 from peft import PeftModel
 from transformers import (
     AutoConfig,
@@ -41,7 +39,7 @@ from transformers.generation.streamers import BaseStreamer
 from dpo_studio.cpu_decode import enable_masked_adapter_batches, enable_small_batch_matmuls
 from dpo_studio.model_classes import auto_model_class, prepare_tokenizer_padding
 from dpo_studio.names import ADAPTER_WEIGHTS_FILE, BASE_ADAPTER, DPO_ADAPTER, DPO_CONFIG_FILE
-from dpo_studio.public_refs import is_hub_id, is_local_path, local_path
+from dpo_studio.public_refs import is_hub_id, is_local_path, local_path, resolve_file
 from dpo_studio.prompt_format import (
     DECODER_ONLY_FORMAT,
     ENCODER_DECODER_FORMAT,
@@ -106,25 +104,6 @@ def _check_source(role: str, source: str) -> None:
     """Fail early, in one line, on a source that is neither a local directory nor a possible repo id."""
     if not (Path(source).is_dir() if is_local_path(source) else is_hub_id(source)):
         raise ValueError(f"{role} {source!r} is neither an existing local directory nor a valid Hub repo id")
-
-
-def resolve_file(
-    source: str, filename: str, *, revision: str | None = None, token: str | bool | None = None
-) -> Path | None:
-    """Path of `filename` in a local directory or a Hub repo, or None when that source has no such file.
-
-    Used for prompt_format.json, dpo_config.json and to decide where the tokenizer lives.
-    """
-    if is_local_path(source):
-        path = local_path(source) / filename
-        return path if path.is_file() else None
-    try:
-        return Path(hf_hub_download(source, filename, revision=revision, token=token))
-    except (EntryNotFoundError, RemoteEntryNotFoundError):
-        # Missing in the repo, or (offline) not in the local cache: the caller falls back to the next source.
-        return None
-    except HFValidationError:
-        raise ValueError(f"{source!r} is neither an existing local directory nor a valid Hub repo id") from None
 
 
 def _first_source_with(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RemoteEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 LOCAL_PREFIX = "local:"
@@ -69,3 +70,22 @@ def scrub(text: str, ref: str | None) -> str:
                            reverse=True):
         text = text.replace(spelling, public)
     return text
+
+
+def resolve_file(
+    source: str, filename: str, *, revision: str | None = None, token: str | bool | None = None
+) -> Path | None:
+    """Path of `filename` in a local directory or a Hub repo, or None when that source has no such file.
+
+    Used for prompt_format.json, dpo_config.json and to decide where the tokenizer lives.
+    """
+    if is_local_path(source):
+        path = local_path(source) / filename
+        return path if path.is_file() else None
+    try:
+        return Path(hf_hub_download(source, filename, revision=revision, token=token))
+    except (EntryNotFoundError, RemoteEntryNotFoundError):
+        # Missing in the repo, or (offline) not in the local cache: the caller falls back to the next source.
+        return None
+    except HFValidationError:
+        raise ValueError(f"{source!r} is neither an existing local directory nor a valid Hub repo id") from None

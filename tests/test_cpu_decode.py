@@ -33,8 +33,11 @@ def _switched(model: torch.nn.Module) -> list[torch.nn.Module]:
             and getattr(m.forward, "__func__", None) is cpu_decode._small_batch_forward]
 
 
+@pytest.mark.parametrize("kernel", cpu_decode.KERNELS)
 @pytest.mark.parametrize("rows", [1, 2, 5, 32, 40])
-def test_linear_and_conv1d_match_stock(rows: int) -> None:
+def test_linear_and_conv1d_match_stock(rows: int, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both few-row kernels (the probe picks one per CPU) are forced here, so every host runs both."""
+    monkeypatch.setenv(cpu_decode.KERNEL_ENV, kernel)
     torch.manual_seed(rows)
     for layer in (torch.nn.Linear(24, 40), torch.nn.Linear(24, 40, bias=False), Conv1D(40, 24)):
         stock = copy.deepcopy(layer)
@@ -45,6 +48,16 @@ def test_linear_and_conv1d_match_stock(rows: int) -> None:
         # Same parameter values and shapes: checkpoints and PEFT see the layer unchanged.
         for (name, p), (_, q) in zip(layer.named_parameters(), stock.named_parameters()):
             assert p.shape == q.shape and torch.equal(p, q), name
+
+
+def test_kernel_probe_picks_the_faster_kernel_and_honours_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cpu_decode.KERNEL_ENV, raising=False)
+    for fast in cpu_decode.KERNELS:
+        monkeypatch.setattr(cpu_decode, "_chosen_kernel", None)
+        monkeypatch.setattr(cpu_decode, "_time_kernel", lambda kernel, weight, x, fast=fast: 1.0 if kernel == fast else 2.0)
+        assert cpu_decode.small_batch_kernel() == fast
+    monkeypatch.setenv(cpu_decode.KERNEL_ENV, "transposed")
+    assert cpu_decode.small_batch_kernel() == "transposed"
 
 
 def test_conv1d_weight_relaid_out_without_a_second_copy() -> None:

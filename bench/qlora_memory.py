@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (offline env, sys.path)
-from common import build_model, machine, make_pairs, peak_rss_mb, table, tokenizer_for
+from common import build_model, current_rss_mb, machine, make_pairs, peak_rss_mb, table, tokenizer_for
 
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)
 VARIANTS = {  # name: (--bf16, 4-bit, 8-bit)
@@ -28,14 +28,6 @@ VARIANTS = {  # name: (--bf16, 4-bit, 8-bit)
     "4bit": (None, True, False),
     "8bit": (None, False, True),
 }
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def reset_peak_rss() -> None:
@@ -62,7 +54,7 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
     from dpo_studio.pipeline import build_trainer
     from dpo_studio.precision import precision_of
 
-    after_imports = rss_mb()
+    after_imports = current_rss_mb()
     bf16, four, eight = VARIANTS[name]
     pairs = make_pairs(pairs_n, length_scale, seed=0)
     arch = Architecture(is_encoder_decoder=False, model_type="gpt2")
@@ -74,7 +66,7 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
         precision = precision_of(args)
         quant = quantization_config(four, eight, precision)
         model = load_model(base_dir, arch, quantization_config=quant)
-        loaded_rss, load_peak = rss_mb(), peak_rss_mb()
+        loaded_rss, load_peak = current_rss_mb(), peak_rss_mb()
         reset_peak_rss()
         train_ds = to_dataset(pairs, arch.prompt_format)
         started = time.perf_counter()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 import types
 
 import torch
@@ -51,8 +52,6 @@ _chosen_kernel: str | None = None
 
 
 def _time_kernel(kernel: str, weight: torch.Tensor, x: torch.Tensor, repeats: int = 15) -> float:
-    import time
-
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()

@@ -320,7 +320,7 @@ def add_seq2seq_fused_head(
         raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(FUSED_OUTPUT_FIELDS)}")
     if original_forward is None:
         # Our own earlier patch remembers what it wrapped; otherwise the class forward (drops TRL's causal patch).
-        original_forward = getattr(model, "_seq2seq_original_forward", None) or types.MethodType(
+        original_forward = getattr(model, "_seq2seq_original_forward", None) or functools.partial(
             type(model).forward, model
         )
     outputs = tuple(outputs)
@@ -397,7 +397,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     out = _fused_seq2seq_forward(
         base,
-        types.MethodType(type(base).forward, base),
+        functools.partial(type(base).forward, base),
         ("log_probs",),
         input_ids=batch["input_ids"],
         labels=labels,

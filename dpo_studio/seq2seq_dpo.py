@@ -489,6 +489,7 @@ class Seq2SeqDPOTrainer(DPOTrainer):
         if ref_model is not None:
             self._seq2seq_heads.append((ref_model, self._forward_to_wrap(ref_model), ("log_probs",)))
         self._seq2seq_heads_installed = False
+        self._reference_dropout_disabled = False
 
         super().__init__(
             model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
@@ -570,12 +571,14 @@ class Seq2SeqDPOTrainer(DPOTrainer):
             add_seq2seq_fused_head(module, outputs=outputs, original_forward=forward)
         self._seq2seq_heads_installed = True
 
-    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
-        # Called from inside the parent __init__, right after TRL installed its causal head (and disabled dropout).
+    def compute_ref_log_probs(self, model, inputs):
+        # TRL may run the reference pass inside its own __init__ (precomputed log-probs), after installing its causal
+        # head: the seq2seq head and functional dropout are set at the first reference batch, whenever that comes.
         self._install_seq2seq_heads()
-        if self.args.disable_dropout:
+        if self.args.disable_dropout and not self._reference_dropout_disabled:
             disable_functional_dropout(self.ref_model or self.model)
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+            self._reference_dropout_disabled = True
+        return super().compute_ref_log_probs(model, inputs)
 
     def _prepare_dataset(
         self,

@@ -372,8 +372,11 @@ def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
                 # Same parameters under the same names (nothing copied); the LM head is left to the log-prob head.
                 assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
                 assert type(base.get_output_embeddings()) is torch.nn.Linear
-                layers = [m for m in base.modules() if isinstance(m, (speed.FrozenCastLinear, speed.FrozenCastConv1D))]
-                assert layers and all(not m.weight.requires_grad for m in layers)
+                from transformers.pytorch_utils import Conv1D
+
+                frozen = [m for m in base.modules() if isinstance(m, (torch.nn.Linear, Conv1D))
+                          and not m.weight.requires_grad and m is not base.get_output_embeddings()]
+                assert frozen and all(isinstance(m, (speed.FrozenCastLinear, speed.FrozenCastConv1D)) for m in frozen)
             models.append(model)
         ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
         extra = {"decoder_input_ids": torch.tensor([[0, 13, 14, 15]])} if t5 else {}
@@ -481,7 +484,8 @@ def test_cpu_patches_are_opt_out_and_leave_trainable_heads_to_trl(tmp_path, monk
 
 
 # ------------------------------------------------------------------------------------------ each feature on vs off
-FEATURES = [("gpt2", "fused_gelu"), ("gpt2", "compact_head"), ("t5", "seq2seq_buckets"), ("t5", "fused_gelu")]
+FEATURES = [("gpt2", "fused_gelu"), ("gpt2", "compact_head"), ("gpt2", "eval_sized_reference_batches"),
+            ("t5", "seq2seq_buckets"), ("t5", "eval_sized_reference_batches")]
 
 
 @pytest.mark.parametrize("family,feature", FEATURES, ids=[f"{f}-{x}" for f, x in FEATURES])
@@ -501,7 +505,7 @@ def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, f
         results.append((metrics, grads))
     (on, on_grads), (off, off_grads) = results
     for key in on:
-        if key.startswith("eval_") and "runtime" not in key and "per_second" not in key:
+        if key.startswith("eval_") and not any(t in key for t in ("runtime", "per_second", "time")):
             assert on[key] == pytest.approx(off[key], abs=1e-5), key
     assert on_grads.keys() == off_grads.keys() and on_grads
     for name in on_grads:

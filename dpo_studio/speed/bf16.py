@@ -8,6 +8,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .private_api import attention_implementation
+
 # Opt-outs (set to "0"): reused bf16 copies of frozen weights (and the LoRA input round trips), eager attention.
 FROZEN_COPIES_ENV = "DPO_STUDIO_FROZEN_COPIES"
 EAGER_ATTENTION_ENV = "DPO_STUDIO_BF16_EAGER_ATTENTION"
@@ -112,7 +114,7 @@ def use_eager_attention(model: torch.nn.Module) -> str | None:
     fp32 both measured the same, so fp32 runs keep SDPA. The policy and its reference both run eager (the switch is
     made before the reference pass); off with DPO_STUDIO_BF16_EAGER_ATTENTION=0.
     """
-    current = getattr(model.config, "_attn_implementation", None)
+    current = attention_implementation(model)
     if current != "sdpa" or os.environ.get(EAGER_ATTENTION_ENV, "1") == "0":
         return None
     try:

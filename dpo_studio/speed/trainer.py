@@ -104,11 +104,11 @@ class _SpeedFeatures:
         if self.ref_model is not None:
             add_compact_causal_head(self.accelerator.unwrap_model(self.ref_model), ("log_probs",))
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL calls this from its __init__ once its fused LM head is installed: the compact head wraps that head, so
-        # the one-off reference pass is fast too.
+    def compute_ref_log_probs(self, model, inputs):
+        # The reference pass may run inside TRL's __init__ (precomputed log-probs): the compact head goes on at the
+        # first reference batch, whenever TRL runs it, so that one-off pass is fast too. Idempotent.
         self._install_compact_heads()
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+        return super().compute_ref_log_probs(model, inputs)
 
     def _uses_length_groups(self, dataset) -> bool:
         columns = getattr(dataset, "column_names", None) or []

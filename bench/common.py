@@ -144,6 +144,41 @@ def ran_precision(trainer) -> str:
     return precision_of(trainer.args).describe()
 
 
+def compile_setting(trainer) -> str:
+    """Whether a trainer ran through torch.compile, and why (the product's record; plain TRL trainers: their flag)."""
+    decision = getattr(trainer, "compile_decision", None)
+    if decision is None:
+        return f"{bool(trainer.args.torch_compile)} (torch_compile as given)"
+    return f"{decision.enabled} ({decision.requested}: {decision.reason})"
+
+
+class StepTimer:
+    """Trainer callback: the first optimizer step (it includes compiling, when compiled) apart from the steady ones."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        self.times: list[float] = []
+        self._start = 0.0
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer._start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.times.append(time.perf_counter() - timer._start)
+
+        self.callback = _Callback()
+
+    def describe(self) -> str:
+        if not self.times:
+            return "no steps"
+        rest = sorted(self.times[1:])
+        steady = rest[len(rest) // 2] if rest else float("nan")
+        return f"first step {self.times[0]:.2f} s (incl. compile if on), steady median {steady:.2f} s/step"
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM). Not `getrusage().ru_maxrss`: Linux keeps that across `execve`, so a child
     started by a big parent would report the parent's peak."""

@@ -86,6 +86,8 @@ def run(opts: argparse.Namespace, precision: str) -> dict:
         seen: list[dict] = []
         collate = trainer.data_collator
         trainer.data_collator = lambda examples: (seen.extend(examples), collate(examples))[1]
+        steps = common.StepTimer()
+        trainer.add_callback(steps.callback)
         trainer.train()
         total_s = time.perf_counter() - started
     peak_after = peaks()
@@ -106,7 +108,8 @@ def run(opts: argparse.Namespace, precision: str) -> dict:
          round(train_flops / 1e12, 3), round(train_flops / (total_s - precompute_s) / 1e9, 1)],
         ["total", round(total_s, 1), round(useful / 1e12, 3), round(achieved, 1)],
     ]
-    print(f"# precision that ran: {ran_precision(trainer)}")
+    print(f"# precision that ran: {ran_precision(trainer)}; threads {torch.get_num_threads()}")
+    print(f"# compile that ran: {common.compile_setting(trainer)}; {steps.describe()}")
     print(table(["phase", "time s", "useful TFLOP", "useful GFLOP/s"], rows))
     for kind in ("fp32", "bf16"):
         print(f"# {kind} matmul peak ({threads} threads): before {peak_before[kind]:.1f} GFLOP/s, "

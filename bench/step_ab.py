@@ -1,10 +1,9 @@
 """One product training step (GPT-2-small shape, 8 pairs, forward + backward under the trainer's autocast) with the
 CPU speed patches switched on and off, interleaved in one process: min/median wall and CPU time per variant.
 
-    OMP_NUM_THREADS=1 python bench/step_ab.py bf16 4 product,nohead+nocopies+nolora+sdpa,nohead,nocopies+nolora,sdpa
+    OMP_NUM_THREADS=1 python bench/step_ab.py bf16 4 product,nohead+nocopies+sdpa,nohead,nocopies,sdpa
 
-Variant tokens: nohead (TRL's log-prob kernel), nocopies (autocast re-casts frozen weights), nolora (PEFT's LoRA
-input round trip), sdpa (SDPA instead of eager attention under bf16), b<N> (at most N length buckets).
+Variant tokens: nohead (TRL's log-prob kernel), nocopies (autocast re-casts frozen weights), sdpa (SDPA instead of eager attention under bf16), b<N> (at most N length buckets).
 CPU time is the steadier figure on a shared machine.
 """
 import functools
@@ -37,17 +36,13 @@ def step(m, b):
         return trainer.training_step(m, b)
 m = trainer.model; m.train(); trainer.current_gradient_accumulation_steps = 1
 orig = speed.batching.bucketed_rows  # looked up there by the bucket runner
-from peft.tuners.lora import LoraLayer
-loras = [mod for mod in m.modules() if isinstance(mod, LoraLayer)]
-saved = [mod.__dict__.get("_cast_input_dtype") for mod in loras]
-print("lora patched", sum(x is not None for x in saved))
+from dpo_studio.speed.private_api import attention_implementation
 base = m.get_base_model()
+print(f"# {common.machine()}; threads {torch.get_num_threads()}; precision {common.ran_precision(trainer)}; "
+      f"compile {trainer.compile_decision.enabled} ({trainer.compile_decision.reason})")
 def setv(v):
-    for mod, f in zip(loras, saved):
-        if "nolora" in v: mod.__dict__.pop("_cast_input_dtype", None)
-        elif f is not None: mod._cast_input_dtype = f
     impl = "sdpa" if "sdpa" in v else "eager"
-    if base.config._attn_implementation != impl: base.set_attn_implementation(impl)
+    if attention_implementation(base) != impl: base.set_attn_implementation(impl)
     os.environ[speed.CPU_HEAD_ENV] = "0" if "nohead" in v else "1"
     os.environ[speed.FROZEN_COPIES_ENV] = "0" if "nocopies" in v else "1"
     nb = [int(x[1:]) for x in v.split("+") if x.startswith("b") and x[1:].isdigit()]

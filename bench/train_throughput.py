@@ -93,6 +93,8 @@ def run_variant(name, kind, preset, pairs, tokenizer, epochs, out_dir, trainer_k
                                         decoder_start_token_id=model.config.decoder_start_token_id)
         trainer = Seq2SeqDPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                                     peft_config=lora, data_collator=collator)
+    steps = common.StepTimer()
+    trainer.add_callback(steps.callback)
     result = trainer.train()
     elapsed = time.perf_counter() - started
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -100,7 +102,8 @@ def run_variant(name, kind, preset, pairs, tokenizer, epochs, out_dir, trainer_k
     final = trainer.evaluate(eval_dataset=to_dataset(pairs, arch.prompt_format))["eval_loss"]
     ran = precision_of(trainer.args)
     settings = (f"ran {ran.compute}, gc={args.gradient_checkpointing}, precompute_ref={args.precompute_ref_log_probs}, "
-                f"sampler={type(trainer._get_train_sampler()).__name__}")
+                f"sampler={type(trainer._get_train_sampler()).__name__}, threads={torch.get_num_threads()}, "
+                f"compile={common.compile_setting(trainer)}, {steps.describe()}")
     row = dict(name=name, seconds=elapsed, pairs_per_s=len(pairs) * epochs / elapsed, train_loss=result.training_loss,
                last_epoch_loss=sum(losses[-steps_per_epoch:]) / steps_per_epoch, final_loss=final, settings=settings,
                precision=ran.describe())

@@ -39,6 +39,15 @@ class DPOTrainingArguments(DPOConfig):
         },
     )
 
+    torch_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train through torch.compile. Unset (auto): on only for bf16 on a CPU in runs long enough for the "
+            "measured saving to pay for compiling (dpo_studio/speed/compile.py), off elsewhere; true/false force it. "
+            "The setting that ran, and why, is in metrics.json."
+        },
+    )
+
     def __post_init__(self):
         # TRL would turn an unset bf16 into True, and transformers refuses bf16 on a CPU unless use_cpu is set.
         try:

@@ -72,13 +72,10 @@ class Architecture:
         return "seq2seq" if self.is_encoder_decoder else "causal"
 
     def trainer_class(self) -> type:
-        if self.is_encoder_decoder:
-            from .seq2seq_dpo import Seq2SeqDPOTrainer  # TRL's DPOTrainer cannot train encoder-decoders
+        """The trainer this family trains with (TRL's DPOTrainer cannot train encoder-decoders)."""
+        from .speed import CausalDPOTrainer, FastSeq2SeqDPOTrainer
 
-            return Seq2SeqDPOTrainer
-        from trl import DPOTrainer
-
-        return DPOTrainer
+        return FastSeq2SeqDPOTrainer if self.is_encoder_decoder else CausalDPOTrainer
 
     def lora_config(
         self, r: int, alpha: int, dropout: float, target_modules: list[str] | None = None, **extra

@@ -224,16 +224,14 @@ def build_trainer(
     arch: Architecture, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_ds, eval_ds,
     args: DPOConfig, lora_config,
 ):
-    """The DPO trainer for one family: TRL's DPOTrainer for causal LMs, our Seq2SeqDPOTrainer for encoder-decoders.
+    """The DPO trainer for one family (`arch.trainer_class()`: `speed.CausalDPOTrainer` for causal LMs,
+    `speed.FastSeq2SeqDPOTrainer` for encoder-decoders), with every speed feature of `speed.SpeedSettings` on.
 
-    The reference model is the base with the LoRA adapter disabled (no second copy of the weights). Speed features
-    (length-grouped batches, in-batch length buckets, compact LM head, threads, native-CPU bf16) come from `speed`.
+    The reference model is the base with the LoRA adapter disabled (no second copy of the weights).
     """
-    from .speed import fast_trainer
-
-    return fast_trainer(
-        arch.trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, peft_config=lora_config,
+    return arch.trainer_class()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=lora_config,
     )
 
 
@@ -391,6 +389,7 @@ def measure(
         "resumed_from_step": start_step or None,
         "world_size": args.world_size,
         "precision": precision.as_dict(),
+        "compile": trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
         "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
         "quantization": describe_quantization(job.quant),
         "eval_before": trained["eval_before"],

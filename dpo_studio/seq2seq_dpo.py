@@ -320,7 +320,7 @@ def add_seq2seq_fused_head(
         raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(FUSED_OUTPUT_FIELDS)}")
     if original_forward is None:
         # Our own earlier patch remembers what it wrapped; otherwise the class forward (drops TRL's causal patch).
-        original_forward = getattr(model, "_seq2seq_original_forward", None) or types.MethodType(
+        original_forward = getattr(model, "_seq2seq_original_forward", None) or functools.partial(
             type(model).forward, model
         )
     outputs = tuple(outputs)
@@ -397,7 +397,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     out = _fused_seq2seq_forward(
         base,
-        types.MethodType(type(base).forward, base),
+        functools.partial(type(base).forward, base),
         ("log_probs",),
         input_ids=batch["input_ids"],
         labels=labels,
@@ -489,6 +489,7 @@ class Seq2SeqDPOTrainer(DPOTrainer):
         if ref_model is not None:
             self._seq2seq_heads.append((ref_model, self._forward_to_wrap(ref_model), ("log_probs",)))
         self._seq2seq_heads_installed = False
+        self._reference_dropout_disabled = False
 
         super().__init__(
             model=model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
@@ -570,12 +571,14 @@ class Seq2SeqDPOTrainer(DPOTrainer):
             add_seq2seq_fused_head(module, outputs=outputs, original_forward=forward)
         self._seq2seq_heads_installed = True
 
-    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
-        # Called from inside the parent __init__, right after TRL installed its causal head (and disabled dropout).
+    def compute_ref_log_probs(self, model, inputs):
+        # TRL may run the reference pass inside its own __init__ (precomputed log-probs), after installing its causal
+        # head: the seq2seq head and functional dropout are set at the first reference batch, whenever that comes.
         self._install_seq2seq_heads()
-        if self.args.disable_dropout:
+        if self.args.disable_dropout and not self._reference_dropout_disabled:
             disable_functional_dropout(self.ref_model or self.model)
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+            self._reference_dropout_disabled = True
+        return super().compute_ref_log_probs(model, inputs)
 
     def _prepare_dataset(
         self,

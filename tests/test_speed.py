@@ -55,14 +55,16 @@ def dpo_args(tmp_path, **overrides) -> DPOConfig:
     return DPOConfig(**kwargs)
 
 
-def build(tmp_path, t5: bool, fast: bool, **overrides):
+def build(tmp_path, t5: bool, fast: bool, speed_settings=None, **overrides):
     cls = Seq2SeqDPOTrainer if t5 else DPOTrainer
     lora = LoraConfig(task_type="SEQ_2_SEQ_LM" if t5 else "CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
                       target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
     kwargs = dict(model=tiny_model(t5), args=dpo_args(tmp_path, **overrides),
                   train_dataset=Dataset.from_list(rows(24, seed=1)), eval_dataset=Dataset.from_list(rows(12, seed=2)),
                   processing_class=word_tokenizer(t5), peft_config=lora)
-    return speed.fast_trainer(cls, **kwargs) if fast else cls(**kwargs)
+    if not fast:
+        return cls(**kwargs)
+    return (speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer)(speed=speed_settings, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------- sampler
@@ -318,9 +320,16 @@ def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
 def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
     """On a GPU (forced here by replacing the device probe) TRL's fused head and the plain seq2seq forward stay."""
     monkeypatch.setattr(speed.trainer, "cpu_training", lambda args: cpu)
-    causal, seq2seq = build(tmp_path / "g", False, fast=True), build(tmp_path / "t", True, fast=True)
-    assert getattr(causal.model.get_base_model(), "_dpo_studio_compact_head", False) is cpu
-    assert getattr(seq2seq.model.get_base_model(), "_dpo_studio_bucketed", False) is cpu
+    bucket_calls = []
+    run_buckets = speed.heads._run_buckets
+    monkeypatch.setattr(speed.heads, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
+    for t5 in (False, True):
+        bucket_calls.clear()
+        trainer = build(tmp_path / str(t5), t5, fast=True, precompute_ref_log_probs=False)
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.compute_loss(trainer.model, batch)
+        # Behaviour, not markers: the CPU path runs its rows per length bucket; TRL's GPU path never does.
+        assert bool(bucket_calls) is cpu, (t5, cpu)
 
 
 # ------------------------------------------------------------------------------------- bf16 on CPU (forced, any CPU)
@@ -352,7 +361,7 @@ def test_frozen_weight_is_autocasts_cast_made_once_and_redone_when_the_weight_ch
 
 def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
     """GPT-2 (Conv1D) and T5 (nn.Linear) with LoRA under bf16 autocast: the patched layers compute exactly what
-    autocast computes (the same bf16 copy of each weight; LoRA inputs not round-tripped through fp32), forward and
+    autocast computes (the same bf16 copy of each weight), forward and
     backward; fp32 calls are untouched."""
     from peft import get_peft_model
 
@@ -365,9 +374,16 @@ def test_reused_frozen_casts_give_bitwise_the_autocast_outputs_and_gradients():
             perturb_lora(model)
             if patched:
                 base = model.get_base_model()
+                before = {k: v.data_ptr() for k, v in model.state_dict().items()}
                 assert speed.reuse_frozen_weight_casts(base) > 0
-                assert speed.skip_lora_input_round_trips(model) == (12 if t5 else 2)  # q, v of each attention
-                assert not getattr(base.get_output_embeddings(), "_dpo_studio_frozen_casts", False)
+                # Same parameters under the same names (nothing copied); the LM head is left to the log-prob head.
+                assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
+                assert type(base.get_output_embeddings()) is torch.nn.Linear
+                from transformers.pytorch_utils import Conv1D
+
+                frozen = [m for m in base.modules() if isinstance(m, (torch.nn.Linear, Conv1D))
+                          and not m.weight.requires_grad and m is not base.get_output_embeddings()]
+                assert frozen and all(isinstance(m, (speed.FrozenCastLinear, speed.FrozenCastConv1D)) for m in frozen)
             models.append(model)
         ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
         extra = {"decoder_input_ids": torch.tensor([[0, 13, 14, 15]])} if t5 else {}
@@ -469,4 +485,35 @@ def test_cpu_patches_are_opt_out_and_leave_trainable_heads_to_trl(tmp_path, monk
     monkeypatch.setenv(speed.CPU_HEAD_ENV, "0")
     assert not speed.heads._use_cpu_log_prob_head(hidden, head)
     monkeypatch.setenv(speed.FROZEN_COPIES_ENV, "0")
-    assert speed.reuse_frozen_weight_casts(tiny_model(False)) == 0
+    assert speed.SpeedSettings().frozen_weight_casts is False
+    monkeypatch.setenv(speed.EAGER_ATTENTION_ENV, "0")
+    assert speed.SpeedSettings().eager_attention_bf16 is False
+
+
+# ------------------------------------------------------------------------------------------ each feature on vs off
+FEATURES = [("gpt2", "fused_gelu"), ("gpt2", "compact_head"), ("gpt2", "eval_sized_reference_batches"),
+            ("t5", "seq2seq_buckets"), ("t5", "eval_sized_reference_batches")]
+
+
+@pytest.mark.parametrize("family,feature", FEATURES, ids=[f"{f}-{x}" for f, x in FEATURES])
+def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, feature):
+    """fp32: one feature off vs all on gives the same held-out loss and metrics (abs 1e-5) and the same gradients of
+    one training batch (rtol 1e-4, atol 1e-6: float reordering only)."""
+    t5 = family == "t5"
+    results = []
+    for settings in (speed.SpeedSettings(), speed.SpeedSettings(**{feature: False})):
+        trainer = build(tmp_path / str(len(results)), t5, fast=True, speed_settings=settings)
+        perturb_lora(trainer.model)
+        metrics = trainer.evaluate()
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, batch).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append((metrics, grads))
+    (on, on_grads), (off, off_grads) = results
+    for key in on:
+        if key.startswith("eval_") and not any(t in key for t in ("runtime", "per_second", "time")):
+            assert on[key] == pytest.approx(off[key], abs=1e-5), key
+    assert on_grads.keys() == off_grads.keys() and on_grads
+    for name in on_grads:
+        torch.testing.assert_close(on_grads[name], off_grads[name], rtol=1e-4, atol=1e-6)

@@ -20,18 +20,22 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
 * **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
   page-faulted each elementwise op's output (PyTorch has no caching allocator on CPU).
 * **Precision** is chosen in `precision.py` (bf16 auto where the hardware has it) before the trainer is built.
-* **bf16 on CPU** (issue 12; each patch only acts under CPU bf16 autocast and is opt-out): frozen base weights cast
-  to bf16 once and reused (`reuse_frozen_weight_casts`, bitwise equal to autocast's per-op casts), no fp32 round trip
-  of LoRA inputs (`skip_lora_input_round_trips`, bitwise equal), eager attention while training
+* **bf16 on CPU** (issue 12; each acts only under CPU bf16 autocast and is opt-out): frozen base weights cast
+  to bf16 once and reused (`reuse_frozen_weight_casts` builds the model with `FrozenCastLinear`/`FrozenCastConv1D`
+  submodules, bitwise equal to autocast's per-op casts), eager attention while training
   (`use_eager_attention`: the CPU flash-attention backward is slow in bf16), and the CPU log-prob head
   (`CpuLogProbHead`, fp32 runs too) instead of TRL's Triton-shaped kernel for frozen heads.
 
 Reference log-probs once per pair (`precompute_ref_log_probs=True`) and no gradient checkpointing are product
 defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and rejected in `seq2seq_dpo`.
 
-Modules: `settings` (threads, malloc), `batching` (length-grouped sampler, in-batch buckets), `heads` (compact
-causal head, CPU log-prob head, bucketed seq2seq forward), `bf16` (frozen-weight casts, LoRA input round trips,
-eager attention), `activations` (fused GELU), `trainer` (`fast_trainer`, the assembly). The public names are
+* **Compiler.** `compile.choose_compile`: the Trainer's `torch_compile`, auto (unset) on only where it was measured
+  to pay (CPU bf16, enough steps); recorded in metrics.json.
+
+The features are switched by `SpeedSettings` fields and applied by the named trainers `CausalDPOTrainer` and
+`FastSeq2SeqDPOTrainer` (`trainer`). Modules: `settings` (threads, malloc), `batching` (length-grouped sampler,
+in-batch buckets), `heads` (compact causal head, CPU log-prob head, bucketed seq2seq forward), `bf16` (frozen-weight
+casts, eager attention), `activations` (fused GELU), `compile` (the compile rule), `trainer`. The public names are
 re-exported here.
 """
 
@@ -49,17 +53,28 @@ from .bf16 import (
     EAGER_ATTENTION_ENV,
     FROZEN_COPIES_ENV,
     cpu_autocast_dtype,
+    FrozenCastConv1D,
+    FrozenCastLinear,
     drop_frozen_weight_copies,
     frozen_weight,
     reuse_frozen_weight_casts,
-    skip_lora_input_round_trips,
     use_eager_attention,
 )
+from .compile import MIN_COMPILED_STEPS, CompileDecision, choose_compile, planned_steps
 from .heads import CPU_HEAD_ENV, CpuLogProbHead, add_bucketed_seq2seq_forward, add_compact_causal_head
 from .settings import configure_threads, keep_freed_memory_for_reuse, physical_cores
-from .trainer import cpu_training, fast_trainer
+from .trainer import CausalDPOTrainer, FastSeq2SeqDPOTrainer, SpeedSettings, cpu_training, fast_trainer
 
 __all__ = [
+    "CausalDPOTrainer",
+    "CompileDecision",
+    "FastSeq2SeqDPOTrainer",
+    "FrozenCastConv1D",
+    "FrozenCastLinear",
+    "MIN_COMPILED_STEPS",
+    "SpeedSettings",
+    "choose_compile",
+    "planned_steps",
     "BUCKET_OVERHEAD_SHARE",
     "CPU_HEAD_ENV",
     "EAGER_ATTENTION_ENV",
@@ -82,7 +97,6 @@ __all__ = [
     "pair_lengths",
     "physical_cores",
     "reuse_frozen_weight_casts",
-    "skip_lora_input_round_trips",
     "use_eager_attention",
     "use_fused_gelu",
 ]

@@ -4,10 +4,11 @@ eager attention while training. Each patch acts only under CPU bf16 autocast and
 from __future__ import annotations
 
 import os
-import types
 
 import torch
 import torch.nn.functional as F
+
+from .private_api import attention_implementation
 
 # Opt-outs (set to "0"): reused bf16 copies of frozen weights (and the LoRA input round trips), eager attention.
 FROZEN_COPIES_ENV = "DPO_STUDIO_FROZEN_COPIES"
@@ -53,62 +54,55 @@ def drop_frozen_weight_copies(model: torch.nn.Module) -> None:
         module.__dict__.pop("_dpo_studio_lowp", None)
 
 
-def _conv1d_forward(self, x: torch.Tensor) -> torch.Tensor:
-    # transformers' Conv1D.forward, with the weight and bias as autocast would cast them (see `frozen_weight`).
-    size_out = x.size()[:-1] + (self.nf,)
-    out = torch.addmm(frozen_weight(self, "bias"), x.view(-1, x.size(-1)), frozen_weight(self, "weight"))
-    return out.view(size_out)
+class FrozenCastLinear(torch.nn.Linear):
+    """nn.Linear whose frozen weight and bias come from `frozen_weight` under CPU bf16 autocast (same values)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, frozen_weight(self, "weight"), frozen_weight(self, "bias"))
 
 
-def _linear_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, frozen_weight(self, "weight"), frozen_weight(self, "bias"))
+def _frozen_cast_conv1d_class() -> type:
+    from transformers.pytorch_utils import Conv1D
+
+    class FrozenCastConv1D(Conv1D):
+        """transformers' Conv1D (GPT-2) with its weight and bias as autocast would cast them (see `frozen_weight`)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            size_out = x.size()[:-1] + (self.nf,)
+            out = torch.addmm(frozen_weight(self, "bias"), x.view(-1, x.size(-1)), frozen_weight(self, "weight"))
+            return out.view(size_out)
+
+    return FrozenCastConv1D
+
+
+FrozenCastConv1D = _frozen_cast_conv1d_class()
+
+
+def _same_layer_as(cls: type, module: torch.nn.Module) -> torch.nn.Module:
+    # A new submodule of `cls` holding the very same parameters, buffers and hooks (nothing is copied or re-initialised).
+    layer = cls.__new__(cls)
+    layer.__dict__.update(module.__dict__)
+    return layer
 
 
 def reuse_frozen_weight_casts(model: torch.nn.Module) -> int:
-    """Have the dense layers (nn.Linear, GPT-2's Conv1D) of a CPU model take their frozen weights from `frozen_weight`
-    under bf16 autocast (in place; other calls run as before). The output embeddings are left alone (the LM head
-    reads them through the log-prob head). Returns how many layers were patched; off with DPO_STUDIO_FROZEN_COPIES=0."""
+    """Replace the dense layers (nn.Linear, GPT-2's Conv1D) of a CPU model with `FrozenCastLinear`/`FrozenCastConv1D`,
+    which take their frozen weights from `frozen_weight` under bf16 autocast (outside it they compute exactly as
+    before). Submodules are replaced, not patched; state-dict keys and parameters are unchanged. The output
+    embeddings are left alone (the LM head reads them through the log-prob head). Returns how many were replaced."""
     from transformers.pytorch_utils import Conv1D
 
-    if os.environ.get(FROZEN_COPIES_ENV, "1") == "0":
-        return 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    patched = 0
-    for module in model.modules():
-        if module is head or getattr(module, "_dpo_studio_frozen_casts", False):
-            continue
-        if type(module) is Conv1D:
-            module.forward = types.MethodType(_conv1d_forward, module)
-        elif type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(_linear_forward, module)
-        else:
-            continue
-        module._dpo_studio_frozen_casts = True
-        patched += 1
-    return patched
-
-
-def _lora_cast_input_dtype(self, x, dtype):
-    # PEFT casts a LoRA layer's input to the adapter's dtype (fp32); under CPU autocast the matmul casts it straight
-    # back to bf16, so a bf16 input is passed on as it is (bitwise the same product, two copies fewer per layer).
-    if x is not None and x.device.type == "cpu" and not self.lora_variant and x.dtype == cpu_autocast_dtype():
-        return x
-    return type(self)._cast_input_dtype(self, x, dtype)
-
-
-def skip_lora_input_round_trips(model: torch.nn.Module) -> int:
-    """Install `_lora_cast_input_dtype` on a PEFT model's LoRA layers (in place); returns how many. Off with
-    DPO_STUDIO_FROZEN_COPIES=0 (the same switch as the other autocast-cast savings)."""
-    from peft.tuners.lora import LoraLayer
-
-    if os.environ.get(FROZEN_COPIES_ENV, "1") == "0":
-        return 0
-    patched = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and "_cast_input_dtype" not in module.__dict__:
-            module._cast_input_dtype = types.MethodType(_lora_cast_input_dtype, module)
-            patched += 1
-    return patched
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child is head:
+                continue
+            cls = FrozenCastConv1D if type(child) is Conv1D else FrozenCastLinear if type(child) is torch.nn.Linear else None
+            if cls is not None:
+                setattr(parent, name, _same_layer_as(cls, child))
+                replaced += 1
+    return replaced
 
 
 def use_eager_attention(model: torch.nn.Module) -> str | None:
@@ -120,7 +114,7 @@ def use_eager_attention(model: torch.nn.Module) -> str | None:
     fp32 both measured the same, so fp32 runs keep SDPA. The policy and its reference both run eager (the switch is
     made before the reference pass); off with DPO_STUDIO_BF16_EAGER_ATTENTION=0.
     """
-    current = getattr(model.config, "_attn_implementation", None)
+    current = attention_implementation(model)
     if current != "sdpa" or os.environ.get(EAGER_ATTENTION_ENV, "1") == "0":
         return None
     try:

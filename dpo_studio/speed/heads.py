@@ -12,6 +12,7 @@ import torch
 from ..fused_output import fused_output
 from .batching import _right_padded_lengths, _run_buckets, _set_keys
 from .bf16 import cpu_autocast_dtype, frozen_weight
+from .private_api import trl_logprob_chunk_size
 
 # Opt-out of the CPU log-prob head (set to "0").
 CPU_HEAD_ENV = "DPO_STUDIO_CPU_HEAD"
@@ -75,10 +76,9 @@ def _labelled_log_probs(
     if _use_cpu_log_prob_head(hidden, lm_head):
         return CpuLogProbHead.apply(hidden, frozen_weight(lm_head, "weight"), targets, outputs)
     from trl.kernels import ChunkedLogProbFunction
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
     return ChunkedLogProbFunction.apply(
-        hidden, lm_head.weight, lm_head.bias, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, outputs
+        hidden, lm_head.weight, lm_head.bias, targets, 1.0, trl_logprob_chunk_size(), None, 1.0, outputs
     )
 
 

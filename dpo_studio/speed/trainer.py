@@ -1,35 +1,125 @@
-"""`fast_trainer`: a TRL trainer with every speed feature of this package applied (the assembly)."""
+"""The trainers that train: `CausalDPOTrainer` and `FastSeq2SeqDPOTrainer`, TRL's trainers with this package's speed
+features, each a constructor step, a method override or a submodule the model is built with, switched by a field of
+`SpeedSettings`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import os
 from typing import Any
 
 import torch
 from torch.utils.data import SequentialSampler
+from trl import DPOTrainer
 
 from ..fused_output import policy_fields
-from ..precision import forget_earlier_accelerate_prepare
+from ..precision import forget_earlier_accelerate_prepare, precision_of
+from ..seq2seq_dpo import Seq2SeqDPOTrainer
 from .activations import use_fused_gelu
 from .batching import LengthGroupedPairSampler, pair_lengths
-from .bf16 import drop_frozen_weight_copies, reuse_frozen_weight_casts, skip_lora_input_round_trips, use_eager_attention
+from .bf16 import EAGER_ATTENTION_ENV, FROZEN_COPIES_ENV, drop_frozen_weight_copies, reuse_frozen_weight_casts, use_eager_attention
+from .compile import CompileDecision, choose_compile, planned_steps
 from .heads import add_bucketed_seq2seq_forward, add_compact_causal_head
 from .settings import configure_threads, keep_freed_memory_for_reuse
 
 
-class _LengthGroupedTrainerMixin:
-    """Trainer mixin: with `train_sampling_strategy="group_by_length"`, length-grouped batches of preference pairs
-    (transformers' own grouping needs a `length` column TRL's datasets lack); the compact head for the reference
-    pass."""
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "1") != "0"
+
+
+@dataclasses.dataclass
+class SpeedSettings:
+    """Which speed features a trainer uses; every one is on by default and changes no pair's loss beyond float
+    rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier releases still apply."""
+
+    threads: bool = True  # one intra-op thread per physical core unless OMP_NUM_THREADS is set
+    malloc_reuse: bool = True  # glibc keeps freed activation memory for reuse (CPU only)
+    fused_gelu: bool = True  # GPT-2's gelu_new -> transformers' one-kernel GELUTanh submodule
+    frozen_weight_casts: bool = dataclasses.field(default_factory=lambda: _env_on(FROZEN_COPIES_ENV))  # CPU bf16
+    eager_attention_bf16: bool = dataclasses.field(default_factory=lambda: _env_on(EAGER_ATTENTION_ENV))  # CPU bf16
+    compact_head: bool = True  # causal, CPU: backbone per length bucket, LM head on completion tokens only
+    seq2seq_buckets: bool = True  # seq2seq, CPU: decoder rows per length bucket
+    eval_sized_reference_batches: bool = True  # the one-off reference pass in eval-sized batches
+
+
+def cpu_training(args) -> bool:
+    """The CPU-only features (compact LM head, in-batch buckets) are proven equal to TRL's paths on CPU only; on CUDA
+    TRL's own fused head does the gather, device move and fp32 cast itself, so it is left alone there."""
+    return args.device.type == "cpu"
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _compile_decision(args, model: torch.nn.Module, train_dataset) -> CompileDecision:
+    """Resolve an unset `torch_compile` (None = auto) by `speed.compile`'s rule; explicit values are honoured."""
+    requested = getattr(args, "torch_compile", False)
+    pairs = len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else 0
+    quantized = getattr(_base(model), "is_quantized", False) or getattr(_base(model), "hf_quantizer", None) is not None
+    device = "cpu" if cpu_training(args) else args.device.type
+    return choose_compile(requested, precision_of(args).compute, device, planned_steps(args, pairs), bool(quantized))
+
+
+class _SpeedFeatures:
+    """What both trainers add to TRL's; mixed in before the TRL trainer class."""
+
+    def __init__(self, model, *, args, speed: SpeedSettings | None = None, **kwargs: Any):
+        self.speed = speed = speed or SpeedSettings()
+        if speed.threads:
+            configure_threads()
+        if speed.malloc_reuse and not torch.cuda.is_available():
+            keep_freed_memory_for_reuse()
+        self.compile_decision = _compile_decision(args, model, kwargs.get("train_dataset"))
+        if args.torch_compile is not self.compile_decision.enabled:
+            args = dataclasses.replace(args, torch_compile=self.compile_decision.enabled)
+        if speed.eval_sized_reference_batches and args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
+            # No gradients in the reference pass, so eval-sized batches (TRL would use the train batch size). The
+            # held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same rounding, so
+            # before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0).
+            args = dataclasses.replace(args, precompute_ref_batch_size=args.per_device_eval_batch_size)
+        base = _base(model)
+        forget_earlier_accelerate_prepare(model)
+        if speed.fused_gelu:
+            use_fused_gelu(base)
+        on_cpu = cpu_training(args)  # the model is still on the CPU here even on GPU hosts: ask the arguments
+        if on_cpu and speed.frozen_weight_casts:
+            reuse_frozen_weight_casts(base)  # the replaced layers compute as before outside CPU bf16 autocast
+        self._attention_to_restore = (
+            use_eager_attention(base) if on_cpu and args.bf16 and speed.eager_attention_bf16 else None
+        )
+        if base.config.is_encoder_decoder and on_cpu and speed.seq2seq_buckets:
+            add_bucketed_seq2seq_forward(base)
+        super().__init__(model=model, args=args, **kwargs)
+        self._install_compact_heads()  # idempotent; covers runs without precomputed reference log-probs
+
+    def _install_compact_heads(self) -> None:
+        """Compact fused head on a causal policy (and separate reference), with the fields TRL requests for each."""
+        if not (self.speed.compact_head and cpu_training(self.args)):
+            return
+        policy = _base(self.model)
+        if policy.config.is_encoder_decoder:
+            return
+        add_compact_causal_head(policy, policy_fields(self.args.use_weighting))
+        if self.ref_model is not None:
+            add_compact_causal_head(self.accelerator.unwrap_model(self.ref_model), ("log_probs",))
+
+    def compute_ref_log_probs(self, model, inputs):
+        # The reference pass may run inside TRL's __init__ (precomputed log-probs): the compact head goes on at the
+        # first reference batch, whenever TRL runs it, so that one-off pass is fast too. Idempotent.
+        self._install_compact_heads()
+        return super().compute_ref_log_probs(model, inputs)
+
+    def _uses_length_groups(self, dataset) -> bool:
+        columns = getattr(dataset, "column_names", None) or []
+        return (
+            getattr(self.args, "train_sampling_strategy", "random") == "group_by_length" and self.args.world_size <= 1
+            and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns)
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        columns = getattr(dataset, "column_names", None) or []
-        if (
-            getattr(self.args, "train_sampling_strategy", "random") != "group_by_length"
-            or self.args.world_size > 1 or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns)
-        ):
+        if not self._uses_length_groups(dataset):
             # Default: the stock (random) sampler, so batches and the loss curve are exactly stock TRL's.
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
@@ -37,11 +127,7 @@ class _LengthGroupedTrainerMixin:
         return LengthGroupedPairSampler(pair_lengths(dataset), batch, seed)
 
     def _get_eval_sampler(self, eval_dataset):
-        columns = getattr(eval_dataset, "column_names", None) or []
-        if (
-            getattr(self.args, "train_sampling_strategy", "random") == "group_by_length" and self.args.world_size <= 1
-            and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns)
-        ):
+        if self._uses_length_groups(eval_dataset):
             # transformers would group eval pairs with its LengthGroupedSampler, which cannot size TRL's pairs.
             return SequentialSampler(eval_dataset)
         return super()._get_eval_sampler(eval_dataset)
@@ -51,69 +137,19 @@ class _LengthGroupedTrainerMixin:
             return super().train(*args, **kwargs)
         finally:  # the bf16 copies of frozen weights and eager attention are for training; merging and saving follow
             drop_frozen_weight_copies(self.model)
-            restore = getattr(self, "_dpo_studio_attention_to_restore", None)
-            if restore is not None:
-                base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-                base.set_attn_implementation(restore)
-
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # Called inside TRL's __init__ after it patched the fused LM head: switch causal LMs to the compact head first,
-        # so the one-off reference pass is fast too.
-        _install_compact_heads(self)
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+            if self._attention_to_restore is not None:
+                _base(self.model).set_attn_implementation(self._attention_to_restore)
 
 
-def cpu_training(args) -> bool:
-    """The CPU-only patches (compact LM head, in-batch buckets) are proven equal to TRL's paths on CPU only; on CUDA
-    TRL's own fused head does the gather, device move and fp32 cast itself, so it is left alone there."""
-    return args.device.type == "cpu"
+class CausalDPOTrainer(_SpeedFeatures, DPOTrainer):
+    """`trl.DPOTrainer` for causal LMs with this package's speed features (`speed: SpeedSettings`)."""
 
 
-def _install_compact_heads(trainer) -> None:
-    """Compact fused head on a causal policy (and separate reference), with the fields TRL requests for each."""
-    if not cpu_training(trainer.args):
-        return
-    model = trainer.model
-    policy = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if policy.config.is_encoder_decoder:
-        return
-    add_compact_causal_head(policy, policy_fields(trainer.args.use_weighting))
-    if trainer.ref_model is not None:
-        add_compact_causal_head(trainer.accelerator.unwrap_model(trainer.ref_model), ("log_probs",))
-
-
-@functools.cache
-def _length_grouped_class(base: type) -> type:
-    return type(f"Fast{base.__name__}", (_LengthGroupedTrainerMixin, base), {})
+class FastSeq2SeqDPOTrainer(_SpeedFeatures, Seq2SeqDPOTrainer):
+    """`Seq2SeqDPOTrainer` (encoder-decoders) with this package's speed features (`speed: SpeedSettings`)."""
 
 
 def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: Any):
-    """Build `trainer_class(model=model, args=args, **kwargs)` with every speed feature of this module applied.
-
-    Threads, malloc reuse, a larger batch for the one-off reference pass, the fused GELU, in-batch
-    buckets, (causal LMs) the compact LM head and, when asked for, length-grouped batches. The loss of each pair is
-    unchanged up to float rounding.
-    """
-    configure_threads()
-    if not torch.cuda.is_available():
-        keep_freed_memory_for_reuse()
-    if args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
-        # No gradients in the reference pass, so eval-sized batches (TRL would use the train batch size there). The
-        # held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same float rounding, so
-        # before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0, not noise).
-        args = dataclasses.replace(args, precompute_ref_batch_size=args.per_device_eval_batch_size)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forget_earlier_accelerate_prepare(model)
-    use_fused_gelu(base)
-    on_cpu = cpu_training(args)  # the model is still on the CPU here even on GPU hosts: ask the arguments
-    if on_cpu:
-        reuse_frozen_weight_casts(base)  # a no-op outside CPU bf16 autocast
-    attention_to_restore = use_eager_attention(base) if on_cpu and args.bf16 else None
-    if base.config.is_encoder_decoder and on_cpu:
-        add_bucketed_seq2seq_forward(base)
-    trainer = _length_grouped_class(trainer_class)(model=model, args=args, **kwargs)
-    trainer._dpo_studio_attention_to_restore = attention_to_restore
-    if on_cpu:
-        skip_lora_input_round_trips(trainer.model)  # the LoRA layers exist once the trainer wrapped the model
-    _install_compact_heads(trainer)  # idempotent; covers runs without precomputed reference log-probs
-    return trainer
+    """The speed-enabled trainer for `trainer_class` (TRL's DPOTrainer or our Seq2SeqDPOTrainer), constructed."""
+    cls = FastSeq2SeqDPOTrainer if issubclass(trainer_class, Seq2SeqDPOTrainer) else CausalDPOTrainer
+    return cls(model=model, args=args, **kwargs)

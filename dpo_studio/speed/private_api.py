@@ -1,0 +1,64 @@
+"""Every private name of TRL, transformers, PEFT and accelerate that dpo_studio's training code uses, with the reason;
+`check_private_api()` (run by tests/test_private_api.py) fails with one line naming the package and installed version
+when a release changes one. Overrides of private methods are declared here and live in the trainer classes.
+
+Read through this module: `trl_logprob_chunk_size`, `attention_implementation`, `forget_accelerate_prepare`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import version
+
+import torch
+
+# (package, module, class or None, name, reason)
+PRIVATE_NAMES: tuple[tuple[str, str, str | None, str, str], ...] = (
+    ("trl", "trl.trainer.utils", None, "_CHUNKED_LOGPROB_CHUNK_SIZE",
+     "the compact head calls TRL's chunked log-prob kernel with TRL's own tile size"),
+    ("transformers", "transformers.trainer", "Trainer", "_get_train_sampler",
+     "overridden: length-grouped preference pairs (transformers' grouping needs a `length` column TRL lacks)"),
+    ("transformers", "transformers.trainer", "Trainer", "_get_eval_sampler",
+     "overridden: keep held-out pairs sequential when training groups by length"),
+    ("trl", "trl.trainer.dpo_trainer", "DPOTrainer", "_prepare_dataset",
+     "overridden by Seq2SeqDPOTrainer: prompt tokens for the encoder, completions for the decoder"),
+    ("accelerate", "accelerate.accelerator", None, "_is_accelerate_prepared",
+     "attribute flag; dropped so a second Trainer applies its own mixed precision (see forget_accelerate_prepare)"),
+    ("transformers", "transformers.configuration_utils", "PretrainedConfig", "_attn_implementation",
+     "attribute read: which attention to restore after bf16 training (no public getter in transformers 5)"),
+)
+
+
+def _present(module_name: str, owner: str | None, name: str) -> bool:
+    module = importlib.import_module(module_name)
+    if owner is None:
+        return hasattr(module, name) or name in inspect.getsource(module)
+    cls = getattr(module, owner)
+    return hasattr(cls, name) or name in inspect.getsource(cls)
+
+
+def check_private_api() -> list[str]:
+    """One line per private name the installed libraries no longer have (empty: all present)."""
+    return [
+        f"{package} {version(package)} no longer has {module}{'.' + owner if owner else ''}.{name} ({reason})"
+        for package, module, owner, name, reason in PRIVATE_NAMES
+        if not _present(module, owner, name)
+    ]
+
+
+def trl_logprob_chunk_size() -> int:
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    return _CHUNKED_LOGPROB_CHUNK_SIZE
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def forget_accelerate_prepare(model: torch.nn.Module) -> None:
+    """Remove accelerate's "already prepared" flag from every submodule (it lives in the instance dict)."""
+    for module in model.modules():
+        if "_is_accelerate_prepared" in vars(module):
+            del module._is_accelerate_prepared

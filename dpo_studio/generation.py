@@ -2,8 +2,10 @@
 
 When a LoRA adapter exists, ONE copy of the base weights is held and both sides are served from it: PEFT's
 mixed-adapter batches (`adapter_names=[...]` on `generate`/`forward`, eval mode only) run row i with adapter
-`adapter_names[i]`, where `"__base__"` means "adapters off". Without an adapter the engine falls back to two plain
-models (base and merged), which costs twice the memory but gives the same outputs.
+`adapter_names[i]`, where `"__base__"` means "adapters off"; the LoRA layers PEFT builds for serving are
+`cpu_decode.MaskedLoraLinear` (one masked pass for such a batch). Without an adapter the engine falls back to two
+plain models (base and merged), which costs twice the memory but gives the same outputs. Seeded sampling: see
+`_seeded_sampling`.
 
 `stream_pair_results` is the same generation watched step by step (transformers' streamer hook): with shared
 weights the base row and the DPO row of the one batch grow together; its last item is the non-streamed result.

@@ -270,8 +270,8 @@ def test_seeded_sampling_equals_stock_peft_mixed_batch(families, pairs, family):
         ids = torch.tensor([pair.tokenizer(pair.prompt_format.prompt_from_text(prompt))["input_ids"]] * 2)
         torch.manual_seed(3)
         with torch.inference_mode():
-            out = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=["__base__", "default"],
-                                 do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=MAX_NEW, eos_token_id=EOS,
+            out = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 adapter_names=["__base__", "default"], do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=MAX_NEW, eos_token_id=EOS,
                                  pad_token_id=pair.tokenizer.pad_token_id)
         new = out[:, ids.shape[1]:] if family == "gpt2" else out[:, 1:]
         expected = [split_generated(row, EOS)[0] for row in new.tolist()]

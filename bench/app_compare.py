@@ -4,8 +4,11 @@
 
 * product: `dpo_studio.generation.load_pair(base, adapter)` — the base weights once plus the LoRA adapter; one
   `generate` call holds the base row (adapter off) and the DPO row (adapter on) via PEFT's mixed `adapter_names`.
-* two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn (each
-  decodes one row per step, which takes MKL's stock GEMV path; the small-batch matmuls only apply to 2+ rows).
+* product, PEFT layers: the same with `DPO_STUDIO_MASKED_LORA=0`, i.e. PEFT's own LoRA layers and its
+  split-and-scatter mixed batch instead of `cpu_decode.MaskedLoraLinear` (what the masked layer buys).
+* two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
+Every variant runs eager (no torch.compile: see docs/serving.md) in the precision `load_pair` loads (the
+checkpoint's, fp32 here), with the threads `dpo_studio.speed.configure_threads` sets; the header says which.
 
 Each variant runs in its own fresh process (so peak memory is its own), alternating product / two-models for
 `--rounds` rounds; latency is the median of the requests after one warm-up request. Peak memory is the process's
@@ -14,7 +17,7 @@ The adapter is given random non-zero weights so base and DPO outputs differ; bot
 greedy tokens.
 
 Streaming (what the app's Compare tab and `/compare_stream` do): per side, the time from the request to its first
-token (target <= 0.5 s for the product on the GPT-2-small shape, 2 cores) and its decode rate in tokens/s after that
+token (target <= 0.3 s for the product on the GPT-2-small shape, 2 cores) and its decode rate in tokens/s after that
 first token, medians over the timed streamed requests. In two-model mode the DPO side starts after the base side has
 finished, which its time to first token shows.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +40,9 @@ from common import PRESETS, build_model, current_rss_mb, machine, make_pairs, pe
 
 PROMPT = "What's a good way to spend a rainy Sunday afternoon at home?"
 NEW_TOKENS = 64
+MASKED_LORA_ENV = "DPO_STUDIO_MASKED_LORA"  # dpo_studio.cpu_decode.ENV_SWITCH
+PEFT_LAYERS = "product, PEFT layers"
+VARIANTS = {"product": "product", PEFT_LAYERS: "product", "two-models": "two-models"}  # name -> child mode
 
 
 def prepare(kind: str, shape: dict, root: Path) -> None:
@@ -138,19 +145,24 @@ def main() -> None:
         child(opts.child, opts.dir, opts.requests)
         return
     preset = PRESETS[opts.preset]
-    print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}")
+    from dpo_studio.speed import configure_threads
+
+    configure_threads()  # as in the children, so the header's thread count is theirs
+    print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}; "
+          f"compile: off (eager)")
     rows, ratios, stream_rows = [], [], []
     for kind in opts.families.split(","):
         shape = getattr(preset, kind)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             prepare(kind, shape, root)
-            runs: dict[str, list[dict]] = {"product": [], "two-models": []}
+            runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
             for _ in range(opts.rounds):
                 for variant in runs:
                     out = subprocess.run(
-                        [sys.executable, __file__, "--child", variant, "--dir", str(root), "--requests",
+                        [sys.executable, __file__, "--child", VARIANTS[variant], "--dir", str(root), "--requests",
                          str(opts.requests)], capture_output=True, text=True, check=True,
+                        env={**os.environ, MASKED_LORA_ENV: "0" if variant == PEFT_LAYERS else "1"},
                     ).stdout.strip().splitlines()[-1]
                     runs[variant].append(json.loads(out))
         summary = {}
@@ -169,16 +181,17 @@ def main() -> None:
                                 round(stream["dpo"]["ttft_s"], 3), round(stream["base"]["tok_s"], 1),
                                 round(stream["dpo"]["tok_s"], 1),
                                 all(r["stream_same_tokens"] for r in results)])
-        same = summary["product"]["tokens"] == summary["two-models"]["tokens"]
+        same = summary["product"]["tokens"] == summary["two-models"]["tokens"] == summary[PEFT_LAYERS]["tokens"]
         differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
         ratios.append((kind, summary, same, differs))
     print(table(["variant", "model", "weights (ran)", "load s", "request latency s", "peak memory MB (above imports)",
                  "peak RSS MB (total)"], rows))
     print(table(["streamed", "base: s to 1st token", "DPO: s to 1st token", "base: tokens/s", "DPO: tokens/s",
                  "stream = non-streamed tokens"], stream_rows))
-    print("target: product <= 0.5 s to the first token on the GPT-2-small shape (full preset), 2 cores")
+    print("target: product <= 0.3 s to the first token on the GPT-2-small shape (full preset), 2 cores")
     for kind, s, same, differs in ratios:
-        p, t = s["product"], s["two-models"]
+        p, t, peft_layers = s["product"], s["two-models"], s[PEFT_LAYERS]
+        print(f"ratio {kind}: PEFT layers / MaskedLoraLinear latency = {peft_layers['latency'] / p['latency']:.2f}x")
         print(f"ratio {kind}: two-models / product latency = {t['latency'] / p['latency']:.2f}x (target >= 1.6x); "
               f"product / two-models peak memory = {p['delta'] / t['delta']:.2f}x above imports, "
               f"{p['peak'] / t['peak']:.2f}x total (target <= 0.55x); same greedy tokens: {same} "

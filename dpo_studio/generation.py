@@ -2,8 +2,10 @@
 
 When a LoRA adapter exists, ONE copy of the base weights is held and both sides are served from it: PEFT's
 mixed-adapter batches (`adapter_names=[...]` on `generate`/`forward`, eval mode only) run row i with adapter
-`adapter_names[i]`, where `"__base__"` means "adapters off". Without an adapter the engine falls back to two plain
-models (base and merged), which costs twice the memory but gives the same outputs.
+`adapter_names[i]`, where `"__base__"` means "adapters off"; the LoRA layers PEFT builds for serving are
+`cpu_decode.MaskedLoraLinear` (one masked pass for such a batch). Without an adapter the engine falls back to two
+plain models (base and merged), which costs twice the memory but gives the same outputs. Seeded sampling: see
+`_seeded_sampling`.
 
 `stream_pair_results` is the same generation watched step by step (transformers' streamer hook): with shared
 weights the base row and the DPO row of the one batch grow together; its last item is the non-streamed result.
@@ -20,12 +22,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -36,7 +39,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from dpo_studio.cpu_decode import enable_masked_adapter_batches, enable_small_batch_matmuls
+from dpo_studio.cpu_decode import serving_lora_config
 from dpo_studio.model_classes import auto_model_class, prepare_tokenizer_padding
 from dpo_studio.names import ADAPTER_WEIGHTS_FILE, BASE_ADAPTER, DPO_ADAPTER, DPO_CONFIG_FILE
 from dpo_studio.public_refs import is_hub_id, is_local_path, local_path, resolve_file
@@ -159,17 +162,16 @@ def _load_models(
     """(shared PeftModel, None, None) with an adapter, else (None, base model, merged model); in eval mode."""
     base_model = model_cls.from_pretrained(base, revision=base_revision, **load_kwargs)
     if adapter is not None:
+        config = PeftConfig.from_pretrained(adapter, revision=revision, token=load_kwargs["token"])
+        if isinstance(config, LoraConfig):  # the base row + DPO row of one batch in one LoRA pass: see cpu_decode
+            serving_lora_config(config)
         peft_model = PeftModel.from_pretrained(base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision,
-                                               token=load_kwargs["token"], is_trainable=False)
+                                               token=load_kwargs["token"], is_trainable=False, config=config)
         peft_model.to(device).eval()
-        # A base row + a DPO row then cost about one row (CPU): see cpu_decode.
-        enable_small_batch_matmuls(peft_model)
-        enable_masked_adapter_batches(peft_model)
         return peft_model, None, None
     dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
     for model in (base_model, dpo_model):
         model.to(device).eval()
-        enable_small_batch_matmuls(model)
     return None, base_model, dpo_model
 
 
@@ -397,6 +399,21 @@ def _generate_chunk(
     return base_rows, dpo_rows
 
 
+@contextmanager
+def _seeded_sampling(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global generator seeded with `seed` for one request, its previous state restored after.
+
+    transformers' sampler draws from the global generator (`generate` takes no `torch.Generator`), so a seed means
+    the same replies only if nothing else draws from it between seeding and sampling: the caller holds `pair.lock`,
+    and nothing in the serving path draws random numbers of its own. Restoring the state leaves the rest of the
+    process (and the next request) unaffected by this one.
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _generation_kwargs(pair: LoadedPair, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
     tokenizer = pair.tokenizer
     return _sampling_kwargs(max_new_tokens, temperature, top_p) | {
@@ -429,8 +446,7 @@ def generate_pair_results(
         return []
     step = batch_size or len(texts)
     out: list[tuple[GenerationResult, GenerationResult]] = []
-    with pair.lock:
-        torch.manual_seed(seed)
+    with pair.lock, _seeded_sampling(seed, pair.device):
         for start in range(0, len(texts), step):
             base_rows, dpo_rows = _generate_chunk(pair, texts[start : start + step], gen_kwargs, seed + start)
             out.extend(zip(base_rows, dpo_rows))
@@ -463,8 +479,7 @@ def stream_pair_results(
     @torch.inference_mode()  # inference mode is per thread
     def work() -> None:
         try:
-            with pair.lock:
-                torch.manual_seed(seed)
+            with pair.lock, _seeded_sampling(seed, pair.device):
                 outcome["rows"] = _generate_chunk(pair, [text], gen_kwargs, seed,
                                                   listener=lambda side, tokens: steps.put((side, tokens)), stop=stop)
         except BaseException as exc:  # re-raised in the consumer's thread

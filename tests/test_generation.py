@@ -255,3 +255,26 @@ def test_tokenizer_and_prompt_format_come_from_the_dpo_side_first(families, pair
     tokenizer = with_adapter.tokenizer
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == tokenizer.eos_token_id == EOS
     assert pairs["t5"].tokenizer.pad_token_id == PAD  # seq2seq keeps its own pad token
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_seeded_sampling_equals_stock_peft_mixed_batch(families, pairs, family):
+    """The product's sampled tokens (its LoRA layers, its seeding) equal stock PEFT's: PeftModel.from_pretrained
+    with PEFT's own layers, one mixed base/adapter batch, torch seeded with the same seed right before generate."""
+    from peft import PeftModel
+
+    d, pair = families[family], pairs[family]
+    stock = PeftModel.from_pretrained(_plain_model(d["base"], family), d["adapter"]).eval()
+    assert not any(type(m).__module__.startswith("dpo_studio") for m in stock.modules())
+    for prompt in PROMPTS[:2]:
+        ids = torch.tensor([pair.tokenizer(pair.prompt_format.prompt_from_text(prompt))["input_ids"]] * 2)
+        torch.manual_seed(3)
+        with torch.inference_mode():
+            out = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 adapter_names=["__base__", "default"], do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=MAX_NEW, eos_token_id=EOS,
+                                 pad_token_id=pair.tokenizer.pad_token_id)
+        new = out[:, ids.shape[1]:] if family == "gpt2" else out[:, 1:]
+        expected = [split_generated(row, EOS)[0] for row in new.tolist()]
+        [(base, dpo)] = generate_pair_results(pair, [prompt], max_new_tokens=MAX_NEW, temperature=0.7, top_p=0.9,
+                                              seed=3)
+        assert [base.token_ids, dpo.token_ids] == expected

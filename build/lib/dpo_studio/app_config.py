@@ -1,0 +1,305 @@
+"""Where the app's models come from, and loading them once.
+
+Sources, in order of precedence:
+1. `--models-dir DIR`: what `train_dpo.py` wrote (DIR/<family>/adapter|merged|base);
+2. else a YAML config: `--config FILE`, else `$DPO_STUDIO_CONFIG`, else `./app_config.yaml` (what a Space ships),
+   else `examples/app_config.yaml` next to the package;
+then per-family environment overrides `DPO_STUDIO_<FAMILY>_BASE|_ADAPTER|_MERGED` (an empty value unsets one, e.g.
+`DPO_STUDIO_GPT2_ADAPTER=` to serve two merged models).
+
+Config format::
+
+    families:
+      gpt2: {label: GPT-2, base: openai-community/gpt2, adapter: dpo-studio/gpt2-dpo-lora, merged: dpo-studio/gpt2-dpo}
+
+Optional per family: `revision` (adapter and merged repos), `base_revision`. A value starting with `./`, `../`, `~`
+or `/` is a local path (relative ones are resolved against the config file's folder); anything else is a Hub repo
+id, exactly as `from_pretrained` reads it.
+
+`ModelRegistry` loads each family lazily (first request), once, thread-safely, through the shared engine
+(`dpo_studio.generation.load_pair`). A failed load is not cached, so a later request retries (e.g. after the Hub
+came back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from dpo_studio.generation import LoadedPair, load_pair
+from dpo_studio.names import DPO_CONFIG_FILE, family_label
+from dpo_studio.public_refs import is_local_path, local_path
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ENV = "DPO_STUDIO_CONFIG"
+SPACE_CONFIG_NAME = "app_config.yaml"  # in the working directory: what the published Space carries
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "examples" / "app_config.yaml"  # package data
+ENV_PREFIX = "DPO_STUDIO_"
+ROLES = ("base", "adapter", "merged")
+FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision"}
+# Used only when no config file exists at all (e.g. a Space that ships no app_config.yaml); mirrors the example file.
+BUILTIN_FAMILIES = {
+    "gpt2": {"label": "GPT-2", "base": "openai-community/gpt2", "adapter": "dpo-studio/gpt2-dpo-lora",
+             "merged": "dpo-studio/gpt2-dpo"},
+    "t5": {"label": "T5", "base": "google-t5/t5-small", "adapter": "dpo-studio/t5-dpo-lora",
+           "merged": "dpo-studio/t5-dpo"},
+}
+
+
+class AppConfigError(ValueError):
+    """A bad app config (file, key or value named in the message)."""
+
+
+@dataclass(frozen=True)
+class FamilySource:
+    """Where one family's base and DPO models live (local directories or Hub repo ids)."""
+
+    name: str
+    label: str
+    base: str | None = None
+    adapter: str | None = None
+    merged: str | None = None
+    revision: str | None = None
+    base_revision: str | None = None
+
+    @property
+    def shares_weights(self) -> bool:
+        """True when an adapter exists, so one set of base weights serves both sides."""
+        return self.adapter is not None
+
+    @property
+    def serving_mode(self) -> str:
+        """One line for the UI on how this family is served."""
+        if self.shares_weights:
+            return "one base model + LoRA adapter (switched on/off per row of one batch)"
+        return "serving two models: no adapter published"
+
+    def describe(self) -> str:
+        parts = [f"{role}={value}" for role, value in (("base", self.base), ("adapter", self.adapter),
+                                                      ("merged", self.merged)) if value]
+        return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def _resolve_value(value: str, base_dir: Path | None) -> str:
+    """A local path becomes absolute (`./` and `../` relative to `base_dir`); a Hub id is left alone."""
+    return str(local_path(value, base_dir)) if is_local_path(value) else value
+
+
+def families_from_mapping(data: object, where: str, base_dir: Path | None = None) -> dict[str, FamilySource]:
+    """Validate a parsed config (`{"families": {name: {...}}}`) into FamilySources; errors name `where`."""
+    if not isinstance(data, dict):
+        raise AppConfigError(f"{where}: expected a mapping with a 'families' key, got {type(data).__name__}")
+    unknown = set(data) - {"families"}
+    if unknown:
+        raise AppConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; only 'families' is allowed")
+    families = data.get("families")
+    if not isinstance(families, dict) or not families:
+        raise AppConfigError(f"{where}: 'families' must be a non-empty mapping of family name -> sources")
+    out: dict[str, FamilySource] = {}
+    for name, entry in families.items():
+        name = str(name)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise AppConfigError(f"{where}: family name {name!r} must be letters, digits, '_', '.', '-'")
+        if not isinstance(entry, dict):
+            raise AppConfigError(f"{where}: families.{name} must be a mapping, got {type(entry).__name__}")
+        bad = set(entry) - FAMILY_KEYS
+        if bad:
+            raise AppConfigError(f"{where}: families.{name}: unknown key(s) {sorted(bad)}; allowed: "
+                                 f"{sorted(FAMILY_KEYS)}")
+        values: dict[str, str | None] = {}
+        for key in FAMILY_KEYS:
+            value = entry.get(key)
+            if value is not None and not isinstance(value, str):
+                raise AppConfigError(f"{where}: families.{name}.{key} must be a string, got {type(value).__name__}")
+            values[key] = value or None
+        for role in ROLES:
+            if values[role] is not None:
+                values[role] = _resolve_value(values[role], base_dir)  # type: ignore[arg-type]
+        if values["adapter"] is None and values["merged"] is None:
+            raise AppConfigError(f"{where}: families.{name} needs 'adapter' or 'merged' (the DPO side)")
+        out[name] = FamilySource(name=name, label=values["label"] or family_label(name), base=values["base"],
+                                 adapter=values["adapter"], merged=values["merged"], revision=values["revision"],
+                                 base_revision=values["base_revision"])
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, FamilySource]:
+    """Read a YAML app config; one-line errors name the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AppConfigError(f"app config {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise AppConfigError(f"app config {path}: invalid YAML{line}") from None
+    return families_from_mapping(data, f"app config {path}", path.resolve().parent)
+
+
+def discover_models_dir(models_dir: str | Path) -> dict[str, FamilySource]:
+    """Families in a `train_dpo.py` output folder: every DIR/<F>/ holding adapter/ or merged/.
+
+    The base is DIR/F/base (offline demo) if present, else the adapter's `base_model_name_or_path`, else
+    `base_model` from merged/dpo_config.json.
+    """
+    root = Path(models_dir).expanduser()
+    if not root.is_dir():
+        raise AppConfigError(f"--models-dir {root}: not a directory")
+    out: dict[str, FamilySource] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name.startswith(".") or folder.name.endswith(".old"):  # pipeline work/staging folders
+            continue
+        adapter = folder / "adapter"
+        merged = folder / "merged"
+        has_adapter = (adapter / "adapter_config.json").is_file()
+        has_merged = (merged / "config.json").is_file()
+        if not (has_adapter or has_merged):
+            continue
+        base: str | None = None
+        if (folder / "base" / "config.json").is_file():
+            base = str(folder / "base")
+        elif has_adapter:
+            base = _json_field(adapter / "adapter_config.json", "base_model_name_or_path")
+        if base is None and has_merged:
+            base = _json_field(merged / DPO_CONFIG_FILE, "base_model")
+        if base is not None:  # a demo's local base is written relative to adapter/ and merged/
+            base = _resolve_value(base, folder / "adapter")
+        out[folder.name] = FamilySource(
+            name=folder.name, label=family_label(folder.name), base=base,
+            adapter=str(adapter) if has_adapter else None, merged=str(merged) if has_merged else None,
+        )
+    if not out:
+        raise AppConfigError(f"--models-dir {root}: no trained families found (expected {root}/<family>/adapter "
+                             "or <family>/merged)")
+    return out
+
+
+def _json_field(path: Path, key: str) -> str | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def env_key(family: str) -> str:
+    """`gpt2` -> `GPT2`, `my-model` -> `MY_MODEL`: the family part of DPO_STUDIO_<FAMILY>_<ROLE>."""
+    return re.sub(r"[^A-Za-z0-9]", "_", family).upper()
+
+
+def apply_env_overrides(
+    families: Mapping[str, FamilySource], environ: Mapping[str, str] | None = None
+) -> dict[str, FamilySource]:
+    """Apply DPO_STUDIO_<FAMILY>_BASE/_ADAPTER/_MERGED (empty value = unset) to the known families."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, FamilySource] = {}
+    for name, source in families.items():
+        changes: dict[str, str | None] = {}
+        for role in ROLES:
+            var = f"{ENV_PREFIX}{env_key(name)}_{role.upper()}"
+            if var in environ:
+                changes[role] = _resolve_value(environ[var], Path.cwd()) if environ[var] else None
+        source = replace(source, **changes)
+        if source.adapter is None and source.merged is None:
+            raise AppConfigError(f"environment: family {name!r} has neither an adapter nor a merged model left "
+                                 f"(check {ENV_PREFIX}{env_key(name)}_ADAPTER / _MERGED)")
+        out[name] = source
+    return out
+
+
+def default_config_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """$DPO_STUDIO_CONFIG, else ./app_config.yaml, else examples/app_config.yaml; None if none exists."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])  # named explicitly: must exist (load_config_file says so if not)
+    local = (cwd or Path.cwd()) / SPACE_CONFIG_NAME
+    if local.is_file():
+        return local
+    return EXAMPLE_CONFIG if EXAMPLE_CONFIG.is_file() else None
+
+
+def resolve_sources(
+    config: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> dict[str, FamilySource]:
+    """The app's families from `--models-dir`, else the config file (see module docstring), plus env overrides."""
+    if models_dir is not None:
+        families = discover_models_dir(models_dir)
+    else:
+        path = Path(config) if config is not None else default_config_path(environ, cwd)
+        if path is None:
+            logger.info("No app config file found; using the built-in Hub repo ids")
+            families = families_from_mapping({"families": BUILTIN_FAMILIES}, "built-in defaults")
+        else:
+            families = load_config_file(path)
+    return apply_env_overrides(families, environ)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+class ModelLoadError(RuntimeError):
+    """A family's models could not be loaded; the message is one line, fit for the UI."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """First line of an exception's message, with its type, shortened for a UI message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ModelRegistry:
+    """Loads each family's `LoadedPair` on first use, once, and keeps it; safe to call from many threads."""
+
+    def __init__(self, families: Mapping[str, FamilySource], **load_kwargs) -> None:
+        if not families:
+            raise AppConfigError("no model families configured")
+        self.families: dict[str, FamilySource] = dict(families)
+        self._load_kwargs = load_kwargs  # passed to load_pair (device, dtype, token ...)
+        self._pairs: dict[str, LoadedPair] = {}
+        self._locks = {name: threading.Lock() for name in self.families}
+
+    def source(self, family: str) -> FamilySource:
+        try:
+            return self.families[family]
+        except KeyError:
+            raise KeyError(f"unknown family {family!r}; configured: {', '.join(self.families)}") from None
+
+    def is_loaded(self, family: str) -> bool:
+        return family in self._pairs
+
+    def loaded(self) -> dict[str, LoadedPair]:
+        """The pairs loaded so far (a copy of the cache)."""
+        return dict(self._pairs)
+
+    def get(self, family: str) -> LoadedPair:
+        """The family's loaded pair, loading it now if needed; raises ModelLoadError with a one-line reason."""
+        source = self.source(family)
+        pair = self._pairs.get(family)
+        if pair is not None:
+            return pair
+        with self._locks[family]:  # one loader per family; other families load in parallel
+            pair = self._pairs.get(family)
+            if pair is None:
+                logger.info("Loading %s (%s)", source.label, source.describe())
+                try:
+                    pair = load_pair(source.base, source.adapter, source.merged, revision=source.revision,
+                                     base_revision=source.base_revision, **self._load_kwargs)
+                except Exception as exc:  # any failure (network, missing file, bad weights) becomes a UI message
+                    logger.exception("Loading %s failed", source.label)
+                    raise ModelLoadError(f"could not load {source.label} ({source.describe()}): "
+                                         f"{one_line(exc)}") from exc
+                self._pairs[family] = pair
+        return pair

@@ -1,0 +1,70 @@
+"""Logging for `train_dpo.py` and `app.py`: our INFO lines, progress bars, and no per-request HTTP chatter.
+
+huggingface_hub, transformers and gradio log one INFO line per HTTP request through their HTTP clients (httpx,
+httpx2, httpcore, urllib3), and libraries warn about their own deprecations (transformers' `is_gradient_checkpointing`
+FutureWarning, which TRL itself triggers): none of it is actionable for our users. At the default level those go to
+WARNING; `--log-level debug` (or `LOG_LEVEL=debug`) shows everything. Progress bars (tqdm) are not logging and stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "huggingface_hub")
+# bitsandbytes warns at import, on AVX512-BF16 CPUs only, that an optional kernel downloaded from the Hub (`kernels`)
+# is missing; it falls back to its built-in one, so the line is not actionable (and the Hub is often unreachable).
+OPTIONAL_KERNEL_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+LIBRARY_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|huggingface_hub|gradio|datasets)(\.|$)"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+          "critical": logging.CRITICAL}
+
+
+def resolve_level(level: str | None = None) -> int:
+    """`--log-level` value, else $LOG_LEVEL, else info; TrainingArguments' "passive" means the default."""
+    name = (level or "").strip().lower()
+    if name in ("", "passive"):
+        name = os.environ.get("LOG_LEVEL", "info").strip().lower() or "info"
+    if name not in LEVELS:
+        raise ValueError(f"unknown log level {name!r}: expected one of {', '.join(LEVELS)}")
+    return LEVELS[name]
+
+
+def setup_logging(level: str | None = None) -> int:
+    """Configure the root logger and silence request lines / deprecation noise unless the level is debug."""
+    resolved = resolve_level(level)
+    logging.basicConfig(level=resolved, format=LOG_FORMAT, datefmt="%H:%M:%S")  # no-op if already configured
+    quiet = resolved > logging.DEBUG
+    for name in HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)
+    for name in OPTIONAL_KERNEL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.DEBUG)
+    if quiet:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNING_MODULES)
+        # transformers emits some deprecations with stacklevel pointing at the caller (TRL, our code): by message
+        warnings.filterwarnings("ignore", message=r".*(gradient_checkpointing|activation_checkpointing).*",
+                                category=FutureWarning)
+        _add_filter_once(logging.getLogger("bitsandbytes.autograd._functions"), _drop_int8_cast_notice)
+    return resolved
+
+
+def _drop_int8_cast_notice(record: logging.LogRecord) -> bool:
+    # 8-bit QLoRA: bitsandbytes logs this at every matmul; casting inputs to fp16 is how LLM.int8 works
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _add_filter_once(logger: logging.Logger, function) -> None:
+    if function not in logger.filters:
+        logger.addFilter(function)
+
+
+def argv_log_level(argv: list[str]) -> str | None:
+    """`--log-level X` / `--log_level=X` from a command line, before the full parser runs (the imports it needs log)."""
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag.replace("_", "-") == "--log-level":
+            return value or (argv[i + 1] if i + 1 < len(argv) else None)
+    return None

@@ -1,0 +1,14 @@
+"""Names several rooms must agree on: files training writes next to a model, PEFT's adapter names, family labels."""
+
+from __future__ import annotations
+
+DPO_CONFIG_FILE = "dpo_config.json"  # {"beta": ..., "base_model": ...} written next to the adapter / merged model
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+BASE_ADAPTER = "__base__"  # PEFT's adapter name for "adapters off" rows of a mixed batch
+DPO_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the loaded adapter
+FAMILY_LABELS = {"gpt2": "GPT-2", "t5": "T5"}  # display names of the short family names
+
+
+def family_label(family: str) -> str:
+    """`gpt2` -> `GPT-2`; any other family name is its own label."""
+    return FAMILY_LABELS.get(family.lower(), family)

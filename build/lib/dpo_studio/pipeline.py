@@ -1,0 +1,479 @@
+"""The training pipeline, per family:
+
+    (demo: build + warm start) -> evaluate before -> LoRA DPO -> evaluate after -> save outputs atomically
+
+Outputs of family F are assembled in `DIR/.work/F/staging` and moved to `DIR/F` only when complete, so an interrupted
+run never leaves a folder that looks finished. Trainer checkpoints live in `DIR/.work/F/checkpoints` (for --resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig
+
+from . import __version__
+from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
+from .data import to_dataset
+from .evaluate_existing import generation_evidence
+from .families import (
+    Architecture,
+    architecture_of,
+    check_quantization,
+    describe_quantization,
+    load_model,
+    load_model_and_tokenizer,
+    prepare_tokenizer,
+    quantization_config,
+    resolve_model_id,
+)
+from .precision import Precision, precision_of
+from .prompt_format import PromptFormat
+from .public_refs import public_ref
+from .signals import StopOnSignal, TrainingInterrupted
+from .evaluation import evaluate_pairs
+from .licenses import base_model_license
+from .names import DPO_CONFIG_FILE  # beta etc., read back by the app to score implicit rewards
+from .report import write_json, write_plots, write_report_html
+from .training_data import PreparedData, prepare_data
+
+logger = logging.getLogger("dpo_studio")
+
+
+FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
+DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    output_dir: Path
+    metrics: dict[str, Any]
+    skipped: bool = False
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------ models
+def prepare_base(
+    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int,
+    quant=None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture, str, bool]:
+    """Returns (model, tokenizer, architecture, base model id, built_locally). With `quant` (bitsandbytes settings)
+    the model is loaded quantized; the demo quantizes its warm-started base, reloaded from `work/base`."""
+    if not script_args.demo:
+        model_id = resolve_model_id(family)
+        model, tokenizer, arch = load_model_and_tokenizer(
+            model_id, model_args.model_revision, script_args.trust_remote_code_models, quant
+        )
+        return model, tokenizer, arch, model_id, False
+
+    from .demo import build_model, tokenizer_texts, train_tokenizer, warm_start
+
+    encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
+    base_dir = work / "base"
+    if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
+        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant)
+        return model, tokenizer, arch, str(base_dir), True
+    tokenizer = train_tokenizer(tokenizer_texts(data.train), script_args.demo_vocab_size, encoder_decoder)
+    model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
+    arch = architecture_of(model.config)
+    logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))
+    history = warm_start(
+        model, tokenizer, data.train, arch.prompt_format, script_args.demo_sft_epochs,
+        script_args.demo_sft_learning_rate, seed,
+    )
+    if is_main_process():
+        tmp = base_dir.with_name("base.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        arch.prompt_format.save(tmp)
+        write_json(tmp / FINISHED_MARKER, {"warm_start_log_history": history})
+        shutil.rmtree(base_dir, ignore_errors=True)
+        os.replace(tmp, base_dir)
+    if quant is not None:  # QLoRA on the demo: DPO runs on the quantized warm-started base
+        model = load_model(str(base_dir), arch, quantization_config=quant)
+    return model, tokenizer, arch, str(base_dir), True
+
+
+# ----------------------------------------------------------------------------------------------------------- saving
+def save_outputs(
+    stage: Path,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    arch: Architecture,
+    base_dir: Path | None,
+    base_model_id: str,
+    training_args: DPOConfig,
+    metrics: dict[str, Any],
+) -> None:
+    """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder."""
+    prompt_format: PromptFormat = arch.prompt_format
+    dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
+    adapter_dir, merged_dir = stage / "adapter", stage / "merged"
+    if hasattr(model, "peft_config"):
+        model.peft_config["default"].base_model_name_or_path = base_model_id
+        # A demo base is named relative to the adapter, which PEFT's vocabulary check cannot resolve (and the demo's
+        # vocabulary never changes): skip the check rather than warn about a config it cannot find.
+        demo = {"save_embedding_layers": False} if base_model_id == DEMO_BASE_REF else {}
+        model.save_pretrained(adapter_dir, safe_serialization=True, **demo)
+        tokenizer.save_pretrained(adapter_dir)
+        prompt_format.save(adapter_dir)
+        write_json(adapter_dir / DPO_CONFIG_FILE, dpo_settings)
+        merged = model.merge_and_unload()  # PEFT folds the LoRA deltas into the base weights
+    else:
+        merged = model  # full DPO: the trained model itself
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+    prompt_format.save(merged_dir)
+    write_json(merged_dir / DPO_CONFIG_FILE, dpo_settings)
+    if base_dir is not None:
+        shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
+    write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
+    write_report_html(stage, metrics)
+    from .cards import write_model_cards  # cards in merged/ and adapter/ use local paths until published
+
+    write_model_cards(stage, metrics)
+
+
+def publish_staging(stage: Path, final: Path) -> None:
+    """Swap the complete staging folder into place; an existing finished folder is replaced only after that."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def published_model(trained, load_full_precision_base, quantized: bool):
+    """What is saved, merged and served: the trained model, except after QLoRA, where the trained adapter is put on
+    the full-precision base (so merged/ is adapter + full-precision weights and loads without bitsandbytes)."""
+    if not quantized:
+        return trained
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    model = get_peft_model(load_full_precision_base(), trained.peft_config["default"])
+    set_peft_model_state_dict(model, get_peft_model_state_dict(trained))
+    return model
+
+
+def serving_pair(model, load_full_precision_base, tokenizer: PreTrainedTokenizerBase, arch: Architecture):
+    """Base vs DPO for the evidence generations: one set of weights with the adapter on/off (LoRA), or the frozen
+    base and the trained model as two models (full DPO)."""
+    from .generation import LoadedPair
+
+    model.eval()  # PEFT's mixed-adapter generation needs eval mode
+    common = {"tokenizer": tokenizer, "prompt_format": arch.prompt_format, "is_encoder_decoder": arch.is_encoder_decoder}
+    if hasattr(model, "peft_config"):
+        return LoadedPair(model=model, **common)
+    return LoadedPair(model=None, base_model=load_full_precision_base().eval(), dpo_model=model, **common)
+
+
+# --------------------------------------------------------------------------------------------------------- training
+def selected_hyperparameters(training_args: DPOConfig, model_args: ModelArguments, lora_config) -> dict[str, Any]:
+    keys = (
+        "beta", "loss_type", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "max_length", "lr_scheduler_type", "warmup_steps", "seed",
+        "precompute_ref_log_probs", "bf16", "fp16", "optim",
+    )
+    params = {key: getattr(training_args, key) for key in keys}
+    params["optim"] = str(getattr(params["optim"], "value", params["optim"]))
+    params.update(use_peft=model_args.use_peft, load_in_4bit=model_args.load_in_4bit, load_in_8bit=model_args.load_in_8bit)
+    params["loss_type"] = ",".join(params["loss_type"])
+    if lora_config is not None:
+        params.update(
+            lora_r=lora_config.r, lora_alpha=lora_config.lora_alpha, lora_dropout=lora_config.lora_dropout,
+            lora_target_modules=sorted(lora_config.target_modules) if lora_config.target_modules else "peft default",
+        )
+    return params
+
+
+def shared_on_disk(dataset, path: Path, args: DPOConfig):
+    """Under DDP, give every rank the same on-disk copy of a dataset.
+
+    TRL caches precomputed reference log-probs next to the dataset's files, written by rank 0 and read by the others;
+    an in-memory dataset's cache lives in a per-process temp dir that the other ranks cannot see.
+    """
+    from datasets import load_from_disk
+
+    with args.main_process_first(desc=f"saving {path.name} split"):
+        if args.process_index == 0:
+            dataset.save_to_disk(str(path))
+    return load_from_disk(str(path))
+
+
+def build_trainer(
+    arch: Architecture, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_ds, eval_ds,
+    args: DPOConfig, lora_config,
+):
+    """The DPO trainer for one family: TRL's DPOTrainer for causal LMs, our Seq2SeqDPOTrainer for encoder-decoders.
+
+    The reference model is the base with the LoRA adapter disabled (no second copy of the weights). Speed features
+    (length-grouped batches, in-batch length buckets, compact LM head, threads, native-CPU bf16) come from `speed`.
+    """
+    from .speed import fast_trainer
+
+    return fast_trainer(
+        arch.trainer_class(), model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, peft_config=lora_config,
+    )
+
+
+def count_truncation(trainer, n_train: int, n_eval: int, max_length: int | None) -> dict[str, dict[str, int]]:
+    """How many pairs the trainer truncates (or drops) to fit `max_length`, per split.
+
+    Our seq2seq trainer counts while tokenising; for TRL's causal path we count from its tokenised columns: a pair is
+    truncated when prompt + the longer completion exceeds max_length, and dropped when the prompt alone fills it.
+    """
+    if hasattr(trainer, "truncation_counts"):
+        return {split: {"rows": c["rows"], "dropped": 0, "total": c["total"]} for split, c in trainer.truncation_counts.items()}
+    out = {}
+    for split, dataset, total in (("train", trainer.train_dataset, n_train), ("eval", trainer.eval_dataset, n_eval)):
+        rows = 0
+        if max_length is not None and dataset is not None:
+            for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+                rows += len(prompt) + max(len(chosen), len(rejected)) > max_length
+        out[split] = {"rows": rows, "dropped": total - (len(dataset) if dataset is not None else 0), "total": total}
+    return out
+
+
+@dataclass
+class FamilyRun:
+    """One family's run in progress: where it writes, what it resumes from, and the base it trains."""
+
+    family: str
+    name: str  # the output folder's name
+    final: Path  # DIR/F, the finished outputs
+    work: Path  # DIR/.work/F: checkpoints, the demo base, staging
+    last_checkpoint: str | None
+    quant: Any = None  # bitsandbytes settings (QLoRA), or None
+    model: Any = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    arch: Architecture | None = None
+    base_model_id: str = ""
+    built_locally: bool = False
+    base_source: str = ""  # where the full-precision base reloads from
+    base_revision: str | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work / "checkpoints"
+
+    def load_full_precision_base(self, trust_remote_code: bool) -> PreTrainedModel:
+        """The full-precision base, reloaded for a QLoRA merge and as the frozen side of full-DPO comparisons."""
+        return load_model(self.base_source, self.arch, self.base_revision, trust_remote_code)
+
+
+def claim_output(family: str, script_args: ScriptArguments, out_root: Path,
+                 checkpoint: str | None = None) -> FamilyRun | None:
+    """The family's folders, or None when --resume finds it finished; refuses to overwrite finished outputs."""
+    name = family_dir_name(family)
+    final, work = out_root / name, out_root / ".work" / name
+    if (final / FINISHED_MARKER).exists():
+        if script_args.resume:
+            logger.info("[%s] already finished in %s; skipping", family, final)
+            return None
+        if not script_args.overwrite:
+            raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
+    checkpoints = work / "checkpoints"
+    last_checkpoint = checkpoint or (  # checkpoint: --resume_from_checkpoint PATH
+        get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None)
+    if is_main_process():  # under DDP only rank 0 touches the output tree
+        if not script_args.resume:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    return FamilyRun(family, name, final, work, last_checkpoint)
+
+
+def load_base(
+    job: FamilyRun, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, seed: int,
+    precision: Precision,
+) -> None:
+    """Load (or build, for the demo) the base into `job`, quantized for QLoRA."""
+    job.quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
+                                    model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
+    job.model, job.tokenizer, job.arch, job.base_model_id, job.built_locally = prepare_base(
+        job.family, data, script_args, model_args, job.work, seed, job.quant
+    )
+    job.base_source, job.base_revision = (
+        (str(job.work / "base"), None) if job.built_locally else (job.base_model_id, model_args.model_revision)
+    )
+    if job.built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
+        job.base_model_id = DEMO_BASE_REF
+    prepare_tokenizer(job.tokenizer, job.arch)
+
+
+def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments) -> dict[str, Any]:
+    """Held-out metrics before, DPO (stoppable by a signal, resumable), held-out metrics after.
+
+    Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
+    arch = job.arch
+    train_ds = to_dataset(data.train, arch.prompt_format)
+    eval_ds = to_dataset(data.eval, arch.prompt_format)
+    args = dataclasses.replace(training_args, output_dir=str(job.checkpoints))
+    if args.world_size > 1:
+        train_ds = shared_on_disk(train_ds, job.work / "data" / "train", args)
+        eval_ds = shared_on_disk(eval_ds, job.work / "data" / "eval", args)
+    lora_config = (
+        arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
+        if model_args.use_peft
+        else None
+    )
+    trainer = build_trainer(arch, job.model, job.tokenizer, train_ds, eval_ds, args, lora_config)
+    truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
+    if any(counts["rows"] for counts in truncation.values()):
+        logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", job.family, args.max_length, truncation)
+    logger.info("[%s] evaluating the base model on %d held-out pairs", job.family, len(eval_ds))
+    eval_before = evaluate_pairs(trainer)
+    logger.info("[%s] DPO on %d pairs (%s)", job.family, len(train_ds), arch.kind)
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    started = time.perf_counter()
+    with stopper.installed():
+        train_output = trainer.train(resume_from_checkpoint=job.last_checkpoint)
+    runtime = time.perf_counter() - started
+    if stopper.requested:
+        raise TrainingInterrupted(
+            f"[{job.family}] {stopper.signal_name} received: checkpoint saved at step {stopper.stopped_at_step} in "
+            f"{job.checkpoints}; nothing was published. Continue with the same command plus --resume"
+        )
+    logger.info(
+        "[%s] rank %d/%d finished %d DPO steps", job.family, args.process_index, args.world_size,
+        trainer.state.global_step,
+    )
+    return {
+        "trainer": trainer, "output": train_output, "runtime": runtime, "truncation": truncation,
+        "lora_config": lora_config, "train_pairs": len(train_ds), "eval_before": eval_before,
+        "eval_after": evaluate_pairs(trainer),
+    }
+
+
+def measure(
+    job: FamilyRun, data: PreparedData, trained: dict[str, Any], model_args: ModelArguments, precision: Precision
+) -> dict[str, Any]:
+    """metrics.json's content (without the generation evidence)."""
+    trainer, runtime, lora_config = trained["trainer"], trained["runtime"], trained["lora_config"]
+    args = trainer.args  # the settings as trained
+    # Pairs trained in this process (a resumed run counts only the steps it ran itself).
+    start_step = int(job.last_checkpoint.rsplit("-", 1)[-1]) if job.last_checkpoint else 0
+    steps_run = trainer.state.global_step - start_step
+    pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    pairs_seen = min(steps_run * pairs_per_step, trained["train_pairs"] * float(args.num_train_epochs))
+    built_locally, base_model_id = job.built_locally, job.base_model_id
+    return {
+        "family": job.name,
+        "architecture": job.arch.kind,
+        "model_type": job.arch.model_type,
+        "base_model": public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
+        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
+        "dataset": data.info["dataset"],
+        "data": data.info,
+        "train_runtime_s": round(runtime, 3),
+        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
+        "train_loss": trained["output"].training_loss,
+        "truncation": trained["truncation"],
+        "resumed_from_step": start_step or None,
+        "world_size": args.world_size,
+        "precision": precision.as_dict(),
+        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
+        "quantization": describe_quantization(job.quant),
+        "eval_before": trained["eval_before"],
+        "eval_after": trained["eval_after"],
+        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
+        "prompt_format": dataclasses.asdict(job.arch.prompt_format),
+        "versions": _versions(),
+        "log_history": trainer.state.log_history,
+    }
+
+
+def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
+    """Assemble the outputs in staging, metrics.json last, then swap them into DIR/F (rank 0 only)."""
+    stage = job.work / "staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    base_dir = job.work / "base" if job.built_locally else None
+    save_outputs(stage, model, job.tokenizer, job.arch, base_dir, job.base_model_id, args, metrics)
+    write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
+    publish_staging(stage, job.final)
+    if not keep_checkpoints:
+        shutil.rmtree(job.work, ignore_errors=True)
+    logger.info("[%s] outputs written to %s", job.family, job.final)
+
+
+def train_family(
+    family: str,
+    data: PreparedData,
+    script_args: ScriptArguments,
+    training_args: DPOConfig,
+    model_args: ModelArguments,
+    precision: Precision | None = None,
+) -> FamilyResult:
+    """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save."""
+    job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
+    if job is None:
+        name = family_dir_name(family)
+        return FamilyResult(family, Path(training_args.output_dir) / name, {}, skipped=True)
+    set_seed(training_args.seed)
+    precision = precision or precision_of(training_args)
+    load_base(job, data, script_args, model_args, training_args.seed, precision)
+    trained = train(job, data, training_args, model_args)
+    trainer = trained["trainer"]
+    metrics = measure(job, data, trained, model_args, precision)
+    if not trainer.is_world_process_zero():  # DDP: rank 0 alone generates and writes outputs
+        return FamilyResult(family, job.final, metrics)
+
+    def load_full_precision_base() -> PreTrainedModel:
+        return job.load_full_precision_base(script_args.trust_remote_code_models)
+
+    model = published_model(trainer.model, load_full_precision_base, job.quant is not None)
+    if script_args.eval_generations > 0:
+        logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
+        pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
+        metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
+        for warning in metrics["generation_warnings"]:
+            logger.warning("[%s] %s", family, warning)
+    save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
+    return FamilyResult(family, job.final, metrics)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+    import trl
+
+    return {
+        "dpo_studio": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "trl": trl.__version__, "peft": peft.__version__,
+    }
+
+
+def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelArguments) -> list[FamilyResult]:
+    """Train every requested family; data is loaded and validated once, before any model is touched."""
+    families = script_args.family_list()  # --model_name_or_path is folded into --models (inherited_flags.py)
+    check_quantization(model_args.load_in_4bit, model_args.load_in_8bit, model_args.use_peft)
+    if script_args.demo:  # option errors first: nothing is loaded before the whole command is known to be valid
+        unknown = [family for family in families if family not in ("gpt2", "t5")]
+        if unknown:
+            raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{unknown[0]}'")
+    precision = precision_of(training_args)
+    logger.info("precision: %s", precision.describe())
+    data = prepare_data(script_args, training_args.seed)
+    return [train_family(family, data, script_args, training_args, model_args, precision) for family in families]

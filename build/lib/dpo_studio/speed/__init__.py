@@ -1,0 +1,88 @@
+"""Speed features for CPU (and GPU) DPO training, applied by `pipeline.build_trainer` so the CLI and `bench/` run the
+same code.
+
+What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
+
+* **Padding.** `DPOTrainer` batches random pairs and pads `[chosen; rejected]` rows to the longest one. Chat replies
+  vary a lot in length, so a third or more of the tokens in a batch can be padding. `bucketed_rows` runs the rows of
+  a batch in up to a few length buckets, each trimmed to its own longest row (exact; on by default). TRL's
+  `padding_free` is disabled in 1.16 (the collator ignores it), so this is the padding-free substitute. Opt-in
+  (`--train_sampling_strategy group_by_length`): `LengthGroupedPairSampler` also puts pairs of similar length in the
+  same batch; it changes which pairs share a batch, hence the loss curve, and measured no faster with the buckets
+  on (GPT-2-small shape, 16 pairs: 117 s grouped vs 127 s random, within run-to-run noise), so it is off by
+  default and the product's batches are stock TRL's.
+* **LM head on every position.** Off Triton (CPU), TRL's fused LM head scores every position, prompt and padding
+  included; `add_compact_causal_head` scores only the completion tokens (TRL's own chunked log-prob kernel, fed the
+  compact selection TRL uses on CUDA).
+* **Threads.** `configure_threads` uses one thread per physical core unless the user set `OMP_NUM_THREADS`.
+* **Fused GELU.** GPT-2's `gelu_new` is a chain of elementwise ops in transformers; `use_fused_gelu` swaps in the
+  one-kernel `GELUTanh` (same formula).
+* **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
+  page-faulted each elementwise op's output (PyTorch has no caching allocator on CPU).
+* **Precision** is chosen in `precision.py` (bf16 auto where the hardware has it) before the trainer is built.
+* **bf16 on CPU** (issue 12; each patch only acts under CPU bf16 autocast and is opt-out): frozen base weights cast
+  to bf16 once and reused (`reuse_frozen_weight_casts`, bitwise equal to autocast's per-op casts), no fp32 round trip
+  of LoRA inputs (`skip_lora_input_round_trips`, bitwise equal), eager attention while training
+  (`use_eager_attention`: the CPU flash-attention backward is slow in bf16), and the CPU log-prob head
+  (`CpuLogProbHead`, fp32 runs too) instead of TRL's Triton-shaped kernel for frozen heads.
+
+Reference log-probs once per pair (`precompute_ref_log_probs=True`) and no gradient checkpointing are product
+defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and rejected in `seq2seq_dpo`.
+
+Modules: `settings` (threads, malloc), `batching` (length-grouped sampler, in-batch buckets), `heads` (compact
+causal head, CPU log-prob head, bucketed seq2seq forward), `bf16` (frozen-weight casts, LoRA input round trips,
+eager attention), `activations` (fused GELU), `trainer` (`fast_trainer`, the assembly). The public names are
+re-exported here.
+"""
+
+from .activations import use_fused_gelu
+from .batching import (
+    BUCKET_OVERHEAD_SHARE,
+    MAX_BUCKETS,
+    MEGABATCH_BATCHES,
+    LengthGroupedPairSampler,
+    bucketed_rows,
+    length_grouped_indices,
+    pair_lengths,
+)
+from .bf16 import (
+    EAGER_ATTENTION_ENV,
+    FROZEN_COPIES_ENV,
+    cpu_autocast_dtype,
+    drop_frozen_weight_copies,
+    frozen_weight,
+    reuse_frozen_weight_casts,
+    skip_lora_input_round_trips,
+    use_eager_attention,
+)
+from .heads import CPU_HEAD_ENV, CpuLogProbHead, add_bucketed_seq2seq_forward, add_compact_causal_head
+from .settings import configure_threads, keep_freed_memory_for_reuse, physical_cores
+from .trainer import cpu_training, fast_trainer
+
+__all__ = [
+    "BUCKET_OVERHEAD_SHARE",
+    "CPU_HEAD_ENV",
+    "EAGER_ATTENTION_ENV",
+    "FROZEN_COPIES_ENV",
+    "LengthGroupedPairSampler",
+    "MAX_BUCKETS",
+    "MEGABATCH_BATCHES",
+    "add_bucketed_seq2seq_forward",
+    "CpuLogProbHead",
+    "add_compact_causal_head",
+    "bucketed_rows",
+    "configure_threads",
+    "cpu_autocast_dtype",
+    "cpu_training",
+    "drop_frozen_weight_copies",
+    "frozen_weight",
+    "keep_freed_memory_for_reuse",
+    "fast_trainer",
+    "length_grouped_indices",
+    "pair_lengths",
+    "physical_cores",
+    "reuse_frozen_weight_casts",
+    "skip_lora_input_round_trips",
+    "use_eager_attention",
+    "use_fused_gelu",
+]

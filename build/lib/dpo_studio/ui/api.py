@@ -1,0 +1,82 @@
+"""The public API: `gr.api` endpoints typed from these Python signatures (`Client.predict(..., api_name=...)`).
+
+* `/compare` (prompt, family, max_new_tokens, temperature, top_p, seed) -> (base output, DPO output);
+* `/compare_stream`, the same inputs: `Client.submit(...)` iterates (base so far, DPO so far), the last = `/compare`;
+* `/blind` (prompt, family, settings) -> (round_id, reply A, reply B); `/vote` (round_id, "A" | "B" | "tie" |
+  "both_bad") -> the reveal; `/scoreboard` -> per family votes, wins, ties, both-bad, DPO win rate and 95 % CI;
+* `/score` -> implicit rewards of two replies.
+
+No type is enforced by a slider here: out-of-range numbers are capped or refused by `requests.RequestChecks`.
+"""
+
+# No `from __future__ import annotations`: gr.api reads the return annotation (`tuple[str, str]` = two outputs)
+# without evaluating strings.
+
+import gradio as gr
+
+from dpo_studio.ui.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.events import Events
+
+
+def _generation_endpoints(studio: Studio, first_family: str, events: Events) -> None:
+    def compare(prompt: str, family: str = first_family, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                seed: int = DEFAULT_SEED) -> tuple[str, str]:
+        """Base and DPO outputs for a prompt (family: a name such as "gpt2", a label, or "both").
+
+        Same seed and settings for both sides; temperature 0 = greedy; max_new_tokens is capped server-side.
+        """
+        base_text, dpo_text, _ = studio.compare(prompt, family, max_new_tokens, temperature, top_p, seed)
+        return base_text, dpo_text
+
+    # A generator: Gradio streams each yield. The annotation names one update's two outputs (what gr.api
+    # reads to type the endpoint), not the generator.
+    def compare_stream(prompt: str, family: str = first_family, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                       temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                       seed: int = DEFAULT_SEED) -> tuple[str, str]:
+        """/compare, streamed: (base so far, DPO so far) after every generated token; the last update equals
+        /compare's answer for the same inputs. Iterate with `Client.submit(...)`."""
+        for base_text, dpo_text, _ in studio.compare_stream(prompt, family, max_new_tokens, temperature, top_p,
+                                                            seed):
+            yield base_text, dpo_text
+
+    gr.api(compare, api_name="compare", **events.model)
+    gr.api(compare_stream, api_name="compare_stream", **events.model)
+
+
+def _vote_endpoints(studio: Studio, first_family: str, events: Events) -> None:
+    def blind(prompt: str, family: str = first_family, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+              seed: int = DEFAULT_SEED) -> tuple[str, str, str]:
+        """A blind round: (round_id, reply A, reply B) in random order; vote with /vote to see which is which."""
+        return studio.blind(prompt, family, max_new_tokens, temperature, top_p, seed)
+
+    def vote(round_id: str, choice: str) -> dict:
+        """The one vote of a blind round ("A", "B", "tie" or "both_bad") and the reveal: which model wrote A
+        and B, the outcome, the family. Unknown or already-voted round ids are refused."""
+        return studio.vote(round_id, choice)
+
+    def scoreboard_api() -> dict:
+        """Per family: votes, dpo_wins, base_wins, ties, both_bad, dpo_win_rate (over DPO + base wins) and its
+        95 % Wilson interval ci_low / ci_high (None before any decisive vote)."""
+        return studio.scoreboard()
+
+    gr.api(blind, api_name="blind", **events.model)
+    gr.api(vote, api_name="vote", **events.vote)
+    gr.api(scoreboard_api, api_name="scoreboard", **events.light)
+
+
+def _score_endpoint(studio: Studio, first_family: str, events: Events) -> None:
+    def score(prompt: str, reply_a: str, reply_b: str, family: str = first_family) -> dict:
+        """DPO's implicit rewards of two replies and which one it prefers (per family)."""
+        return studio.score_all(prompt, reply_a, reply_b, family)
+
+    gr.api(score, api_name="score", **events.model)
+
+
+def register(studio: Studio, first_family: str, events: Events) -> None:
+    """Add every public endpoint to the Blocks being built (call inside `with gr.Blocks()`)."""
+    _generation_endpoints(studio, first_family, events)
+    _vote_endpoints(studio, first_family, events)
+    _score_endpoint(studio, first_family, events)

@@ -1,0 +1,81 @@
+"""`build_app`: the Gradio Blocks assembled from the Studio, the tabs (`ui.tabs`) and the API (`ui.api`)."""
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from dpo_studio.app_config import ModelRegistry, resolve_sources
+from dpo_studio.ui import api
+from dpo_studio.ui.events import Events
+from dpo_studio.ui.queueing import max_queue_from_env
+from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
+from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.tabs import blind, compare, controls, models, score, scoreboard
+from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
+
+PROMPTS_FILE = Path("examples") / "prompts.txt"
+PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parents[1] / PROMPTS_FILE  # package data (dpo_studio/examples)
+
+
+def load_example_prompts() -> list[str]:
+    """Example prompts from ./examples/prompts.txt (a Space) or the repository's copy; none if neither exists."""
+    for path in (Path.cwd() / PROMPTS_FILE, PACKAGE_PROMPTS_FILE):
+        if path.is_file():
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return []
+
+
+def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
+    """Every tab laid out, then their events wired (votes refresh the Scoreboard, so all tabs exist first)."""
+    first_family = next(iter(studio.registry.families))
+    with gr.Blocks(title="DPO Studio: base vs DPO") as demo:
+        shared = controls.layout(studio, first_family)
+        with gr.Tabs():
+            compare_tab = compare.layout(studio, prompts)
+            blind_tab = blind.layout(studio, prompts)
+            board_tab = scoreboard.layout(studio)
+            score_tab = score.layout(studio)
+            models_tab = models.layout(studio)
+        compare.wire(compare_tab, shared, studio, events)
+        blind.wire(blind_tab, shared, board_tab, studio, events)
+        scoreboard.wire(board_tab, studio, events)
+        score.wire(score_tab, shared, studio, events)
+        models.wire(models_tab, studio, events)
+        demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view()), None,
+                  [blind_tab.status, *board_tab.outputs], api_name="ui_votes", api_visibility="private",
+                  **events.light)
+        api.register(studio, first_family, events)
+    return demo
+
+
+def build_app(
+    registry: ModelRegistry | None = None,
+    *,
+    config: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    votes_file: str | Path = DEFAULT_VOTES_FILE,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
+    example_prompts: Sequence[str] | None = None,
+    concurrency_limit: int = 1,
+    max_queue_size: int | None = None,
+    rng: random.Random | None = None,
+) -> gr.Blocks:
+    """The Gradio app. Models come from `registry`, else `models_dir`, else the config (see app_config).
+
+    `max_queue_size` (None: $DPO_STUDIO_MAX_QUEUE or DEFAULT_MAX_QUEUE) is how many requests may wait; waiting
+    visitors see their position. The Studio behind the callbacks is `demo.studio` (tests inspect it).
+    """
+    if registry is None:
+        registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
+    if max_queue_size is None:
+        max_queue_size = max_queue_from_env()
+    studio = Studio(registry, VoteStore(votes_file), max_new_tokens_cap=max_new_tokens_cap,
+                    max_prompt_chars=max_prompt_chars, rng=rng)
+    prompts = list(load_example_prompts() if example_prompts is None else example_prompts)
+    demo = _blocks(studio, prompts, Events(concurrency_limit))
+    demo.queue(default_concurrency_limit=2, max_size=max_queue_size)
+    demo.studio = studio  # type: ignore[attr-defined]
+    return demo

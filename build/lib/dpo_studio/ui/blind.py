@@ -1,0 +1,106 @@
+"""The Studio's blind A/B rounds (/blind, /vote and the Blind A/B tab): rounds held server-side in
+`votes.RoundStore` until their one vote, votes appended through `votes.VoteStore`."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from dpo_studio.generation import GenerationResult
+from dpo_studio.public_refs import public_ref
+from dpo_studio.ui.render import html_text, md_text
+from dpo_studio.ui.requests import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    check_choice,
+    user_error,
+)
+from dpo_studio.votes import RoundError, blind_order, make_vote
+
+CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
+MODEL_NAMES = {"base": "base", "dpo": "DPO"}
+BlindStep = tuple[str, str, str | None, str]  # (reply A, reply B, round id once complete else None, status)
+
+
+class BlindRounds:
+    """Blind rounds and their votes. Needs `RequestChecks`, `Engine` and `VoteRecords`; `self.rng` draws orders."""
+
+    def _blind_setup(self, prompt: Any, family: Any, max_new_tokens: Any, temperature: Any, top_p: Any,
+                     seed: Any) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+        text, names, settings = self.request(prompt, family, max_new_tokens, temperature, top_p, seed)
+        name = names[0] if len(names) == 1 else self.rng.choice(names)  # "both": the family stays blind too
+        return text, name, settings, blind_order(self.rng)
+
+    def _open_round(self, text: str, name: str, settings: dict[str, Any], sides: dict[str, str],
+                    base: GenerationResult, dpo: GenerationResult):
+        source = self.registry.source(name)
+        return self.rounds.open(prompt=text, family=name, texts={"base": base.text, "dpo": dpo.text}, sides=sides,
+                                settings=settings,
+                                models={"base": public_ref(source.base) or "",
+                                        "dpo": public_ref(source.adapter or source.merged) or ""})
+
+    def blind(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
+              temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P,
+              seed: Any = DEFAULT_SEED) -> tuple[str, str, str]:
+        """A new blind round: (round id, reply A, reply B). Which model wrote which stays on the server."""
+        text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
+        round_ = self._open_round(text, name, settings, sides, *self.generate(name, text, settings))
+        return round_.round_id, round_.replies["A"], round_.replies["B"]
+
+    def blind_stream(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
+                     seed: Any) -> Iterator[BlindStep]:
+        """A new blind round as it grows: (reply A, reply B, round id once complete else None, status)."""
+        text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
+        # Two plain models stream one after the other, which would give the order away: those show the final only.
+        shares = self.pair(name).shares_weights
+        base = dpo = None
+        for base, dpo in self.stream(name, text, settings):
+            if shares:
+                texts = {"base": base.text, "dpo": dpo.text}
+                yield texts[sides["A"]], texts[sides["B"]], None, "Generating both replies…"
+        round_ = self._open_round(text, name, settings, sides, base, dpo)  # type: ignore[arg-type]
+        yield (round_.replies["A"], round_.replies["B"], round_.round_id,
+               f"Which reply is better? Vote below (seed {settings['seed']}). " + self.votes_status())
+
+    def regenerate(self, round_id: str | None, prompt: str, family: str, max_new_tokens: Any, temperature: Any,
+                   top_p: Any) -> Iterator[BlindStep]:
+        """Drop the open round (no vote) and draw a new one with a fresh random seed."""
+        self.rounds.discard(round_id)
+        yield from self.blind_stream(prompt, family, max_new_tokens, temperature, top_p, self.rng.randrange(2**31))
+
+    def vote(self, round_id: str, choice: str) -> dict[str, Any]:
+        """Record the one vote of a round and reveal it: which model wrote A and B, and who won.
+
+        `choice`: "A", "B", "tie" or "both_bad". An unknown or already-voted round id is a gr.Error.
+        """
+        choice = check_choice(choice)
+        try:
+            round_ = self.rounds.close(round_id)
+        except RoundError as exc:
+            raise user_error(html_text(str(exc))) from None
+        record = make_vote(prompt=round_.prompt, replies=round_.replies, sides=round_.sides, choice=choice,
+                           family=round_.family, settings=round_.settings, models=round_.models)
+        count = self.votes.append(record)
+        return {"round_id": round_.round_id, "vote": record["vote"], "outcome": record["outcome"],
+                "family": round_.family, "A": round_.sides["A"], "B": round_.sides["B"],
+                "preference_pair": record["chosen"] is not None, "votes": count}
+
+    def vote_message(self, round_id: str | None, choice: str) -> tuple[str, None]:
+        """The UI's vote: (reveal message, cleared round id)."""
+        if not round_id:
+            return "Generate a pair of replies first. " + self.votes_status(), None
+        try:
+            reveal = self.vote(round_id, choice)
+        except gr.Error as exc:
+            return f"{exc.message} " + self.votes_status(), None
+        shown = (f"Reply A was the **{MODEL_NAMES[reveal['A']]}** model, reply B the **{MODEL_NAMES[reveal['B']]}** "
+                 f"model ({md_text(self.label(reveal['family']))}).")
+        if reveal["vote"] in ("A", "B") and reveal["vote"] == choice:
+            head = f"Saved: you preferred reply {choice}."
+        elif reveal["vote"] == "tie" and choice in ("A", "B"):
+            head = "Both replies are identical: saved as a tie (no preference pair)."
+        else:
+            head = f"Saved: {CHOICE_LABELS[reveal['vote']].lower()} (counted on the scoreboard, not a training pair)."
+        return f"{head} {shown} " + self.votes_status(), None

@@ -1,0 +1,99 @@
+"""The Blind A/B tab: two replies in random order, one vote per round, the reveal; and the votes' Hub export."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from dpo_studio.ui.blind import CHOICE_LABELS, BlindStep
+from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.events import Events
+from dpo_studio.ui.tabs.controls import Controls, example_prompts
+from dpo_studio.ui.tabs.scoreboard import Scoreboard
+
+
+@dataclass
+class Export:
+    repo: gr.Textbox
+    private: gr.Checkbox
+    token: gr.Textbox
+    button: gr.Button
+    message: gr.Markdown
+
+
+@dataclass
+class Blind:
+    prompt: gr.Textbox
+    button: gr.Button
+    regenerate: gr.Button
+    reply_a: gr.Textbox
+    reply_b: gr.Textbox
+    votes: dict[str, gr.Button]  # per choice; enabled only while a complete round waits for its vote
+    status: gr.Markdown
+    round_id: gr.State  # the open round's id only; its sides stay in studio.rounds
+    export: Export
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        """What a blind step fills: both replies, the round id, the status line and the vote buttons."""
+        return [self.reply_a, self.reply_b, self.round_id, self.status, *self.votes.values()]
+
+
+def _export_layout() -> Export:
+    with gr.Accordion("Export votes to the Hub (dataset repo)", open=False):
+        return Export(gr.Textbox(label="Dataset repo id", placeholder="your-name/dpo-studio-votes"),
+                      gr.Checkbox(label="Private", value=True),
+                      gr.Textbox(label="Hub token (write access; empty = this server's login)", type="password"),
+                      gr.Button("Push votes"), gr.Markdown())
+
+
+def layout(studio: Studio, prompts: list[str]) -> Blind:
+    with gr.Tab("Blind A/B", id="blind"):
+        gr.Markdown("Two replies, one from each model, in random order. Pick the better one: each vote "
+                    "is saved (A/B votes as preference pairs: prompt, chosen, rejected) and counted on the "
+                    "Scoreboard. Which model wrote which is revealed after your vote.")
+        prompt = gr.Textbox(label="Prompt", lines=2, max_length=studio.max_prompt_chars, elem_id="blind-prompt")
+        example_prompts(prompts, prompt)
+        with gr.Row():
+            button = gr.Button("Generate two replies", variant="primary", elem_id="blind-btn")
+            regenerate = gr.Button("🔄 Regenerate (new seed)", elem_id="regenerate-btn")
+        with gr.Row():
+            reply_a = gr.Textbox(label="Reply A", lines=6, interactive=False, elem_id="reply-a", elem_classes="reply")
+            reply_b = gr.Textbox(label="Reply B", lines=6, interactive=False, elem_id="reply-b", elem_classes="reply")
+        with gr.Row():
+            votes = {choice: gr.Button(text, elem_id=f"vote-{choice.lower().replace('_', '-')}", interactive=False)
+                     for choice, text in CHOICE_LABELS.items()}
+        status = gr.Markdown(studio.votes_status(), elem_id="blind-status")
+        return Blind(prompt, button, regenerate, reply_a, reply_b, votes, status, gr.State(None), _export_layout())
+
+
+def wire(tab: Blind, controls: Controls, board: Scoreboard, studio: Studio, events: Events) -> None:
+    def with_vote_buttons(steps: Iterable[BlindStep]):
+        for text_a, text_b, round_id, status in steps:
+            yield text_a, text_b, round_id, status, *[gr.update(interactive=round_id is not None)] * len(tab.votes)
+
+    def ui_blind(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value):
+        yield from with_vote_buttons(studio.blind_stream(prompt_text, family_value, max_new_value, temp_value,
+                                                         top_p_value, seed_value))
+
+    def ui_regenerate(round_id, prompt_text, family_value, max_new_value, temp_value, top_p_value):
+        yield from with_vote_buttons(studio.regenerate(round_id, prompt_text, family_value, max_new_value,
+                                                       temp_value, top_p_value))
+
+    def ui_vote(round_id, choice):
+        return *studio.vote_message(round_id, choice), *[gr.update(interactive=False)] * len(tab.votes)
+
+    gr.on([tab.button.click, tab.prompt.submit], ui_blind, [tab.prompt, controls.family, *controls.settings],
+          tab.outputs, api_name="ui_blind", api_visibility="private", **events.model)
+    tab.regenerate.click(ui_regenerate, [tab.round_id, tab.prompt, controls.family, *controls.settings[:3]],
+                         tab.outputs, api_name="ui_regenerate", api_visibility="private", **events.model)
+    for choice, button in tab.votes.items():
+        button.click(lambda round_id, c=choice: ui_vote(round_id, c), [tab.round_id],
+                     [tab.status, tab.round_id, *tab.votes.values()], api_name=f"ui_vote_{choice}",
+                     api_visibility="private", **events.vote).then(
+            studio.scoreboard_view, None, board.outputs, api_name=f"ui_scoreboard_{choice}",
+            api_visibility="private", **events.light)
+    export = tab.export
+    export.button.click(studio.export, [export.repo, export.private, export.token], [export.message],
+                        api_name="ui_export", api_visibility="private", concurrency_id="export",
+                        concurrency_limit=1)

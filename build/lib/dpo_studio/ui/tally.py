@@ -1,0 +1,53 @@
+"""The Studio's view of the votes file (`votes.VoteStore`): the count line, the scoreboard and the Hub export."""
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from dpo_studio.app_config import one_line
+from dpo_studio.ui.render import md_text
+from dpo_studio.votes import export_votes, scoreboard
+
+logger = logging.getLogger(__name__)
+
+SCOREBOARD_HEADERS = ["Family", "Votes", "DPO wins", "Base wins", "Ties", "Both bad", "DPO win rate",
+                      "95% interval (Wilson)"]
+OUTCOME_BARS = (("DPO wins", "dpo_wins"), ("Base wins", "base_wins"), ("Tie", "ties"), ("Both bad", "both_bad"))
+
+
+def _percent_or_dash(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+class VoteRecords:
+    """Votes counted, tallied and exported. Needs `self.votes` (a VoteStore) and `self.registry`."""
+
+    def votes_status(self) -> str:
+        # The file's name only: the server's directories are nobody else's business.
+        return (f"Votes collected: **{self.votes.count}** (saved on the server as "
+                f"<code>{md_text(self.votes.path.name)}</code>).")
+
+    def scoreboard(self) -> dict[str, dict[str, Any]]:
+        """Per family tallies of the votes file (the source of truth), DPO win rate with its 95 % Wilson interval."""
+        return scoreboard(self.votes.records(), families=self.registry.families)
+
+    def scoreboard_view(self) -> tuple[list[list[Any]], pd.DataFrame]:
+        """The Scoreboard tab: table rows, and the outcome counts per family for the bar chart."""
+        rows, bars = [], []
+        for family, entry in self.scoreboard().items():
+            label = self.registry.source(family).label if family in self.registry.families else family
+            interval = "—" if entry["ci_low"] is None else f"{entry['ci_low']:.1%} – {entry['ci_high']:.1%}"
+            rows.append([label, entry["votes"], entry["dpo_wins"], entry["base_wins"], entry["ties"],
+                         entry["both_bad"], _percent_or_dash(entry["dpo_win_rate"]), interval])
+            bars.extend({"family": label, "outcome": outcome, "votes": entry[key]} for outcome, key in OUTCOME_BARS)
+        return rows, pd.DataFrame(bars, columns=["family", "outcome", "votes"])
+
+    def export(self, repo_id: str, private: bool, token: str | None) -> str:
+        """Push the votes file to a Hub dataset repo; the message (never the token) is shown in the UI."""
+        try:
+            url = export_votes(self.votes, repo_id or "", token=(token or "").strip() or None, private=bool(private))
+        except Exception as exc:  # network, auth, bad repo id: shown as one line, the server keeps running
+            logger.warning("Export of votes failed: %s", one_line(exc))
+            return f"Export failed: {md_text(one_line(exc))}"
+        return f"Exported {self.votes.count} votes to {md_text(url)} (file `data/train.jsonl`)."

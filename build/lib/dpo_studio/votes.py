@@ -1,0 +1,296 @@
+"""The votes room: blind A/B rounds, the votes file (a preference dataset), the scoreboard, the Hub export.
+
+* `RoundStore` holds the open blind rounds on the server: which model is behind reply A and B stays here until
+  the round's one vote closes it (the client only ever sees a random round id and the two texts).
+* Each vote is one JSONL line `{prompt, chosen, rejected, vote, outcome, family, winner_side, chosen_model, models,
+  settings, timestamp}`: `vote` is what was clicked (`A`, `B`, `tie`, `both_bad`), `outcome` who won (`dpo`,
+  `base`, `tie`, `both_bad`). A/B votes carry the `prompt/chosen/rejected` columns of the training data, so the
+  file trains the next round with `train_dpo.py --dataset votes.jsonl`; ties and both-bad lines have
+  `chosen`/`rejected` null (no preference) and are skipped there with a count. Lines are appended with
+  flush + fsync, so an acknowledged vote survives a crash or restart.
+* `scoreboard(records)` tallies the file (the source of truth) per family, with the DPO win rate's 95 % Wilson
+  interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VOTES_FILE = Path("votes") / "votes.jsonl"
+EXPORT_PATH_IN_REPO = "data/train.jsonl"
+SIDES = ("A", "B")
+MODELS = ("base", "dpo")
+NO_PREFERENCE = ("tie", "both_bad")  # votes that are not preference pairs
+CHOICES = SIDES + NO_PREFERENCE
+WILSON_Z = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def make_vote(
+    *,
+    prompt: str,
+    replies: dict[str, str],
+    sides: dict[str, str],
+    choice: str,
+    family: str,
+    settings: dict[str, Any],
+    models: dict[str, str] | None = None,
+    timestamp: datetime | None = None,
+) -> dict[str, Any]:
+    """A vote record from a blind round.
+
+    `replies` maps "A"/"B" to the text shown; `sides` maps "A"/"B" to the model behind it ("base"/"dpo");
+    `choice` is what the user picked: "A", "B", "tie" or "both_bad". Identical replies hold no preference, so
+    an A/B pick between them is recorded as a tie.
+    """
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+    if set(replies) != set(SIDES) or set(sides) != set(SIDES) or set(sides.values()) != set(MODELS):
+        raise ValueError("replies and sides must map both 'A' and 'B' (sides to 'base' and 'dpo')")
+    if choice in SIDES and replies["A"] == replies["B"]:
+        choice = "tie"
+    stamp = (timestamp or datetime.now(timezone.utc)).isoformat()
+    decided = choice in SIDES
+    loser_side = "B" if choice == "A" else "A"
+    return {
+        "prompt": prompt,
+        "chosen": replies[choice] if decided else None,
+        "rejected": replies[loser_side] if decided else None,
+        "vote": choice,
+        "outcome": sides[choice] if decided else choice,
+        "family": family,
+        "winner_side": choice if decided else None,
+        "chosen_model": sides[choice] if decided else None,
+        "models": dict(models or {}),
+        "settings": dict(settings),
+        "timestamp": stamp,
+    }
+
+
+def outcome_of(record: dict[str, Any]) -> str | None:
+    """"dpo", "base", "tie" or "both_bad" for a stored vote (lines from before `outcome` existed: their
+    `chosen_model`); None for a line that is not a vote."""
+    outcome = record.get("outcome") or record.get("chosen_model")
+    return outcome if outcome in MODELS + NO_PREFERENCE else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blind rounds
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RoundError(ValueError):
+    """An unknown, expired or already-voted round id."""
+
+
+@dataclass
+class BlindRound:
+    """An open blind round: the two texts shown and, server-side only, which model wrote each."""
+
+    round_id: str
+    prompt: str
+    family: str
+    replies: dict[str, str]  # "A"/"B" -> text
+    sides: dict[str, str]  # "A"/"B" -> "base"/"dpo"
+    settings: dict[str, Any]
+    models: dict[str, str] = field(default_factory=dict)
+
+
+def blind_order(rng: random.Random) -> dict[str, str]:
+    """Which model goes behind reply A and B, drawn from `rng` (a SystemRandom in the app: not guessable)."""
+    return {"A": "base", "B": "dpo"} if rng.random() < 0.5 else {"A": "dpo", "B": "base"}
+
+
+class RoundStore:
+    """Open blind rounds in memory, each closed by exactly one vote (or dropped when re-drawn).
+
+    Bounded: past `max_open` rounds the oldest open one is forgotten (its id then reads as unknown). Closed ids
+    are remembered (also bounded) so that a second vote gets "already voted" rather than "unknown".
+    """
+
+    def __init__(self, max_open: int = 10_000) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[str, BlindRound] = OrderedDict()
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, *, prompt: str, family: str, texts: dict[str, str], sides: dict[str, str],
+             settings: dict[str, Any], models: dict[str, str] | None = None) -> BlindRound:
+        """Register a round; `texts` maps "base"/"dpo" to the replies, `sides` "A"/"B" to the models."""
+        round_ = BlindRound(round_id=secrets.token_urlsafe(12), prompt=prompt, family=family,
+                            replies={side: texts[model] for side, model in sides.items()}, sides=dict(sides),
+                            settings=dict(settings), models=dict(models or {}))
+        with self._lock:
+            self._open[round_.round_id] = round_
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        return round_
+
+    def close(self, round_id: str) -> BlindRound:
+        """Take the round for its vote; a second call with the same id raises RoundError."""
+        key = str(round_id or "").strip()
+        with self._lock:
+            round_ = self._open.pop(key, None)
+            if round_ is None:
+                if key in self._closed:
+                    raise RoundError(f"Round {key!r} already has its vote; start a new round.")
+                raise RoundError(f"Unknown round id {key!r}: it never existed, was re-drawn, or the app restarted; "
+                                 "start a new round.")
+            self._closed[key] = None
+            while len(self._closed) > 10 * self.max_open:
+                self._closed.popitem(last=False)
+        return round_
+
+    def discard(self, round_id: str | None) -> None:
+        """Forget an open round without a vote (regenerate)."""
+        with self._lock:
+            self._open.pop(str(round_id or ""), None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoreboard
+# --------------------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % by default); (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per family: votes, dpo_wins, base_wins, ties, both_bad, and the DPO win rate over decisive votes
+    (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes).
+
+    `families` are listed first (with zeros when they have no votes yet), then any other family in the records.
+    """
+    board: dict[str, dict[str, Any]] = {}
+
+    def row(family: str) -> dict[str, Any]:
+        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0})
+
+    for family in families:
+        row(family)
+    keys = {"dpo": "dpo_wins", "base": "base_wins", "tie": "ties", "both_bad": "both_bad"}
+    for record in records:
+        outcome = outcome_of(record)
+        if outcome is None:
+            continue
+        entry = row(str(record.get("family") or "unknown"))
+        entry["votes"] += 1
+        entry[keys[outcome]] += 1
+    for entry in board.values():
+        decisive = entry["dpo_wins"] + entry["base_wins"]
+        if decisive:
+            low, high = wilson_interval(entry["dpo_wins"], decisive)
+            entry |= {"dpo_win_rate": entry["dpo_wins"] / decisive, "ci_low": low, "ci_high": high}
+        else:
+            entry |= {"dpo_win_rate": None, "ci_low": None, "ci_high": None}
+    return board
+
+
+class VoteStore:
+    """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start."""
+
+    def __init__(self, path: str | Path = DEFAULT_VOTES_FILE) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._count = len(self.records())
+
+    @property
+    def count(self) -> int:
+        """Number of votes stored (including those from earlier runs)."""
+        return self._count
+
+    def records(self) -> list[dict[str, Any]]:
+        """All stored votes; a damaged line (e.g. cut by a crash mid-write) is skipped with a warning."""
+        if not self.path.is_file():
+            return []
+        out = []
+        with self.path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("%s line %d: not valid JSON, skipped", self.path, number)
+                    continue
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def append(self, record: dict[str, Any]) -> int:
+        """Append one vote durably (flush + fsync) and return the new count."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+b") as handle:
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":  # a crash cut the last line: don't glue this vote onto it
+                        handle.write(b"\n")
+                handle.write(line.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._count += 1
+            return self._count
+
+    def snapshot(self) -> bytes:
+        """The file's bytes as of now (no half-written vote: appends hold the same lock)."""
+        with self._lock:
+            return self.path.read_bytes() if self.path.is_file() else b""
+
+
+def export_votes(
+    store: VoteStore | str | Path,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+) -> str:
+    """Push the votes as a Hub dataset repo (`data/train.jsonl`); returns the dataset's URL.
+
+    A regular file upload through `HfApi.upload_file` (not `Dataset.push_to_hub`, which writes parquet through
+    LFS/Xet); the Hub's dataset viewer and `load_dataset(repo_id)` read `data/train.jsonl` as the train split.
+    """
+    store = store if isinstance(store, VoteStore) else VoteStore(store)
+    repo_id = repo_id.strip()
+    if not repo_id:
+        raise ValueError("export needs a dataset repo id such as 'your-name/dpo-studio-votes'")
+    data = store.snapshot()
+    count = sum(1 for line in data.splitlines() if line.strip())
+    if count == 0:
+        raise ValueError(f"no votes to export yet ({store.path} is empty or missing)")
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_file(
+        path_or_fileobj=data,
+        path_in_repo=EXPORT_PATH_IN_REPO,
+        repo_id=repo_url.repo_id,
+        repo_type="dataset",
+        commit_message=f"Upload {count} blind A/B votes from DPO Studio",
+    )
+    return str(repo_url)

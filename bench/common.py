@@ -15,7 +15,6 @@ import math
 import os
 import random
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # benches import the installed package (`pip install -e .`)
 
 import torch  # noqa: E402
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (offline env, sys.path)
+import common  # noqa: F401  (offline env)
 import torch
 from common import table
 

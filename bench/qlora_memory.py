@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (offline env, sys.path)
+import common  # noqa: F401  (offline env)
 from common import build_model, current_rss_mb, machine, make_pairs, peak_rss_mb, table, tokenizer_for
 
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)

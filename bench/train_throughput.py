@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-import common  # noqa: F401  (sets offline env, sys.path)
+import common  # noqa: F401  (sets offline env)
 import torch
 from common import PRECISIONS, PRESETS, build_model, make_pairs, machine, product_args, table, tokenizer_for
 

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "DPO_STUDIO_CONFIG"
 SPACE_CONFIG_NAME = "app_config.yaml"  # in the working directory: what the published Space carries
-EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "app_config.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "examples" / "app_config.yaml"  # package data
 ENV_PREFIX = "DPO_STUDIO_"
 ROLES = ("base", "adapter", "merged")
 FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision"}

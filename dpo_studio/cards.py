@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from .licenses import base_model_license, card_license_fields
 from .prompt_format import PromptFormat
 from .public_refs import is_hub_id
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = PROJECT_ROOT / "model_cards"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (space.py stages app.py from it)
+TEMPLATES = resources.files("dpo_studio") / "model_cards"  # package data: works from an installed copy too
 EVAL_ROWS = ("rewards/accuracies", "rewards/margins", "loss", "rewards/chosen", "rewards/rejected",
              "logps/chosen", "logps/rejected", "logps/gap")
 PLOT_ORDER = {"loss": 0, "rewards": 1, "margins": 2, "accuracy": 3}

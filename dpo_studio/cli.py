@@ -68,12 +68,22 @@ def _early_checks(args: list[str]) -> int | None:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:  # --push without a token fails here, in about a second
-        if push_requested(args):
+        if push_requested(args) or _asks_push_to_hub(args):
             require_token()
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return None
+
+
+def _asks_push_to_hub(args: list[str]) -> bool:
+    """TRL's `--push_to_hub` (= --push, see inherited_flags.py), for the same fast token check."""
+    for i, token in enumerate(args):
+        name, _, value = token.partition("=")
+        if name in ("--push_to_hub", "--push-to-hub"):
+            value = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "true")
+            return value.lower() in ("true", "1", "yes")
+    return False
 
 
 def _run_command(argv: list[str] | None) -> int:

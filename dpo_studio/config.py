@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from trl import DPOConfig, ModelConfig, TrlParser
 
+from .inherited_flags import FlagError, apply_inherited_flags, given_options
 from .precision import PrecisionError, choose_precision
 
 DEFAULT_DATASET = "HumanLLMs/Human-Like-DPO-Dataset"
@@ -91,7 +96,8 @@ class ScriptArguments:
         default="gpt2,t5",
         metadata={
             "help": "Comma-separated model families to train. A family is `gpt2`, `t5`, or any Hub id / local path "
-            "of a causal LM or seq2seq LM (the architecture is read from its config)."
+            "of a causal LM or seq2seq LM (the architecture is read from its config). TRL's --model_name_or_path X is "
+            "--models X (one model)."
         },
     )
     dataset: str = field(
@@ -225,8 +231,43 @@ def parse_config(argv: list[str] | None = None) -> tuple[ScriptArguments, DPOTra
         # Without this, transformers sets up a single CPU process even under torchrun/accelerate launch; with it,
         # CPU ranks join a gloo process group and train with DDP.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     script_args, training_args, model_args = build_parser().parse_args_and_config(args=argv)
+    config_file, config_values = _config_values(argv)
+    given = given_options(argv, config_values)
+    try:
+        apply_inherited_flags(given, script_args, training_args, model_args, family_dir_name)
+    except FlagError as exc:
+        raise ConfigError(str(exc)) from None
+    if config_file is not None:
+        _paths_relative_to(config_file, config_values, script_args, given_options(argv, {}))
     return script_args, training_args, model_args
+
+
+def _config_values(argv: list[str]) -> tuple[Path | None, dict]:
+    """The `--config FILE` named in argv and its keys (TrlParser has already read and validated it)."""
+    for i, token in enumerate(argv):
+        if token.startswith("--config"):
+            value = token.split("=", 1)[1] if "=" in token else argv[i + 1] if i + 1 < len(argv) else None
+            if value:
+                path = Path(value)
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                return path, data if isinstance(data, dict) else {}
+    return None, {}
+
+
+# Relative data paths in a config file are relative to the file, so `--config examples/demo.yaml` works from any folder.
+CONFIG_PATH_FIELDS = ("dataset", "eval_dataset")
+
+
+def _paths_relative_to(config_file: Path, values: dict, script_args: ScriptArguments, from_cli: set[str]) -> None:
+    for name in CONFIG_PATH_FIELDS:
+        value = values.get(name)
+        if name in from_cli or not isinstance(value, str) or Path(value).is_absolute():
+            continue
+        candidate = config_file.resolve().parent / value
+        if candidate.exists():  # otherwise a Hub id (`user/data`) or a path the data loader reports as missing
+            setattr(script_args, name, str(candidate))
 
 
 def family_dir_name(family: str) -> str:

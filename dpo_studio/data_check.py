@@ -78,7 +78,7 @@ def check_data(script_args: ScriptArguments, training_args: DPOConfig, model_arg
     """Validate the run's data and measure it per family; raises DataError / ConfigError like a run."""
     from .training_data import prepare_data
 
-    families = [model_args.model_name_or_path] if model_args.model_name_or_path else script_args.family_list()
+    families = script_args.family_list()  # --model_name_or_path is folded into --models (inherited_flags.py)
     data = prepare_data(script_args, training_args.seed)
     report: dict[str, Any] = {"data": data.info, "max_length": training_args.max_length, "families": {}}
     for family in families:

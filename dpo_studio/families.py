@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .bnb_messages import explain_missing_kernel
 from .config import ConfigError
 from .model_classes import auto_model_class, prepare_tokenizer_padding
 from .precision import Precision
@@ -115,6 +116,8 @@ def load_model(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = quantized_device_map()
+        if getattr(quantization_config, "load_in_4bit", False) and not torch.cuda.is_available():
+            explain_missing_kernel()
     model = arch.auto_model_class.from_pretrained(model_id, **kwargs)
     if quantization_config is not None:
         keep_4bit_weights_trainable(model)

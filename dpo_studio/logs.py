@@ -14,9 +14,6 @@ import warnings
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "huggingface_hub")
-# bitsandbytes warns at import, on AVX512-BF16 CPUs only, that an optional kernel downloaded from the Hub (`kernels`)
-# is missing; it falls back to its built-in one, so the line is not actionable (and the Hub is often unreachable).
-OPTIONAL_KERNEL_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 LIBRARY_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|huggingface_hub|gradio|datasets)(\.|$)"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
@@ -39,8 +36,7 @@ def setup_logging(level: str | None = None) -> int:
     quiet = resolved > logging.DEBUG
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)
-    for name in OPTIONAL_KERNEL_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.DEBUG)
+    # bitsandbytes' optional-kernel notice is handled by bnb_messages' filter (installed at `import dpo_studio`)
     if quiet:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNING_MODULES)

@@ -280,7 +280,8 @@ class FamilyRun:
         return load_model(self.base_source, self.arch, self.base_revision, trust_remote_code)
 
 
-def claim_output(family: str, script_args: ScriptArguments, out_root: Path) -> FamilyRun | None:
+def claim_output(family: str, script_args: ScriptArguments, out_root: Path,
+                 checkpoint: str | None = None) -> FamilyRun | None:
     """The family's folders, or None when --resume finds it finished; refuses to overwrite finished outputs."""
     name = family_dir_name(family)
     final, work = out_root / name, out_root / ".work" / name
@@ -291,7 +292,8 @@ def claim_output(family: str, script_args: ScriptArguments, out_root: Path) -> F
         if not script_args.overwrite:
             raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
     checkpoints = work / "checkpoints"
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None
+    last_checkpoint = checkpoint or (  # checkpoint: --resume_from_checkpoint PATH
+        get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None)
     if is_main_process():  # under DDP only rank 0 touches the output tree
         if not script_args.resume:
             shutil.rmtree(work, ignore_errors=True)
@@ -424,7 +426,7 @@ def train_family(
     precision: Precision | None = None,
 ) -> FamilyResult:
     """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save."""
-    job = claim_output(family, script_args, Path(training_args.output_dir))
+    job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
     if job is None:
         name = family_dir_name(family)
         return FamilyResult(family, Path(training_args.output_dir) / name, {}, skipped=True)
@@ -464,9 +466,7 @@ def _versions() -> dict[str, str]:
 
 def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelArguments) -> list[FamilyResult]:
     """Train every requested family; data is loaded and validated once, before any model is touched."""
-    families = script_args.family_list()
-    if model_args.model_name_or_path:
-        families = [model_args.model_name_or_path]
+    families = script_args.family_list()  # --model_name_or_path is folded into --models (inherited_flags.py)
     check_quantization(model_args.load_in_4bit, model_args.load_in_8bit, model_args.use_peft)
     if script_args.demo:  # option errors first: nothing is loaded before the whole command is known to be valid
         unknown = [family for family in families if family not in ("gpt2", "t5")]

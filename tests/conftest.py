@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -7,8 +6,8 @@ import torch
 
 # Tests never reach the Hub; the local_hub fixture lifts this for the tests that talk to the local server.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # make tests/hub_server.py importable as `hub_server`
-
+# tests/ has no __init__.py: pytest's default "prepend" import mode puts this folder on sys.path, so the tests' own
+# helpers import by name (`hub_server`, `tiny_models`); dpo_studio itself is the installed package (`pip install -e .`).
 from hub_server import local_hub  # noqa: E402,F401  (pytest fixture: local Hub-compatible server)
 
 

@@ -16,7 +16,7 @@ from dpo_studio.ui.tabs import blind, compare, controls, models, score, scoreboa
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 
 PROMPTS_FILE = Path("examples") / "prompts.txt"
-PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parents[2] / PROMPTS_FILE
+PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parents[1] / PROMPTS_FILE  # package data (dpo_studio/examples)
 
 
 def load_example_prompts() -> list[str]:

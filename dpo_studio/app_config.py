@@ -164,7 +164,7 @@ def families_from_mapping(data: object, where: str, base_dir: Path | None = None
             raise AppConfigError(f"{where}: families.{name}: unknown key(s) {sorted(bad)}; allowed: "
                                  f"{sorted(FAMILY_KEYS)}")
         values: dict[str, str | None] = {}
-        for key in FAMILY_KEYS:
+        for key in FAMILY_KEYS - {"rounds"}:
             value = entry.get(key)
             if value is not None and not isinstance(value, str):
                 raise AppConfigError(f"{where}: families.{name}.{key} must be a string, got {type(value).__name__}")

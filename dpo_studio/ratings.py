@@ -3,7 +3,7 @@
 A comparison is `(model_a, model_b, score_a)` with score_a 1 (a won), 0 (b won) or 0.5 (a tie: half a win each).
 The fit maximises the Bradley–Terry likelihood P(a beats b) = 1 / (1 + exp(θ_b − θ_a)) over log-strengths θ by
 Newton's method (a tiny ridge keeps θ finite when one model won every vote); ratings are on the Elo scale,
-`1000 + 400·log10(e)·(θ − θ_anchor)` with the first model (the base) as the anchor. Intervals come from refitting
+`1000 + 400·log10(e)·(θ − θ̂_anchor)` (θ of mean 0, θ̂_anchor the first model's, the base, point estimate). Intervals come from refitting
 on bootstrap resamples of the comparisons; rank = 1 + the number of models whose interval lies wholly above.
 
 With two models the fit is closed-form: P(b beats a) = b's wins (ties as half) / comparisons, the empirical win
@@ -118,7 +118,8 @@ def rate(models: Sequence[str], comparisons: Sequence[Comparison], *, rounds: in
     total = int(counts.sum())
     samples = np.array([_fit(len(models), keys, generator.multinomial(total, counts / total))
                         for _ in range(rounds)]) if total else np.zeros((1, len(models)))
-    elo = lambda t: BASE_RATING + ELO_SCALE * (t - t[..., :1])  # noqa: E731 - anchored at the first model
+    # Every fit has mean θ 0; one shift puts the first model's point rating at 1000, so its interval is real too.
+    elo = lambda t: BASE_RATING + ELO_SCALE * (t - theta[0])  # noqa: E731
     point, boot = elo(theta), elo(samples)
     low, high = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
     played = {name for a, b, _ in comparisons for name in (a, b)}

@@ -11,6 +11,7 @@ from dpo_studio.ui.tally import HEAD_TO_HEAD_HEADERS, LEADERBOARD_HEADERS
 
 @dataclass
 class Leaderboard:
+    tab: gr.Tab
     ratings: gr.Dataframe
     pairs: gr.Dataframe
     refresh: gr.Button
@@ -22,7 +23,7 @@ class Leaderboard:
 
 
 def layout(studio: Studio) -> Leaderboard:
-    with gr.Tab("Leaderboard", id="leaderboard"):
+    with gr.Tab("Leaderboard", id="leaderboard") as tab:
         gr.Markdown("Every model of a family (base, DPO round 1 = `dpo`, later rounds) rated from the blind votes "
                     "with a Bradley–Terry fit, as Chatbot Arena does: ties and both-bad count as half a win each, "
                     "ratings on the Elo scale with base = 1000, 95 % intervals from 1000 bootstrap resamples of "
@@ -33,9 +34,10 @@ def layout(studio: Studio) -> Leaderboard:
         gr.Markdown("Head to head")
         head = gr.Dataframe(value=pairs, headers=HEAD_TO_HEAD_HEADERS, interactive=False,
                             elem_id="head-to-head-table")
-        return Leaderboard(table, head, gr.Button("Refresh", elem_id="leaderboard-refresh"))
+        return Leaderboard(tab, table, head, gr.Button("Refresh", elem_id="leaderboard-refresh"))
 
 
 def wire(tab: Leaderboard, studio: Studio, events: Events) -> None:
-    tab.refresh.click(studio.leaderboard_view, None, tab.outputs, api_name="ui_leaderboard",
-                      api_visibility="private", **events.light)
+    # Opening the tab refits: the votes cast since the page loaded are in.
+    gr.on([tab.refresh.click, tab.tab.select], studio.leaderboard_view, None, tab.outputs, api_name="ui_leaderboard",
+          api_visibility="private", **events.light)

@@ -203,6 +203,8 @@ def test_leaderboard_ranks_base_and_two_rounds_in_chromium(arena_url, tmp_path):
             page.wait_for_function("() => document.querySelector('#head-to-head-table')?.innerText.includes('round3')")
             page.wait_for_function("() => /\\b61\\b|\\b31\\b/.test(document.querySelector('#leaderboard-table')"
                                    ".innerText)")  # the page's vote is counted (a model with 30 + 1 votes)
+            page.wait_for_function("() => !['#leaderboard-table', '#head-to-head-table'].some(id => "
+                                   "document.querySelector(id).innerText.includes('processing'))")  # refit shown
             board = page.locator("#leaderboard-table").inner_text()
             shot = tmp_path / "leaderboard.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -1,7 +1,8 @@
 """Where the app's models come from, and loading them once.
 
 Sources, in order of precedence:
-1. `--models-dir DIR`: what `train_dpo.py` wrote (DIR/<family>/adapter|merged|base);
+1. `--models-dir DIR [DIR2 ...]`: what `train_dpo.py` wrote (DIR/<family>/adapter|merged|base); a second and later
+   folder are DPO rounds 2, 3, ... of the same families (their `base` is the first folder's);
 2. else a YAML config: `--config FILE`, else `$DPO_STUDIO_CONFIG`, else `./app_config.yaml` (what a Space ships),
    else `examples/app_config.yaml` next to the package;
 then per-family environment overrides `DPO_STUDIO_<FAMILY>_BASE|_ADAPTER|_MERGED` (an empty value unsets one, e.g.
@@ -12,7 +13,12 @@ Config format::
     families:
       gpt2: {label: GPT-2, base: openai-community/gpt2, adapter: dpo-studio/gpt2-dpo-lora, merged: dpo-studio/gpt2-dpo}
 
-Optional per family: `revision` (adapter and merged repos), `base_revision`. A value starting with `./`, `../`, `~`
+Optional per family: `revision` (adapter and merged repos), `base_revision`, and `rounds`, later DPO rounds served
+in the arena next to base and the first round (`dpo`)::
+
+      gpt2: {base: ..., adapter: ..., rounds: {round2: {adapter: you/gpt2-dpo-round2, merged: you/gpt2-dpo-round2-merged}}}
+
+Each round needs `adapter` or `merged` (optional `revision`). A value starting with `./`, `../`, `~`
 or `/` is a local path (relative ones are resolved against the config file's folder); anything else is a Hub repo
 id, exactly as `from_pretrained` reads it.
 
@@ -28,7 +34,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,7 +51,9 @@ SPACE_CONFIG_NAME = "app_config.yaml"  # in the working directory: what the publ
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "examples" / "app_config.yaml"  # package data
 ENV_PREFIX = "DPO_STUDIO_"
 ROLES = ("base", "adapter", "merged")
-FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision"}
+FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision", "rounds"}
+ROUND_KEYS = {"adapter", "merged", "revision"}
+BASE, FIRST_ROUND = "base", "dpo"  # the arena's names of a family's base model and its first DPO round
 # Used only when no config file exists at all (e.g. a Space that ships no app_config.yaml); mirrors the example file.
 BUILTIN_FAMILIES = {
     "gpt2": {"label": "GPT-2", "base": "openai-community/gpt2", "adapter": "dpo-studio/gpt2-dpo-lora",
@@ -60,6 +68,16 @@ class AppConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class RoundSource:
+    """A later DPO round of a family: an adapter on the family's base, or a merged model (or both)."""
+
+    name: str
+    adapter: str | None = None
+    merged: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
 class FamilySource:
     """Where one family's base and DPO models live (local directories or Hub repo ids)."""
 
@@ -70,6 +88,35 @@ class FamilySource:
     merged: str | None = None
     revision: str | None = None
     base_revision: str | None = None
+    rounds: tuple[RoundSource, ...] = ()
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The arena's models of this family: "base", "dpo" (the first round), then the later rounds."""
+        return (BASE, FIRST_ROUND, *(r.name for r in self.rounds))
+
+    def dpo_round(self, name: str) -> RoundSource:
+        """The DPO model named `name` ("dpo" is the family's adapter / merged)."""
+        if name == FIRST_ROUND:
+            return RoundSource(FIRST_ROUND, self.adapter, self.merged, self.revision)
+        for round_ in self.rounds:
+            if round_.name == name:
+                return round_
+        raise KeyError(f"unknown model {name!r} in {self.label}; served: {', '.join(self.model_names)}")
+
+    def servable(self, a: str, b: str) -> bool:
+        """Whether the two models can be served side by side: base + any round, or two rounds with merged models
+        (two adapters on one base are not loaded side by side)."""
+        if a == b:
+            return False
+        if BASE in (a, b):
+            return self.base is not None or self.dpo_round(b if a == BASE else a).adapter is not None
+        return self.dpo_round(a).merged is not None and self.dpo_round(b).merged is not None
+
+    def arena_pairs(self) -> list[tuple[str, str]]:
+        """Every unordered pair of this family's models that can be served (what blind rounds draw from)."""
+        names = self.model_names
+        return [(a, b) for k, a in enumerate(names) for b in names[k + 1:] if self.servable(a, b)]
 
     @property
     def shares_weights(self) -> bool:
@@ -117,7 +164,7 @@ def families_from_mapping(data: object, where: str, base_dir: Path | None = None
             raise AppConfigError(f"{where}: families.{name}: unknown key(s) {sorted(bad)}; allowed: "
                                  f"{sorted(FAMILY_KEYS)}")
         values: dict[str, str | None] = {}
-        for key in FAMILY_KEYS:
+        for key in FAMILY_KEYS - {"rounds"}:
             value = entry.get(key)
             if value is not None and not isinstance(value, str):
                 raise AppConfigError(f"{where}: families.{name}.{key} must be a string, got {type(value).__name__}")
@@ -129,8 +176,34 @@ def families_from_mapping(data: object, where: str, base_dir: Path | None = None
             raise AppConfigError(f"{where}: families.{name} needs 'adapter' or 'merged' (the DPO side)")
         out[name] = FamilySource(name=name, label=values["label"] or family_label(name), base=values["base"],
                                  adapter=values["adapter"], merged=values["merged"], revision=values["revision"],
-                                 base_revision=values["base_revision"])
+                                 base_revision=values["base_revision"],
+                                 rounds=_rounds_from_mapping(entry.get("rounds"), f"{where}: families.{name}.rounds",
+                                                             base_dir))
     return out
+
+
+def _rounds_from_mapping(data: object, where: str, base_dir: Path | None) -> tuple[RoundSource, ...]:
+    """`{round2: {adapter: ..., merged: ...}}` -> RoundSources; errors name `where` and the round."""
+    if data is None:
+        return ()
+    if not isinstance(data, dict):
+        raise AppConfigError(f"{where} must be a mapping of round name -> {{adapter, merged, revision}}")
+    out = []
+    for name, entry in data.items():
+        name = str(name)
+        if name in (BASE, FIRST_ROUND) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise AppConfigError(f"{where}: round name {name!r} must be letters, digits, '_', '.', '-' and not "
+                                 f"{BASE!r} or {FIRST_ROUND!r}")
+        if not isinstance(entry, dict) or set(entry) - ROUND_KEYS:
+            raise AppConfigError(f"{where}.{name} must be a mapping with keys among {sorted(ROUND_KEYS)}")
+        values = {key: entry.get(key) or None for key in ROUND_KEYS}
+        if any(v is not None and not isinstance(v, str) for v in values.values()):
+            raise AppConfigError(f"{where}.{name}: values must be strings")
+        if values["adapter"] is None and values["merged"] is None:
+            raise AppConfigError(f"{where}.{name} needs 'adapter' or 'merged'")
+        out.append(RoundSource(name, *(None if values[k] is None else _resolve_value(values[k], base_dir)
+                                       for k in ("adapter", "merged")), revision=values["revision"]))
+    return tuple(out)
 
 
 def load_config_file(path: str | Path) -> dict[str, FamilySource]:
@@ -229,15 +302,29 @@ def default_config_path(environ: Mapping[str, str] | None = None, cwd: Path | No
     return EXAMPLE_CONFIG if EXAMPLE_CONFIG.is_file() else None
 
 
+def discover_rounds(models_dirs: Sequence[str | Path]) -> dict[str, FamilySource]:
+    """Families from the first output folder, with each later folder's same-named family as rounds 2, 3, ...
+    (named after the round's number; a family missing from a later folder simply has fewer rounds)."""
+    families = discover_models_dir(models_dirs[0])
+    for number, folder in enumerate(models_dirs[1:], start=2):
+        for name, later in discover_models_dir(folder).items():
+            if name in families:
+                source = families[name]
+                round_ = RoundSource(f"round{number}", later.adapter, later.merged)
+                families[name] = replace(source, rounds=(*source.rounds, round_))
+    return families
+
+
 def resolve_sources(
     config: str | Path | None = None,
-    models_dir: str | Path | None = None,
+    models_dir: str | Path | Sequence[str | Path] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> dict[str, FamilySource]:
     """The app's families from `--models-dir`, else the config file (see module docstring), plus env overrides."""
     if models_dir is not None:
-        families = discover_models_dir(models_dir)
+        dirs = [models_dir] if isinstance(models_dir, (str, Path)) else list(models_dir)
+        families = discover_rounds(dirs)
     else:
         path = Path(config) if config is not None else default_config_path(environ, cwd)
         if path is None:
@@ -269,6 +356,7 @@ class ModelRegistry:
         self.families: dict[str, FamilySource] = dict(families)
         self._load_kwargs = load_kwargs  # passed to load_pair (device, dtype, token ...)
         self._pairs: dict[str, LoadedPair] = {}
+        self._arena: dict[str, LoadedPair] = {}  # other pairs of a family's models, by "family\0a\0b"
         self._locks = {name: threading.Lock() for name in self.families}
 
     def source(self, family: str) -> FamilySource:
@@ -303,3 +391,53 @@ class ModelRegistry:
                                          f"{one_line(exc)}") from exc
                 self._pairs[family] = pair
         return pair
+
+    def _load_models(self, source: FamilySource, a: str, b: str) -> LoadedPair:
+        """`a` in the pair's base row, `b` in its DPO row (a canonical pair of `source.arena_pairs()`)."""
+        if a == BASE:
+            round_ = source.dpo_round(b)
+            return load_pair(source.base, round_.adapter, round_.merged, revision=round_.revision,
+                             base_revision=source.base_revision, **self._load_kwargs)
+        first, second = source.dpo_round(a), source.dpo_round(b)
+        # Two merged rounds: two plain models (load_pair's fallback), round `a` in the "base" row.
+        return load_pair(first.merged, None, second.merged, revision=second.revision,
+                         base_revision=first.revision, **self._load_kwargs)
+
+    def get_models(self, family: str, a: str, b: str) -> tuple[LoadedPair, tuple[str, str]]:
+        """Two of the family's models served together: (pair, (name in the base row, name in the DPO row)).
+
+        Loaded on first use and kept; base vs dpo is the family's `get` pair. Raises ModelLoadError (one line)
+        when the pair cannot be served or fails to load.
+        """
+        source = self.source(family)
+        pairs = source.arena_pairs()
+        key = (a, b) if (a, b) in pairs else (b, a)
+        if key not in pairs:
+            raise ModelLoadError(f"{source.label}: {a} and {b} cannot be served side by side")
+        if key == (BASE, FIRST_ROUND):
+            return self.get(family), key
+        cache_key = f"{family}\0{key[0]}\0{key[1]}"
+        pair = self._arena.get(cache_key)
+        if pair is None:
+            with self._locks[family]:
+                pair = self._arena.get(cache_key)
+                if pair is None:
+                    logger.info("Loading %s: %s vs %s", source.label, *key)
+                    try:
+                        pair = self._load_models(source, *key)
+                    except ModelLoadError:
+                        raise
+                    except Exception as exc:  # a failure becomes a UI message; not cached, so a retry reloads
+                        logger.exception("Loading %s (%s vs %s) failed", source.label, *key)
+                        raise ModelLoadError(f"could not load {source.label} {key[0]} vs {key[1]}: "
+                                             f"{one_line(exc)}") from exc
+                    self._arena[cache_key] = pair
+        return pair, key
+
+    def add_round(self, family: str, round_: RoundSource) -> None:
+        """Serve a new DPO round of `family` from now on (a round trained while the app runs)."""
+        with self._locks[family]:
+            source = self.source(family)
+            if round_.name in source.model_names:
+                raise AppConfigError(f"{source.label} already serves a model named {round_.name!r}")
+            self.families[family] = replace(source, rounds=(*source.rounds, round_))

@@ -3,13 +3,16 @@
 * `RoundStore` holds the open blind rounds on the server: which model is behind reply A and B stays here until
   the round's one vote closes it (the client only ever sees a random round id and the two texts).
 * Each vote is one JSONL line `{prompt, chosen, rejected, vote, outcome, family, winner_side, chosen_model, models,
-  settings, timestamp}`: `vote` is what was clicked (`A`, `B`, `tie`, `both_bad`), `outcome` who won (`dpo`,
-  `base`, `tie`, `both_bad`). A/B votes carry the `prompt/chosen/rejected` columns of the training data, so the
+  pair, settings, timestamp}`: `vote` is what was clicked (`A`, `B`, `tie`, `both_bad`), `outcome` who won (the
+  model's name in the family, e.g. `dpo`, `base`, `round2`, or `tie`, `both_bad`); `pair` names the two models
+  behind A and B (`{"A": "base", "B": "round2"}`); `models` their public refs. Lines from before `pair` existed
+  were base vs dpo. A/B votes carry the `prompt/chosen/rejected` columns of the training data, so the
   file trains the next round with `train_dpo.py --dataset votes.jsonl`; ties and both-bad lines have
   `chosen`/`rejected` null (no preference) and are skipped there with a count. Lines are appended with
   flush + fsync, so an acknowledged vote survives a crash or restart.
-* `scoreboard(records)` tallies the file (the source of truth) per family, with the DPO win rate's 95 % Wilson
-  interval.
+* `scoreboard(records)` tallies the base-vs-dpo votes (the source of truth) per family, with the DPO win rate's 95 %
+  Wilson interval; `comparisons(records, family)` gives every vote of a family as a pairwise comparison for
+  `ratings.rate` (the arena across rounds).
 """
 
 from __future__ import annotations
@@ -54,14 +57,16 @@ def make_vote(
 ) -> dict[str, Any]:
     """A vote record from a blind round.
 
-    `replies` maps "A"/"B" to the text shown; `sides` maps "A"/"B" to the model behind it ("base"/"dpo");
+    `replies` maps "A"/"B" to the text shown; `sides` maps "A"/"B" to the two different models behind them
+    (names in the family: "base", "dpo", "round2", ...); `models` the models' public refs;
     `choice` is what the user picked: "A", "B", "tie" or "both_bad". Identical replies hold no preference, so
     an A/B pick between them is recorded as a tie.
     """
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
-    if set(replies) != set(SIDES) or set(sides) != set(SIDES) or set(sides.values()) != set(MODELS):
-        raise ValueError("replies and sides must map both 'A' and 'B' (sides to 'base' and 'dpo')")
+    if (set(replies) != set(SIDES) or set(sides) != set(SIDES) or sides["A"] == sides["B"]
+            or not all(isinstance(name, str) and name for name in sides.values())):
+        raise ValueError("replies and sides must map both 'A' and 'B' (sides to two different model names)")
     if choice in SIDES and replies["A"] == replies["B"]:
         choice = "tie"
     stamp = (timestamp or datetime.now(timezone.utc)).isoformat()
@@ -77,16 +82,49 @@ def make_vote(
         "winner_side": choice if decided else None,
         "chosen_model": sides[choice] if decided else None,
         "models": dict(models or {}),
+        "pair": dict(sides),
         "settings": dict(settings),
         "timestamp": stamp,
     }
 
 
+def pair_of(record: dict[str, Any]) -> dict[str, str] | None:
+    """The models behind A and B of a stored vote; lines from before `pair` existed were base vs dpo (their
+    order is known only for a decisive vote: `winner_side` + `chosen_model`). None for a malformed pair."""
+    pair = record.get("pair")
+    if pair is None:
+        side, winner = record.get("winner_side"), record.get("chosen_model")
+        if side in SIDES and winner in MODELS:
+            loser = MODELS[1 - MODELS.index(winner)]
+            return {side: winner, SIDES[1 - SIDES.index(side)]: loser}
+        return {"A": "base", "B": "dpo"}
+    if (isinstance(pair, dict) and set(pair) == set(SIDES) and pair["A"] != pair["B"]
+            and all(isinstance(name, str) and name for name in pair.values())):
+        return {"A": pair["A"], "B": pair["B"]}
+    return None
+
+
 def outcome_of(record: dict[str, Any]) -> str | None:
-    """"dpo", "base", "tie" or "both_bad" for a stored vote (lines from before `outcome` existed: their
-    `chosen_model`); None for a line that is not a vote."""
+    """The winning model's name, "tie" or "both_bad" for a stored vote (lines from before `outcome` existed:
+    their `chosen_model`); None for a line that is not a vote."""
     outcome = record.get("outcome") or record.get("chosen_model")
-    return outcome if outcome in MODELS + NO_PREFERENCE else None
+    pair = pair_of(record)
+    if pair is None or not isinstance(outcome, str):
+        return None
+    return outcome if outcome in (*pair.values(), *NO_PREFERENCE) else None
+
+
+def comparisons(records: Iterable[dict[str, Any]], family: str) -> list[tuple[str, str, float]]:
+    """A family's votes as `(model_a, model_b, score_a)` for `ratings.rate`: a win is 1, a tie or both-bad half a
+    win each (as Chatbot Arena counts them)."""
+    out = []
+    for record in records:
+        outcome, pair = outcome_of(record), pair_of(record)
+        if outcome is None or str(record.get("family") or "unknown") != family:
+            continue
+        score = 0.5 if outcome in NO_PREFERENCE else 1.0 if outcome == pair["A"] else 0.0
+        out.append((pair["A"], pair["B"], score))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,7 +144,7 @@ class BlindRound:
     prompt: str
     family: str
     replies: dict[str, str]  # "A"/"B" -> text
-    sides: dict[str, str]  # "A"/"B" -> "base"/"dpo"
+    sides: dict[str, str]  # "A"/"B" -> model name in the family ("base", "dpo", "round2", ...)
     settings: dict[str, Any]
     models: dict[str, str] = field(default_factory=dict)
 
@@ -114,6 +152,14 @@ class BlindRound:
 def blind_order(rng: random.Random) -> dict[str, str]:
     """Which model goes behind reply A and B, drawn from `rng` (a SystemRandom in the app: not guessable)."""
     return {"A": "base", "B": "dpo"} if rng.random() < 0.5 else {"A": "dpo", "B": "base"}
+
+
+def draw_pair(models: list[str], rng: random.Random) -> dict[str, str]:
+    """Two different models of `models` drawn at random, in random order behind A and B."""
+    if len(models) < 2:
+        raise ValueError("a blind round needs two models")
+    first, second = rng.sample(models, 2)
+    return {"A": first, "B": second}
 
 
 class RoundStore:
@@ -131,7 +177,7 @@ class RoundStore:
 
     def open(self, *, prompt: str, family: str, texts: dict[str, str], sides: dict[str, str],
              settings: dict[str, Any], models: dict[str, str] | None = None) -> BlindRound:
-        """Register a round; `texts` maps "base"/"dpo" to the replies, `sides` "A"/"B" to the models."""
+        """Register a round; `texts` maps the two model names to their replies, `sides` "A"/"B" to the models."""
         round_ = BlindRound(round_id=secrets.token_urlsafe(12), prompt=prompt, family=family,
                             replies={side: texts[model] for side, model in sides.items()}, sides=dict(sides),
                             settings=dict(settings), models=dict(models or {}))
@@ -180,7 +226,8 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
 
 def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Per family: votes, dpo_wins, base_wins, ties, both_bad, and the DPO win rate over decisive votes
-    (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes).
+    (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes). Only base
+    vs dpo votes count here; votes involving later rounds are on the leaderboard (`ratings`).
 
     `families` are listed first (with zeros when they have no votes yet), then any other family in the records.
     """
@@ -194,7 +241,7 @@ def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) 
     keys = {"dpo": "dpo_wins", "base": "base_wins", "tie": "ties", "both_bad": "both_bad"}
     for record in records:
         outcome = outcome_of(record)
-        if outcome is None:
+        if outcome is None or set(pair_of(record).values()) != set(MODELS):  # type: ignore[union-attr]
             continue
         entry = row(str(record.get("family") or "unknown"))
         entry["votes"] += 1

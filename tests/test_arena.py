@@ -290,3 +290,107 @@ def test_score_a_pair_refuses_input_beyond_the_context_window(served, pairs):
     with pytest.raises(Exception, match=message):  # the tab's callback: the same one line
         demo.studio.score(PROMPT, long_reply, "fine", "gpt2")
     assert client.predict(PROMPT, long_reply, "fine", "t5", api_name="/score")["t5"]["reward_a"]  # T5: no such limit
+
+
+# ------------------------------------------------------------------------------------------- across rounds
+@pytest.fixture(scope="module")
+def rounds_dirs(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The tiny gpt2 family's output folder plus two later rounds (other LoRA seeds on the same base)."""
+    from tiny_models import build_round
+
+    later = [tmp_path_factory.mktemp(f"round{n}") for n in (2, 3)]
+    for n, folder in zip((2, 3), later):
+        build_round(models_dir, folder, "gpt2", seed=10 + n)
+    return [models_dir, *later]
+
+
+def test_several_models_dirs_are_rounds_and_config_rounds_parse(rounds_dirs, tmp_path):
+    from dpo_studio.app_config import AppConfigError, load_config_file, resolve_sources
+
+    families = resolve_sources(models_dir=rounds_dirs, environ={})
+    assert families["gpt2"].model_names == ("base", "dpo", "round2", "round3")
+    assert families["t5"].model_names == ("base", "dpo")  # no later round of t5 in those folders
+    assert families["gpt2"].dpo_round("round3").adapter == str(rounds_dirs[2] / "gpt2" / "adapter")
+    assert len(families["gpt2"].arena_pairs()) == 6
+    config = tmp_path / "app.yaml"
+    config.write_text("families:\n  gpt2: {base: ./b, adapter: ./a, rounds: {round2: {merged: ./r2}}}\n")
+    [source] = load_config_file(config).values()
+    assert source.dpo_round("round2").merged == str(tmp_path / "r2")
+    assert ("dpo", "round2") not in source.arena_pairs()  # an adapter and a merged model: not side by side
+    assert ("base", "round2") in source.arena_pairs()
+    config.write_text("families:\n  gpt2: {base: ./b, adapter: ./a, rounds: {dpo: {merged: ./r2}}}\n")
+    with pytest.raises(AppConfigError, match=r"families\.gpt2\.rounds: round name 'dpo'"):
+        load_config_file(config)
+
+
+def test_blind_rounds_draw_every_pair_and_the_replies_are_those_models(rounds_dirs, tmp_path):
+    families = {"gpt2": discover_rounds_gpt2(rounds_dirs)}
+    demo = ui.build_app(ModelRegistry(families), votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP,
+                        example_prompts=[], rng=random.Random(3))
+    studio = demo.studio
+    folders = {"base": rounds_dirs[0] / "gpt2" / "base", "dpo": rounds_dirs[0] / "gpt2" / "merged",
+               "round2": rounds_dirs[1] / "gpt2" / "merged", "round3": rounds_dirs[2] / "gpt2" / "merged"}
+    expected = {name: plain_generate(folder, "gpt2", PROMPT, CAP) for name, folder in folders.items()}
+    assert len(set(expected.values())) == 4  # four different models
+    seen = set()
+    for _ in range(24):
+        round_id, reply_a, reply_b = studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
+        reveal = studio.vote(round_id, "A")
+        assert (reply_a, reply_b) == (expected[reveal["A"]], expected[reveal["B"]])
+        assert reveal["outcome"] == reveal["A"]
+        seen.add(frozenset((reveal["A"], reveal["B"])))
+    assert len(seen) == 6
+    [record, *_] = studio.votes.records()
+    assert set(record["pair"].values()) <= set(folders) and set(record["models"]) == set(record["pair"].values())
+
+
+def discover_rounds_gpt2(rounds_dirs):
+    from dpo_studio.app_config import discover_rounds
+
+    return discover_rounds(rounds_dirs)["gpt2"]
+
+
+def _planted_votes(votes_file: Path) -> list[dict]:
+    """Votes where round3 beats everyone, round2 beats base and dpo, dpo beats base (with ties)."""
+    order = ["base", "dpo", "round2", "round3"]
+    records = []
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            for k in range(12):
+                choice = "B" if k < 9 else "A" if k < 11 else "tie"
+                records.append(make_vote(prompt="p", replies={"A": f"{a}{k}", "B": f"{b}{k}"},
+                                         sides={"A": a, "B": b}, choice=choice, family="gpt2", settings={}))
+    # A line from before `pair` existed (base vs dpo, DPO won as side B), still read.
+    records.append({"prompt": "p", "chosen": "x", "rejected": "y", "chosen_model": "dpo", "winner_side": "B",
+                    "family": "gpt2"})
+    store = VoteStore(votes_file)
+    for record in records:
+        store.append(record)
+    return records
+
+
+def test_leaderboard_ranks_base_and_two_rounds_through_the_api(rounds_dirs, tmp_path):
+    from dpo_studio.ratings import rate
+    from dpo_studio.votes import comparisons
+
+    votes_file = tmp_path / "votes.jsonl"
+    records = _planted_votes(votes_file)
+    families = {"gpt2": discover_rounds_gpt2(rounds_dirs)}
+    demo = ui.build_app(ModelRegistry(families), votes_file=votes_file, max_new_tokens_cap=CAP, example_prompts=[])
+    port = free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        board = client.predict(api_name="/leaderboard")["gpt2"]
+        scores = client.predict(api_name="/scoreboard")["gpt2"]
+    finally:
+        demo.close()
+    ranked = sorted(board["models"], key=lambda r: -r["rating"])
+    assert [r["model"] for r in ranked] == ["round3", "round2", "dpo", "base"]
+    assert all(r["ci_low"] < r["rating"] < r["ci_high"] for r in ranked)
+    assert board == json.loads(json.dumps(rate(["base", "dpo", "round2", "round3"], comparisons(records, "gpt2"))))
+    counts = {(p["a"], p["b"]): (p["a_wins"], p["b_wins"], p["ties"]) for p in board["pairs"]}
+    assert counts[("base", "dpo")] == (2, 10, 1)  # 12 planted + the old line
+    assert counts[("round2", "round3")] == (2, 9, 1)
+    # The base-vs-DPO scoreboard counts only base vs dpo votes, old line included.
+    assert (scores["votes"], scores["dpo_wins"], scores["base_wins"], scores["ties"]) == (13, 10, 2, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -148,4 +149,74 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
     assert (vote["prompt"], vote["chosen"], vote["rejected"], vote["winner_side"]) == (PROMPT, reply_a, reply_b, "A")
     assert vote["family"] in ("gpt2", "t5")  # "Both" selected: the blind round drew one family at random
     # Every console error fails the test: the page loads nothing from the (closed) network.
+    assert errors == []
+
+
+@pytest.fixture()
+def arena_url(models_dir: Path, tmp_path: Path):
+    """gpt2 with base + dpo + two later rounds, and votes already cast between every pair."""
+    from dpo_studio.app_config import discover_rounds
+    from dpo_studio.votes import VoteStore, make_vote
+    from tiny_models import build_round
+
+    later = [tmp_path / f"round{n}" for n in (2, 3)]
+    for n, folder in zip((2, 3), later):
+        build_round(models_dir, folder, "gpt2", seed=10 + n)
+    family = discover_rounds([models_dir, *later])["gpt2"]
+    store = VoteStore(tmp_path / "votes.jsonl")
+    order = family.model_names
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            for k in range(10):  # the later model wins 8 of 10, one loss, one tie
+                choice = "B" if k < 8 else "A" if k == 8 else "tie"
+                store.append(make_vote(prompt="p", replies={"A": f"{a}{k}", "B": f"{b}{k}"}, sides={"A": a, "B": b},
+                                       choice=choice, family="gpt2", settings={}))
+    demo = ui.build_app(ModelRegistry({"gpt2": family}), votes_file=store.path, max_new_tokens_cap=16)
+    port = free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", store
+    finally:
+        demo.close()
+
+
+def test_leaderboard_ranks_base_and_two_rounds_in_chromium(arena_url, tmp_path):
+    url, store = arena_url
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            # One more vote from the page: a blind round between two of the four models.
+            page.get_by_role("tab", name="Blind A/B").click()
+            page.locator("#blind-prompt textarea").fill(PROMPT)
+            page.locator("#blind-btn").click()
+            page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
+            page.locator("#vote-tie").click()
+            page.locator("#blind-status").get_by_text("Votes collected: 61", exact=False).wait_for()
+            page.get_by_role("tab", name="Leaderboard").click()
+            page.wait_for_function("() => document.querySelector('#head-to-head-table')?.innerText.includes('round3')")
+            page.wait_for_function("() => /\\b61\\b|\\b31\\b/.test(document.querySelector('#leaderboard-table')"
+                                   ".innerText)")  # the page's vote is counted (a model with 30 + 1 votes)
+            page.wait_for_function("() => !['#leaderboard-table', '#head-to-head-table'].some(id => "
+                                   "document.querySelector(id).innerText.includes('processing'))")  # refit shown
+            board = page.locator("#leaderboard-table").inner_text()
+            shot = tmp_path / "leaderboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    names = ("round3", "round2", "dpo", "base")
+    where = [re.search(rf"\b{m}\b", board) for m in names]
+    assert all(where), board
+    assert [m.start() for m in where] == sorted(m.start() for m in where), board  # ranked, best first
+    assert len(re.findall(r"\d+ – \d+", board)) == 4, board  # every model has its interval
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, DOCS / "leaderboard.png")
+    assert len(store.records()) == 61  # the page's vote is in the file
     assert errors == []

@@ -174,3 +174,26 @@ def ask_compare(proc, port: int, family: str, max_new_tokens: int, timeout_s: fl
         except Exception:  # noqa: BLE001 - not up yet
             time.sleep(0.5)
     return None
+
+
+def build_round(models_dir: Path, root: Path, family: str, seed: int) -> dict[str, Path]:
+    """A later DPO round of `models_dir`'s family: a LoRA of another seed on the same base, written as
+    root/<family>/{adapter, merged} (what a second `train_dpo.py` run writes)."""
+    base_dir = models_dir / family / "base"
+    seq2seq = family == "t5"
+    model_class = T5ForConditionalGeneration if seq2seq else GPT2LMHeadModel
+    targets, extra = (["q", "v"], {}) if seq2seq else (["c_attn"], {"fan_in_fan_out": True})
+    peft_model = get_peft_model(model_class.from_pretrained(base_dir),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=targets, **extra))
+    perturb_lora(peft_model, seed=seed, scale=0.5)
+    dirs = {name: root / family / name for name in ("adapter", "merged")}
+    peft_model.save_pretrained(dirs["adapter"])
+    peft_model.merge_and_unload().save_pretrained(dirs["merged"])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
+    fmt = ENCODER_DECODER_FORMAT if seq2seq else DECODER_ONLY_FORMAT
+    for folder in dirs.values():
+        tokenizer.save_pretrained(folder)
+        fmt.save(folder)
+        (folder / "dpo_config.json").write_text(json.dumps({"beta": BETA, "loss_type": ["sigmoid"],
+                                                            "base_model": str(base_dir)}))
+    return dirs

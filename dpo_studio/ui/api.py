@@ -4,6 +4,8 @@
 * `/compare_stream`, the same inputs: `Client.submit(...)` iterates (base so far, DPO so far), the last = `/compare`;
 * `/blind` (prompt, family, settings) -> (round_id, reply A, reply B); `/vote` (round_id, "A" | "B" | "tie" |
   "both_bad") -> the reveal; `/scoreboard` -> per family votes, wins, ties, both-bad, DPO win rate and 95 % CI;
+* `/leaderboard` -> per family Bradley–Terry ratings of base and every DPO round (95 % bootstrap intervals, rank)
+  and each pair's head-to-head counts;
 * `/score` -> implicit rewards of two replies.
 
 No type is enforced by a slider here: out-of-range numbers are capped or refused by `requests.RequestChecks`.
@@ -62,7 +64,14 @@ def _vote_endpoints(studio: Studio, first_family: str, events: Events) -> None:
         95 % Wilson interval ci_low / ci_high (None before any decisive vote)."""
         return studio.scoreboard()
 
+    def leaderboard_api() -> dict:
+        """Per family: {"votes", "models": [{model, rating, ci_low, ci_high, rank, votes}], "pairs": [{a, b,
+        a_wins, b_wins, ties, p_b_beats_a, ci_low, ci_high}]}; Bradley–Terry ratings (Elo scale, base = 1000)
+        with 95 % bootstrap intervals, ties as half a win; None for a model without votes."""
+        return studio.leaderboard()
+
     gr.api(blind, api_name="blind", **events.model)
+    gr.api(leaderboard_api, api_name="leaderboard", **events.light)
     gr.api(vote, api_name="vote", **events.vote)
     gr.api(scoreboard_api, api_name="scoreboard", **events.light)
 

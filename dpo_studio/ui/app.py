@@ -12,7 +12,7 @@ from dpo_studio.ui.events import Events
 from dpo_studio.ui.queueing import max_queue_from_env
 from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.studio import Studio
-from dpo_studio.ui.tabs import blind, compare, controls, models, score, scoreboard
+from dpo_studio.ui.tabs import blind, compare, controls, leaderboard, models, score, scoreboard
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 
 PROMPTS_FILE = Path("examples") / "prompts.txt"
@@ -36,15 +36,17 @@ def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
             compare_tab = compare.layout(studio, prompts)
             blind_tab = blind.layout(studio, prompts)
             board_tab = scoreboard.layout(studio)
+            ranks_tab = leaderboard.layout(studio)
             score_tab = score.layout(studio)
             models_tab = models.layout(studio)
         compare.wire(compare_tab, shared, studio, events)
         blind.wire(blind_tab, shared, board_tab, studio, events)
         scoreboard.wire(board_tab, studio, events)
+        leaderboard.wire(ranks_tab, studio, events)
         score.wire(score_tab, shared, studio, events)
         models.wire(models_tab, studio, events)
-        demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view()), None,
-                  [blind_tab.status, *board_tab.outputs], api_name="ui_votes", api_visibility="private",
+        demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view(), *studio.leaderboard_view()), None,
+                  [blind_tab.status, *board_tab.outputs, *ranks_tab.outputs], api_name="ui_votes", api_visibility="private",
                   **events.light)
         api.register(studio, first_family, events)
     return demo

@@ -17,11 +17,17 @@ from dpo_studio.ui.requests import (
     check_choice,
     user_error,
 )
-from dpo_studio.votes import RoundError, blind_order, make_vote
+from dpo_studio.app_config import BASE, FIRST_ROUND
+from dpo_studio.votes import RoundError, make_vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-MODEL_NAMES = {"base": "base", "dpo": "DPO"}
+MODEL_NAMES = {BASE: "base", FIRST_ROUND: "DPO"}  # later rounds show their own names ("round2")
 BlindStep = tuple[str, str, str | None, str]  # (reply A, reply B, round id once complete else None, status)
+
+
+def model_title(name: str) -> str:
+    """How the reveal names a model: "base", "DPO", or a later round's name."""
+    return MODEL_NAMES.get(name, name)
 
 
 class BlindRounds:
@@ -31,22 +37,34 @@ class BlindRounds:
                      seed: Any) -> tuple[str, str, dict[str, Any], dict[str, str]]:
         text, names, settings = self.request(prompt, family, max_new_tokens, temperature, top_p, seed)
         name = names[0] if len(names) == 1 else self.rng.choice(names)  # "both": the family stays blind too
-        return text, name, settings, blind_order(self.rng)
+        return text, name, settings, self._draw_sides(name)
+
+    def _draw_sides(self, family: str) -> dict[str, str]:
+        """Two of the family's servable models at random (base vs dpo when that is all), in random order."""
+        pairs = self.registry.source(family).arena_pairs()
+        a, b = pairs[0] if len(pairs) == 1 else self.rng.choice(pairs)
+        return {"A": a, "B": b} if self.rng.random() < 0.5 else {"A": b, "B": a}
+
+    def _public_model_ref(self, family: str, name: str) -> str:
+        source = self.registry.source(family)
+        if name == BASE:
+            return public_ref(source.base) or ""
+        round_ = source.dpo_round(name)
+        return public_ref(round_.adapter or round_.merged) or ""
 
     def _open_round(self, text: str, name: str, settings: dict[str, Any], sides: dict[str, str],
-                    base: GenerationResult, dpo: GenerationResult):
-        source = self.registry.source(name)
-        return self.rounds.open(prompt=text, family=name, texts={"base": base.text, "dpo": dpo.text}, sides=sides,
-                                settings=settings,
-                                models={"base": public_ref(source.base) or "",
-                                        "dpo": public_ref(source.adapter or source.merged) or ""})
+                    results: dict[str, GenerationResult]):
+        return self.rounds.open(prompt=text, family=name, texts={m: r.text for m, r in results.items()},
+                                sides=sides, settings=settings,
+                                models={m: self._public_model_ref(name, m) for m in sides.values()})
 
     def blind(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
               temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P,
               seed: Any = DEFAULT_SEED) -> tuple[str, str, str]:
         """A new blind round: (round id, reply A, reply B). Which model wrote which stays on the server."""
         text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
-        round_ = self._open_round(text, name, settings, sides, *self.generate(name, text, settings))
+        models = (sides["A"], sides["B"])
+        round_ = self._open_round(text, name, settings, sides, self.generate_models(name, models, text, settings))
         return round_.round_id, round_.replies["A"], round_.replies["B"]
 
     def blind_stream(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
@@ -54,13 +72,13 @@ class BlindRounds:
         """A new blind round as it grows: (reply A, reply B, round id once complete else None, status)."""
         text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
         # Two plain models stream one after the other, which would give the order away: those show the final only.
-        shares = self.pair(name).shares_weights
-        base = dpo = None
-        for base, dpo in self.stream(name, text, settings):
+        models = (sides["A"], sides["B"])
+        shares = self.models_pair(name, *models)[0].shares_weights
+        results: dict[str, GenerationResult] = {}
+        for results in self.stream_models(name, models, text, settings):
             if shares:
-                texts = {"base": base.text, "dpo": dpo.text}
-                yield texts[sides["A"]], texts[sides["B"]], None, "Generating both replies…"
-        round_ = self._open_round(text, name, settings, sides, base, dpo)  # type: ignore[arg-type]
+                yield results[sides["A"]].text, results[sides["B"]].text, None, "Generating both replies…"
+        round_ = self._open_round(text, name, settings, sides, results)
         yield (round_.replies["A"], round_.replies["B"], round_.round_id,
                f"Which reply is better? Vote below (seed {settings['seed']}). " + self.votes_status())
 
@@ -95,8 +113,8 @@ class BlindRounds:
             reveal = self.vote(round_id, choice)
         except gr.Error as exc:
             return f"{exc.message} " + self.votes_status(), None
-        shown = (f"Reply A was the **{MODEL_NAMES[reveal['A']]}** model, reply B the **{MODEL_NAMES[reveal['B']]}** "
-                 f"model ({md_text(self.label(reveal['family']))}).")
+        shown = (f"Reply A was the **{md_text(model_title(reveal['A']))}** model, reply B the "
+                 f"**{md_text(model_title(reveal['B']))}** model ({md_text(self.label(reveal['family']))}).")
         if reveal["vote"] in ("A", "B") and reveal["vote"] == choice:
             head = f"Saved: you preferred reply {choice}."
         elif reveal["vote"] == "tie" and choice in ("A", "B"):

@@ -33,6 +33,38 @@ class Engine:
         except ModelLoadError as exc:
             raise gr.Error(html_text(str(exc))) from None
 
+    def models_pair(self, family: str, a: str, b: str) -> tuple[LoadedPair, tuple[str, str]]:
+        """Two of the family's models served together and which sits in the base / DPO row; a load failure is a
+        one-line gr.Error."""
+        try:
+            return self.registry.get_models(family, a, b)
+        except ModelLoadError as exc:
+            raise gr.Error(html_text(str(exc))) from None
+
+    def generate_models(self, family: str, models: tuple[str, str], prompt: str, settings: dict[str, Any]
+                        ) -> dict[str, GenerationResult]:
+        """Replies of two of the family's models (names such as "base", "dpo", "round2"), by model name."""
+        pair, rows = self.models_pair(family, *models)
+        label = self.label(family)
+        settings = self._fit_context(pair, prompt, settings, label)
+        try:
+            [results] = generate_pair_results(pair, [prompt], **settings)
+        except Exception as exc:
+            raise self._generation_failed(label, exc) from None
+        return dict(zip(rows, results))
+
+    def stream_models(self, family: str, models: tuple[str, str], prompt: str, settings: dict[str, Any]
+                      ) -> Iterator[dict[str, GenerationResult]]:
+        """`generate_models` as it grows: the replies so far by model name per decoding step."""
+        pair, rows = self.models_pair(family, *models)
+        label = self.label(family)
+        settings = self._fit_context(pair, prompt, settings, label)
+        try:
+            for results in stream_pair_results(pair, prompt, **settings):
+                yield dict(zip(rows, results))
+        except Exception as exc:
+            raise self._generation_failed(label, exc) from None
+
     def label(self, family: str) -> str:
         return self.registry.source(family).label
 

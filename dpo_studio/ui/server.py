@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py", description="Serve the DPO Studio comparison app (base vs DPO, blind A/B votes).")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--models-dir", help="use what train_dpo.py wrote into DIR (DIR/<family>/adapter|merged)")
+    source.add_argument("--models-dir", nargs="+", metavar="DIR",
+                        help="use what train_dpo.py wrote into DIR (DIR/<family>/adapter|merged); further folders "
+                             "are DPO rounds 2, 3, ... ranked in the arena")
     source.add_argument("--config", help="YAML file with Hub repo ids per family (default: $DPO_STUDIO_CONFIG, "
                                          "./app_config.yaml, else examples/app_config.yaml)")
     parser.add_argument("--port", type=int, default=None,

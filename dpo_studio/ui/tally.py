@@ -1,4 +1,5 @@
-"""The Studio's view of the votes file (`votes.VoteStore`): the count line, the scoreboard and the Hub export."""
+"""The Studio's view of the votes file (`votes.VoteStore`): the count line, the scoreboard, the leaderboard across
+rounds (`ratings`) and the Hub export."""
 
 import logging
 from typing import Any
@@ -7,12 +8,16 @@ import pandas as pd
 
 from dpo_studio.app_config import one_line
 from dpo_studio.ui.render import md_text
-from dpo_studio.votes import export_votes, scoreboard
+from dpo_studio.ratings import rate
+from dpo_studio.votes import comparisons, export_votes, scoreboard
 
 logger = logging.getLogger(__name__)
 
 SCOREBOARD_HEADERS = ["Family", "Votes", "DPO wins", "Base wins", "Ties", "Both bad", "DPO win rate",
                       "95% interval (Wilson)"]
+LEADERBOARD_HEADERS = ["Family", "Rank", "Model", "Rating (Bradley–Terry)", "95% interval (bootstrap)", "Votes"]
+HEAD_TO_HEAD_HEADERS = ["Family", "Model A", "Model B", "A wins", "B wins", "Ties", "P(B beats A)",
+                        "95% interval (bootstrap)"]
 OUTCOME_BARS = (("DPO wins", "dpo_wins"), ("Base wins", "base_wins"), ("Tie", "ties"), ("Both bad", "both_bad"))
 
 
@@ -42,6 +47,36 @@ class VoteRecords:
                          entry["both_bad"], _percent_or_dash(entry["dpo_win_rate"]), interval])
             bars.extend({"family": label, "outcome": outcome, "votes": entry[key]} for outcome, key in OUTCOME_BARS)
         return rows, pd.DataFrame(bars, columns=["family", "outcome", "votes"])
+
+    def leaderboard(self) -> dict[str, dict[str, Any]]:
+        """Per family: Bradley–Terry ratings of every served model (base, dpo, later rounds) with 95 % bootstrap
+        intervals and rank, and each pair's head-to-head counts (`ratings.rate`); a model voted on that is no
+        longer served is still rated."""
+        records = self.votes.records()
+        board = {}
+        for family, source in self.registry.families.items():
+            found = comparisons(records, family)
+            names = list(source.model_names)
+            names += sorted({m for a, b, _ in found for m in (a, b)} - set(names))
+            board[family] = rate(names, found)
+        return board
+
+    def leaderboard_view(self) -> tuple[list[list[Any]], list[list[Any]]]:
+        """The Leaderboard tab: ratings rows (by rank) and head-to-head rows."""
+        ratings, pairs = [], []
+        for family, entry in self.leaderboard().items():
+            label = self.registry.source(family).label
+            ranked = sorted(entry["models"], key=lambda r: (r["rank"] is None, r["rank"] or 0,
+                                                            -(r["rating"] or 0.0)))
+            for row in ranked:
+                rated = row["rating"] is not None
+                ratings.append([label, row["rank"] if rated else "—", row["model"],
+                                f"{row['rating']:.0f}" if rated else "—",
+                                f"{row['ci_low']:.0f} – {row['ci_high']:.0f}" if rated else "—", row["votes"]])
+            for pair in entry["pairs"]:
+                pairs.append([label, pair["a"], pair["b"], pair["a_wins"], pair["b_wins"], pair["ties"],
+                              f"{pair['p_b_beats_a']:.1%}", f"{pair['ci_low']:.1%} – {pair['ci_high']:.1%}"])
+        return ratings, pairs
 
     def export(self, repo_id: str, private: bool, token: str | None) -> str:
         """Push the votes file to a Hub dataset repo; the message (never the token) is shown in the UI."""

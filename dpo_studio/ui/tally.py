@@ -54,7 +54,7 @@ class VoteRecords:
             self.owner.check("export", owner_secret)
         except OwnerOnly as exc:
             logger.warning("Refused a visitor's export: %s", exc)
-            return f"Export refused: {md_text(str(exc))}"
+            return f"Export refused: {exc}"  # our own text, no visitor input in it
         try:
             if isinstance(self.votes, HubVoteStore):
                 self.votes.commit_now()

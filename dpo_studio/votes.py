@@ -24,6 +24,7 @@ import os
 import random
 import secrets
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -256,12 +257,53 @@ def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) 
     return board
 
 
-class VoteStore:
-    """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start."""
+def vote_key(record: dict[str, Any]) -> str:
+    """What makes a vote the same vote: its `vote_id`, else (lines from before vote ids) the whole line."""
+    return str(record.get("vote_id") or json.dumps(record, sort_keys=True, ensure_ascii=False))
 
-    def __init__(self, path: str | Path = DEFAULT_VOTES_FILE) -> None:
+
+def unique_votes(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` in order, each vote once (the same vote read from a local file and from the Hub counts once)."""
+    seen: set[str] = set()
+    out = []
+    for record in records:
+        key = vote_key(record)
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
+def read_votes_file(path: Path) -> list[dict[str, Any]]:
+    """The votes of one JSONL file; a damaged line (e.g. cut by a crash mid-write) is skipped with a warning."""
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s line %d: not valid JSON, skipped", path.name, number)
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+class VoteStore:
+    """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start.
+
+    Args:
+        path: the JSONL file votes are appended to.
+        lock: the lock appends hold (a `CommitScheduler`'s, so that no commit reads half a line); default: own.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_VOTES_FILE, *, lock: threading.Lock | None = None) -> None:
         self.path = Path(path).expanduser()
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
         self._count = len(self.records())
 
     @property
@@ -270,25 +312,16 @@ class VoteStore:
         return self._count
 
     def records(self) -> list[dict[str, Any]]:
-        """All stored votes; a damaged line (e.g. cut by a crash mid-write) is skipped with a warning."""
-        if not self.path.is_file():
-            return []
-        out = []
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    logger.warning("%s line %d: not valid JSON, skipped", self.path, number)
-                    continue
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
+        """All stored votes, each once."""
+        return unique_votes(read_votes_file(self.path))
 
     def append(self, record: dict[str, Any]) -> int:
-        """Append one vote durably (flush + fsync) and return the new count."""
+        """Append one vote durably (flush + fsync) and return the new count.
+
+        The record gets a `vote_id` (set in place, if it has none): the key that keeps a vote counted once
+        wherever it is read from.
+        """
+        record.setdefault("vote_id", uuid.uuid4().hex)
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,9 +338,14 @@ class VoteStore:
             return self._count
 
     def snapshot(self) -> bytes:
-        """The file's bytes as of now (no half-written vote: appends hold the same lock)."""
+        """The votes as JSONL bytes as of now (no half-written vote: appends hold the same lock)."""
         with self._lock:
-            return self.path.read_bytes() if self.path.is_file() else b""
+            records = self.records()
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+    def location(self) -> str:
+        """Where the votes are kept, for the page (a file name only: the server's folders are private)."""
+        return self.path.name
 
 
 def export_votes(

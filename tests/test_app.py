@@ -28,6 +28,7 @@ from dpo_studio.app_config import (
     resolve_sources,
 )
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
+from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
 from tiny_models import BETA, EOS, FAMILIES, build_family, free_port, load_plain, plain_generate
 
@@ -289,10 +290,14 @@ def test_export_votes_to_local_hub(tmp_path, local_hub):
     files = local_hub.files(repo_id, repo_type="dataset")
     assert files[EXPORT_PATH_IN_REPO] == (tmp_path / "votes.jsonl").read_bytes()
     assert HfApi().repo_info(repo_id, repo_type="dataset").private
-    # Through the UI callback: a second export updates the same repo; a bad repo id is a message, not a crash.
-    studio = ui.Studio(ModelRegistry({"x": FamilySource("x", "X", merged="unused")}), store)
-    assert studio.export(repo_id, True, "").startswith("Exported 2 votes")
-    assert studio.export("not a repo id!", True, "").startswith("Export failed:")
+    # Through the UI callback (owner only, to the configured repo): a second export updates the same repo; a bad
+    # configured repo id is a message, not a crash.
+    owner = OwnerPolicy(frozenset({"export"}))
+    studio = ui.Studio(ModelRegistry({"x": FamilySource("x", "X", merged="unused")}), store, owner=owner,
+                       export_repo=repo_id)
+    assert studio.export("").startswith("Exported 2 votes")
+    studio.export_repo = "not a repo id!"
+    assert studio.export("").startswith("Export failed:")
 
 
 def test_models_load_from_hub_repo_ids_in_a_config(tmp_path, local_hub, models_dir):

@@ -7,6 +7,7 @@ generous (default cap 256), so a burst of 100 clients waits its turn instead of 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import inspect
@@ -189,3 +190,36 @@ def test_burst_within_queue_size_answers_all_refuses_oversized_and_caps_length(s
             # "exactly CAP tokens" = plain generate at CAP, and different from a few tokens more.
             assert text == plain_generate(models_dir / family / side, family, prompt, CAP)
             assert text != plain_generate(models_dir / family / side, family, prompt, CAP + 4)
+
+
+VOTERS = 50
+
+
+def test_fifty_concurrent_votes_from_separate_clients_are_fifty_records(served):
+    """50 visitors vote at once, each through its own gradio_client: 50 records, one per round (distinct vote
+    ids), and the /scoreboard equals a recount of the file."""
+    from dpo_studio.votes import read_votes_file, scoreboard
+
+    demo, client, _ = served
+    before = demo.studio.votes.count
+    rounds = [client.predict(f"vote {i}", FAMILIES[i % len(FAMILIES)], NEW_TOKENS, 0.0, 1.0, i, api_name="/blind")[0]
+              for i in range(VOTERS)]
+    voters = [Client(client.src, verbose=False, analytics_enabled=False) for _ in range(VOTERS)]  # one each
+    barrier = threading.Barrier(VOTERS, timeout=120)
+
+    def vote(index: int) -> dict:
+        barrier.wait()
+        return voters[index].predict(rounds[index], ("A", "B", "tie", "both_bad")[index % 4], api_name="/vote")
+
+    try:
+        with ThreadPoolExecutor(max_workers=VOTERS) as pool:
+            reveals = list(pool.map(vote, range(VOTERS)))
+    finally:
+        for voter in voters:
+            voter.close()
+    assert sorted(r["round_id"] for r in reveals) == sorted(rounds)
+    records = read_votes_file(demo.studio.votes.path)[before:]
+    assert len(records) == VOTERS and len({r["vote_id"] for r in records}) == VOTERS
+    assert demo.studio.votes.count == before + VOTERS
+    recount = scoreboard(read_votes_file(demo.studio.votes.path), families=FAMILIES)
+    assert client.predict(api_name="/scoreboard") == json.loads(json.dumps(recount))

@@ -12,8 +12,10 @@ from dpo_studio.ui.events import Events
 from dpo_studio.ui.queueing import max_queue_from_env
 from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.tabs import blind, compare, controls, leaderboard, models, score, scoreboard
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
+from dpo_studio.votes_hub import DEFAULT_EVERY_MINUTES, DEFAULT_VOTES_FOLDER, HubVoteStore
 
 PROMPTS_FILE = Path("examples") / "prompts.txt"
 PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parents[1] / PROMPTS_FILE  # package data (dpo_studio/examples)
@@ -64,18 +66,27 @@ def build_app(
     concurrency_limit: int = 1,
     max_queue_size: int | None = None,
     rng: random.Random | None = None,
+    votes_repo: str | None = None,
+    votes_folder: str | Path = DEFAULT_VOTES_FOLDER,
+    votes_every: float = DEFAULT_EVERY_MINUTES,
+    owner_actions: str | Sequence[str] | None = None,
+    export_repo: str | None = None,
 ) -> gr.Blocks:
     """The Gradio app. Models come from `registry`, else `models_dir`, else the config (see app_config).
 
     `max_queue_size` (None: $DPO_STUDIO_MAX_QUEUE or DEFAULT_MAX_QUEUE) is how many requests may wait; waiting
     visitors see their position. The Studio behind the callbacks is `demo.studio` (tests inspect it).
+    `votes_repo` keeps the votes in that Hub dataset (committed from `votes_folder` every `votes_every` minutes)
+    instead of `votes_file`. `owner_actions` (None: $DPO_STUDIO_OWNER_ACTIONS) enables owner-only actions, which
+    need $DPO_STUDIO_OWNER_SECRET when it is set; `export_repo` is where an export writes without a votes repo.
     """
     if registry is None:
         registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
     if max_queue_size is None:
         max_queue_size = max_queue_from_env()
-    studio = Studio(registry, VoteStore(votes_file), max_new_tokens_cap=max_new_tokens_cap,
-                    max_prompt_chars=max_prompt_chars, rng=rng)
+    votes = (HubVoteStore(votes_repo, votes_folder, every=votes_every) if votes_repo else VoteStore(votes_file))
+    studio = Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
+                    rng=rng, owner=OwnerPolicy.from_env(owner_actions), export_repo=export_repo)
     prompts = list(load_example_prompts() if example_prompts is None else example_prompts)
     demo = _blocks(studio, prompts, Events(concurrency_limit))
     demo.queue(default_concurrency_limit=2, max_size=max_queue_size)

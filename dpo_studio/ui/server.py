@@ -12,7 +12,9 @@ from dpo_studio.logs import LEVELS, setup_logging
 from dpo_studio.ui.app import build_app
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP
+from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.votes import DEFAULT_VOTES_FILE
+from dpo_studio.votes_hub import DEFAULT_EVERY_MINUTES, DEFAULT_VOTES_FOLDER, VOTES_EVERY_ENV, VOTES_REPO_ENV, VotesRepoError
 
 # Gradio 6 takes theme/css at launch. Soft uses fonts served by Gradio itself (no Google Fonts on a closed network).
 THEME = gr.themes.Soft()
@@ -35,6 +37,14 @@ def _port_from_env() -> int:
     return port
 
 
+def _every_from_env() -> float:
+    value = os.environ.get(VOTES_EVERY_ENV)
+    try:
+        return float(value) if value else DEFAULT_EVERY_MINUTES
+    except ValueError:
+        raise AppConfigError(f"{VOTES_EVERY_ENV}={value!r} is not a number of minutes") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py", description="Serve the DPO Studio comparison app (base vs DPO, blind A/B votes).")
@@ -48,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="port (default: $GRADIO_SERVER_PORT or 7860); host: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--votes-file", default=str(DEFAULT_VOTES_FILE),
                         help=f"JSONL file the blind A/B votes are appended to (default: {DEFAULT_VOTES_FILE})")
+    parser.add_argument("--votes-repo", default=os.environ.get(VOTES_REPO_ENV) or None,
+                        help=f"Hub dataset repo the votes are kept in (default: ${VOTES_REPO_ENV}): each replica's "
+                             "votes file is committed there, and read back at start")
+    parser.add_argument("--votes-folder", default=str(DEFAULT_VOTES_FOLDER),
+                        help=f"local folder committed to --votes-repo (default: {DEFAULT_VOTES_FOLDER})")
+    parser.add_argument("--votes-every", type=float, default=_every_from_env(),
+                        help=f"minutes between commits to --votes-repo (default: ${VOTES_EVERY_ENV} or "
+                             f"{DEFAULT_EVERY_MINUTES:g}; also committed at exit)")
+    parser.add_argument("--owner-actions", default=None,
+                        help=f"comma-separated owner-only actions to enable ({', '.join(OWNER_ACTIONS)}; default: "
+                             f"${OWNER_ACTIONS_ENV} or none); with ${OWNER_SECRET_ENV} set they need that secret")
+    parser.add_argument("--export-repo", default=None,
+                        help="dataset repo an owner's export writes to when there is no --votes-repo")
     parser.add_argument("--max-new-tokens-cap", type=int, default=MAX_NEW_TOKENS_CAP,
                         help=f"server-side cap on max new tokens (default: {MAX_NEW_TOKENS_CAP})")
     parser.add_argument("--max-queue-size", type=int, default=None,
@@ -61,16 +84,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python app.py [--models-dir DIR] [--config FILE] [--port N] [--votes-file F]`."""
-    parser = _parser()
+    try:
+        parser = _parser()
+    except AppConfigError as exc:
+        sys.exit(f"app.py: error: {exc}")
     args = parser.parse_args(argv)
     if args.max_queue_size is not None and args.max_queue_size < 1:
         parser.error("--max-queue-size must be at least 1")
+    if not args.votes_every > 0:
+        parser.error("--votes-every must be a positive number of minutes")
     setup_logging(args.log_level)
     try:
         port = args.port if args.port is not None else _port_from_env()
         demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,
-                         max_new_tokens_cap=args.max_new_tokens_cap, max_queue_size=args.max_queue_size)
-    except AppConfigError as exc:
+                         max_new_tokens_cap=args.max_new_tokens_cap, max_queue_size=args.max_queue_size,
+                         votes_repo=args.votes_repo, votes_folder=args.votes_folder, votes_every=args.votes_every,
+                         owner_actions=args.owner_actions, export_repo=args.export_repo)
+    except (AppConfigError, VotesRepoError, ValueError) as exc:
         parser.exit(2, f"app.py: error: {exc}\n")
     launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
 

@@ -9,7 +9,9 @@ import pandas as pd
 from dpo_studio.app_config import one_line
 from dpo_studio.ui.render import md_text
 from dpo_studio.ratings import rate
+from dpo_studio.ui.owner import OwnerOnly
 from dpo_studio.votes import comparisons, export_votes, scoreboard
+from dpo_studio.votes_hub import HubVoteStore
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +28,13 @@ def _percent_or_dash(value: float | None) -> str:
 
 
 class VoteRecords:
-    """Votes counted, tallied and exported. Needs `self.votes` (a VoteStore) and `self.registry`."""
+    """Votes counted, tallied and exported. Needs `self.votes` (a VoteStore), `self.registry`,
+    `self.owner` (an OwnerPolicy) and `self.export_repo` (None: none configured)."""
 
     def votes_status(self) -> str:
         # The file's name only: the server's directories are nobody else's business.
         return (f"Votes collected: **{self.votes.count}** (saved on the server as "
-                f"<code>{md_text(self.votes.path.name)}</code>).")
+                f"<code>{md_text(self.votes.location())}</code>).")
 
     def scoreboard(self) -> dict[str, dict[str, Any]]:
         """Per family tallies of the votes file (the source of truth), DPO win rate with its 95 % Wilson interval."""
@@ -78,10 +81,22 @@ class VoteRecords:
                               f"{pair['p_b_beats_a']:.1%}", f"{pair['ci_low']:.1%} – {pair['ci_high']:.1%}"])
         return ratings, pairs
 
-    def export(self, repo_id: str, private: bool, token: str | None) -> str:
-        """Push the votes file to a Hub dataset repo; the message (never the token) is shown in the UI."""
+    def export(self, owner_secret: str | None = None) -> str:
+        """Owner only: commit the votes now to the server's votes repo (`--votes-repo`), else push them to its
+        export repo (`--export-repo`). The target is the server's configuration, never a visitor's value, and the
+        token is the server's own; a refusal or failure is one line (never the token)."""
         try:
-            url = export_votes(self.votes, repo_id or "", token=(token or "").strip() or None, private=bool(private))
+            self.owner.check("export", owner_secret)
+        except OwnerOnly as exc:
+            logger.warning("Refused a visitor's export: %s", exc)
+            return f"Export refused: {exc}"  # our own text, no visitor input in it
+        try:
+            if isinstance(self.votes, HubVoteStore):
+                self.votes.commit_now()
+                return f"Committed {self.votes.count} votes to dataset {md_text(self.votes.repo_id)}."
+            if not self.export_repo:
+                return "Export refused: this server has no export repo (start it with --export-repo or --votes-repo)."
+            url = export_votes(self.votes, self.export_repo, private=True)
         except Exception as exc:  # network, auth, bad repo id: shown as one line, the server keeps running
             logger.warning("Export of votes failed: %s", one_line(exc))
             return f"Export failed: {md_text(one_line(exc))}"

@@ -14,9 +14,7 @@ from dpo_studio.ui.tabs.scoreboard import Scoreboard
 
 @dataclass
 class Export:
-    repo: gr.Textbox
-    private: gr.Checkbox
-    token: gr.Textbox
+    secret: gr.Textbox  # the owner secret; no repo id, no token: both are the server's configuration
     button: gr.Button
     message: gr.Markdown
 
@@ -31,7 +29,7 @@ class Blind:
     votes: dict[str, gr.Button]  # per choice; enabled only while a complete round waits for its vote
     status: gr.Markdown
     round_id: gr.State  # the open round's id only; its sides stay in studio.rounds
-    export: Export
+    export: Export | None  # None: export is off on this server (no component, no event, no endpoint)
 
     @property
     def outputs(self) -> list[gr.components.Component]:
@@ -39,11 +37,12 @@ class Blind:
         return [self.reply_a, self.reply_b, self.round_id, self.status, *self.votes.values()]
 
 
-def _export_layout() -> Export:
-    with gr.Accordion("Export votes to the Hub (dataset repo)", open=False):
-        return Export(gr.Textbox(label="Dataset repo id", placeholder="your-name/dpo-studio-votes"),
-                      gr.Checkbox(label="Private", value=True),
-                      gr.Textbox(label="Hub token (write access; empty = this server's login)", type="password"),
+def _export_layout(studio: Studio) -> Export | None:
+    if not studio.owner.enabled("export"):
+        return None
+    with gr.Accordion("Export votes to the Hub (owner only)", open=False):
+        gr.Markdown("Pushes the votes to this server's configured dataset repo with the server's own token.")
+        return Export(gr.Textbox(label="Owner secret", type="password", visible=studio.owner.secret is not None),
                       gr.Button("Push votes"), gr.Markdown())
 
 
@@ -64,7 +63,7 @@ def layout(studio: Studio, prompts: list[str]) -> Blind:
             votes = {choice: gr.Button(text, elem_id=f"vote-{choice.lower().replace('_', '-')}", interactive=False)
                      for choice, text in CHOICE_LABELS.items()}
         status = gr.Markdown(studio.votes_status(), elem_id="blind-status")
-        return Blind(prompt, button, regenerate, reply_a, reply_b, votes, status, gr.State(None), _export_layout())
+        return Blind(prompt, button, regenerate, reply_a, reply_b, votes, status, gr.State(None), _export_layout(studio))
 
 
 def wire(tab: Blind, controls: Controls, board: Scoreboard, studio: Studio, events: Events) -> None:
@@ -94,6 +93,6 @@ def wire(tab: Blind, controls: Controls, board: Scoreboard, studio: Studio, even
             studio.scoreboard_view, None, board.outputs, api_name=f"ui_scoreboard_{choice}",
             api_visibility="private", **events.light)
     export = tab.export
-    export.button.click(studio.export, [export.repo, export.private, export.token], [export.message],
-                        api_name="ui_export", api_visibility="private", concurrency_id="export",
-                        concurrency_limit=1)
+    if export is not None:
+        export.button.click(studio.export, [export.secret], [export.message], api_name="ui_export",
+                            api_visibility="private", concurrency_id="export", concurrency_limit=1)

@@ -176,7 +176,7 @@ def test_compare_blind_and_score_render_user_text_inert(app, payload):
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, monkeypatch):
+def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, monkeypatch, models_dir, tmp_path):
     demo, _ = app
     # A tokenizer whose tokens carry the payload whole (real BPE pieces would split it): the summary names the
     # most boosted and most suppressed tokens inside <code>.
@@ -194,12 +194,17 @@ def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, mon
     assert isinstance(error, gr.Error)
     assert_inert(error.message, markdown=False, shows=repr(payload))
 
-    # Export: the repo id typed by the user comes back inside the Hub client's validation error.
-    demo.studio.votes.append({"prompt": "p", "chosen": "a", "rejected": "b"})
-    rendered, _ = call(demo, "ui_export", payload, True, "")
+    # Export: on a server with export enabled and an owner secret, the only visitor text is the secret box; a wrong
+    # secret is refused without echoing it.
+    monkeypatch.setenv("DPO_STUDIO_OWNER_SECRET", "the-owners-secret")
+    owner_demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=tmp_path / "votes.jsonl",
+                              max_new_tokens_cap=CAP, example_prompts=[], owner_actions="export",
+                              export_repo="owner/votes")
+    rendered, _ = call(owner_demo, "ui_export", payload)
     [message] = rendered
-    assert message.startswith("Export failed:")
-    assert_inert(message, shows=payload)
+    assert message.startswith("Export refused:")
+    assert payload not in message
+    assert_inert(message)
 
 
 def test_api_error_quotes_user_text_escaped(app):

@@ -133,8 +133,8 @@ def _push_target(script_args) -> PushTarget:
 
 def _evaluate(script_args, training_args) -> int:
     """--evaluate: the evidence table and warnings of an existing base/DPO pair, written to evaluation.json."""
-    from .evaluate_existing import evaluate_existing
-    from .evidence import card_table_markdown
+    from .evaluation.existing import evaluate_existing
+    from .evaluation.evidence import card_table_markdown
 
     path, result = evaluate_existing(script_args, training_args)
     print(card_table_markdown({"generation_before": result["generation_before"],

@@ -512,11 +512,6 @@ def stream_pair_results(
         stop.set()  # the consumer left early: end the generation at its next step
 
 
-def generate_pair(pair: LoadedPair, prompts: Sequence[Prompt], **settings: Any) -> list[tuple[str, str]]:
-    """(base text, DPO text) for every prompt; `settings` and semantics as `generate_pair_results`."""
-    return [(base.text, dpo.text) for base, dpo in generate_pair_results(pair, prompts, **settings)]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Teacher-forced scoring
 # --------------------------------------------------------------------------------------------------------------
@@ -628,12 +623,6 @@ def _ratios(pair: LoadedPair, enc: EncodedPair) -> list[tuple[str, float]]:
     base_logps, dpo_logps = encoded_token_logps(pair, enc)
     ratios = (dpo_logps - base_logps).tolist()
     return [(pair.tokenizer.decode([token]), ratio) for token, ratio in zip(enc.completion_ids, ratios)]
-
-
-def token_log_ratios(pair: LoadedPair, prompt: Prompt, completion: str) -> list[tuple[str, float]]:
-    """For each completion token (EOS included): its text and log pi_dpo(token) - log pi_base(token)."""
-    return _ratios(pair, encode_pair_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder,
-                                                 prompt, completion))
 
 
 def generated_token_log_ratios(pair: LoadedPair, prompt: Prompt, result: GenerationResult) -> list[tuple[str, float]]:

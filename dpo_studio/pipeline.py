@@ -25,7 +25,8 @@ from trl import DPOConfig
 from . import __version__
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
 from .data import to_dataset
-from .evaluate_existing import generation_evidence
+from .evaluation.evidence import generation_evidence
+from .evaluation.held_out import evaluate_pairs
 from .families import (
     Architecture,
     architecture_of,
@@ -37,14 +38,16 @@ from .families import (
     quantization_config,
     resolve_model_id,
 )
+from .json_files import write_json
+from .licenses import base_model_license
+from .names import (
+    DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
+)
 from .precision import Precision, precision_of
 from .prompt_format import PromptFormat
 from .public_refs import public_ref
+from .report import write_plots, write_report_html
 from .signals import StopOnSignal, TrainingInterrupted
-from .evaluation import evaluate_pairs
-from .licenses import base_model_license
-from .names import DPO_CONFIG_FILE  # beta etc., read back by the app to score implicit rewards
-from .report import write_json, write_plots, write_report_html
 from .training_data import PreparedData, prepare_data
 
 logger = logging.getLogger("dpo_studio")
@@ -148,7 +151,9 @@ def save_outputs(
         shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
     write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
     write_report_html(stage, metrics)
-    from .cards import write_model_cards  # cards in merged/ and adapter/ use local paths until published
+    from .cards import (
+        write_model_cards,  # cards in merged/ and adapter/ use local paths until published
+    )
 
     write_model_cards(stage, metrics)
 
@@ -168,7 +173,11 @@ def published_model(trained, load_full_precision_base, quantized: bool):
     the full-precision base (so merged/ is adapter + full-precision weights and loads without bitsandbytes)."""
     if not quantized:
         return trained
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import (
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
 
     model = get_peft_model(load_full_precision_base(), trained.peft_config["default"])
     set_peft_model_state_dict(model, get_peft_model_state_dict(trained))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .evaluation import EVAL_METRICS  # noqa: E402  (TRL's metric names of the held-out table)
+from .evaluation.held_out import EVAL_METRICS  # noqa: E402  (TRL's metric names of the held-out table)
 
 # One PNG per panel: file name -> (title, [(log key, legend label), ...]).
 PLOTS = {
@@ -55,10 +54,6 @@ def write_plots(log_history: list[dict[str, Any]], plots_dir: Path, title_prefix
     return written
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 # ------------------------------------------------------------------------------------------------------ report.html
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -87,7 +82,7 @@ def _table(header: list[str], rows: list[list[Any]], css_class: str = "") -> str
 
 def _generation_section(metrics: dict[str, Any]) -> list[str]:
     """report.html's base-vs-DPO generation table, health warnings, style judge and samples."""
-    from .evidence import summarize_for_card
+    from .evaluation.evidence import summarize_for_card
 
     evaluation = {
         "generation_before": metrics["generation_before"], "generation_after": metrics["generation_after"],

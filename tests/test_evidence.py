@@ -1,4 +1,4 @@
-"""Tests for dpo_studio.evidence: health metrics, style judge, comparison, warnings and card rows.
+"""Tests for dpo_studio.evaluation (texts, style judge, evidence): health metrics, style judge, comparison, warnings and card rows.
 
 Expected numbers are computed by hand in comments next to each assertion.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpo_studio import evidence as ev
-from dpo_studio.evidence import StyleJudge
+from dpo_studio.evaluation import evidence, style_judge, texts
+from dpo_studio.evaluation.style_judge import StyleJudge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,11 @@ class Out:
 
 
 def test_tokenization_rules():
-    assert ev.words("Hello, World! It's 2 p.m.") == ["hello", "world", "it's", "2", "p", "m"]
-    assert ev.words("  \n ...!!") == []
-    assert ev.words("Don\u2019t stop") == ["don't", "stop"]  # typographic apostrophe normalized
+    assert texts.words("Hello, World! It's 2 p.m.") == ["hello", "world", "it's", "2", "p", "m"]
+    assert texts.words("  \n ...!!") == []
+    assert texts.words("Don\u2019t stop") == ["don't", "stop"]  # typographic apostrophe normalized
     # the judge also keeps each punctuation mark / emoji as its own token
-    assert ev.judge_tokens("Wow!! Great 😊") == ["wow", "!", "!", "great", "😊"]
+    assert texts.judge_tokens("Wow!! Great 😊") == ["wow", "!", "!", "great", "😊"]
 
 
 FIXED = [
@@ -48,8 +48,8 @@ FIXED = [
 
 
 def test_health_metrics_hand_computed():
-    m = ev.health_metrics(FIXED)
-    assert set(m) == set(ev.HEALTH_METRICS)
+    m = texts.health_metrics(FIXED)
+    assert set(m) == set(texts.HEALTH_METRICS)
     # (8 + 6 + 0 + 2) / 4 = 4.0
     assert m["mean_length_tokens"] == pytest.approx(4.0)
     # 3 of 4 ended with EOS
@@ -68,27 +68,27 @@ def test_health_metrics_hand_computed():
 
 def test_health_metrics_accepts_dicts_and_matches_objects():
     as_dicts = [{"text": o.text, "num_tokens": o.num_tokens, "ended_with_eos": o.ended_with_eos} for o in FIXED]
-    assert ev.health_metrics(as_dicts) == ev.health_metrics(FIXED)
+    assert texts.health_metrics(as_dicts) == texts.health_metrics(FIXED)
 
 
 def test_repeated_trigram_share_and_distinct_edge_cases():
     # "the the the the": trigrams (the the the) x2, the second is a repeat -> 1/2
-    assert ev.repeated_trigram_share("the the the the") == pytest.approx(0.5)
+    assert texts.repeated_trigram_share("the the the the") == pytest.approx(0.5)
     # 10 x "the": 8 trigrams, 7 repeats -> 7/8
-    assert ev.repeated_trigram_share(" ".join(["the"] * 10)) == pytest.approx(7 / 8)
-    assert ev.repeated_trigram_share("two words") == 0.0
+    assert texts.repeated_trigram_share(" ".join(["the"] * 10)) == pytest.approx(7 / 8)
+    assert texts.repeated_trigram_share("two words") == 0.0
     # n-grams never span texts: "a b" + "c d" has bigrams a-b, c-d only -> 2/2
-    assert ev.distinct_n(["a b", "c d"], 2) == 1.0
-    assert ev.distinct_n(["", "x"], 2) == 0.0  # no bigrams at all
+    assert texts.distinct_n(["a b", "c d"], 2) == 1.0
+    assert texts.distinct_n(["", "x"], 2) == 0.0  # no bigrams at all
 
 
 def test_bad_outputs_raise_clear_errors():
     with pytest.raises(ValueError, match="empty"):
-        ev.health_metrics([])
+        texts.health_metrics([])
     with pytest.raises(ValueError, match=r"#1: missing field 'ended_with_eos'"):
-        ev.health_metrics([{"text": "a", "num_tokens": 1, "ended_with_eos": True}, {"text": "b", "num_tokens": 1}])
+        texts.health_metrics([{"text": "a", "num_tokens": 1, "ended_with_eos": True}, {"text": "b", "num_tokens": 1}])
     with pytest.raises(ValueError, match=r"#0: field 'num_tokens'"):
-        ev.health_metrics([Out("a", -1, True)])
+        texts.health_metrics([Out("a", -1, True)])
 
 
 # ---------------------------------------------------------------- style judge
@@ -228,7 +228,7 @@ def test_judge_scores_win_rate_with_ties():
     s1, s0 = 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))  # sigmoid(1), sigmoid(-1)
     base = ["good", "bad", "hello", "good"]  # p = s1, s0, 0.5, s1
     dpo = ["good good", "good", "bad", "bad"]  # p = s1, s1, s0, s0  ("good good" bigram unknown)
-    scores = ev.judge_scores(judge, base, dpo)
+    scores = style_judge.judge_scores(judge, base, dpo)
     # prompt 1 tie (0.5), prompt 2 win (1), prompt 3 loss, prompt 4 loss -> 1.5 / 4
     assert scores["dpo_win_rate"] == pytest.approx(0.375)
     # p > 0.5: base s1, s1 (0.5 is not > 0.5) -> 2/4; dpo s1, s1 -> 2/4
@@ -238,18 +238,18 @@ def test_judge_scores_win_rate_with_ties():
     assert scores["base_mean_p_preferred"] == pytest.approx((2 * s1 + s0 + 0.5) / 4)
     assert scores["dpo_mean_p_preferred"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="same prompts"):
-        ev.judge_scores(judge, ["a"], ["a", "b"])
+        style_judge.judge_scores(judge, ["a"], ["a", "b"])
 
 
 # ---------------------------------------------------------------- warnings and evaluation
 
-HEALTHY_BASE = [Out(t, len(ev.words(t)) + 2, True) for t in FORMAL[20:]]
-HEALTHY_DPO = [Out(t, len(ev.words(t)) + 2, True) for t in WARM[20:]]
+HEALTHY_BASE = [Out(t, len(texts.words(t)) + 2, True) for t in FORMAL[20:]]
+HEALTHY_DPO = [Out(t, len(texts.words(t)) + 2, True) for t in WARM[20:]]
 DEGENERATE_DPO = [Out(" ".join(["the"] * 64), 64, False) for _ in FORMAL[20:]]
 
 
 def test_degenerate_dpo_triggers_repetition_and_eos_warnings(toy_judge):
-    result = ev.evaluate_generations(HEALTHY_BASE, DEGENERATE_DPO, toy_judge)
+    result = evidence.evaluate_generations(HEALTHY_BASE, DEGENERATE_DPO, toy_judge)
     warnings = result["warnings"]
     assert any(w.startswith("repeated_trigram_rate") for w in warnings), warnings
     assert any(w.startswith("eos_rate") for w in warnings), warnings
@@ -264,15 +264,15 @@ def test_degenerate_dpo_triggers_repetition_and_eos_warnings(toy_judge):
 
 
 def test_healthy_dpo_triggers_no_warnings(toy_judge):
-    result = ev.evaluate_generations(HEALTHY_BASE, HEALTHY_DPO, toy_judge)
+    result = evidence.evaluate_generations(HEALTHY_BASE, HEALTHY_DPO, toy_judge)
     assert result["warnings"] == []
     assert set(result) == {"generation_before", "generation_after", "comparison", "warnings"}
     before, after, comp = result["generation_before"], result["generation_after"], result["comparison"]
     # the health part equals health_metrics on each side
-    assert {k: before[k] for k in ev.HEALTH_METRICS} == ev.health_metrics(HEALTHY_BASE)
-    assert {k: after[k] for k in ev.HEALTH_METRICS} == ev.health_metrics(HEALTHY_DPO)
+    assert {k: before[k] for k in texts.HEALTH_METRICS} == texts.health_metrics(HEALTHY_BASE)
+    assert {k: after[k] for k in texts.HEALTH_METRICS} == texts.health_metrics(HEALTHY_DPO)
     # the style part equals judge_scores on the texts
-    s = ev.judge_scores(toy_judge, [o.text for o in HEALTHY_BASE], [o.text for o in HEALTHY_DPO])
+    s = style_judge.judge_scores(toy_judge, [o.text for o in HEALTHY_BASE], [o.text for o in HEALTHY_DPO])
     assert before["preferred_style_rate"] == s["base_preferred_style_rate"]
     assert after["mean_p_preferred"] == s["dpo_mean_p_preferred"]
     assert comp["dpo_win_rate"] == s["dpo_win_rate"] == 1.0  # warm DPO beats formal base on every prompt
@@ -282,7 +282,7 @@ def test_healthy_dpo_triggers_no_warnings(toy_judge):
 
 def test_warning_thresholds_at_their_boundaries():
     def keys(before, after):
-        return [w.split()[0] for w in ev.health_warnings(before, after)]
+        return [w.split()[0] for w in texts.health_warnings(before, after)]
 
     # repetition: +0.10 exactly is allowed, +0.11 is not; above 0.25 warns only if worse than base
     assert keys({"repeated_trigram_rate": 0.0}, {"repeated_trigram_rate": 0.10}) == []
@@ -307,18 +307,18 @@ def test_warning_thresholds_at_their_boundaries():
 
 
 def test_summarize_for_card_rows(toy_judge):
-    result = ev.evaluate_generations(HEALTHY_BASE, DEGENERATE_DPO, toy_judge)
-    rows = ev.summarize_for_card(result)
+    result = evidence.evaluate_generations(HEALTHY_BASE, DEGENERATE_DPO, toy_judge)
+    rows = evidence.summarize_for_card(result)
     by_metric = {r["metric"]: r for r in rows}
     assert by_metric["Ended with EOS"]["base"] == 1.0 and by_metric["Ended with EOS"]["dpo"] == 0.0
     assert by_metric["Mean length (tokens)"]["dpo"] == 64.0
     assert rows[-1]["base"] is None and rows[-1]["dpo"] == result["comparison"]["dpo_win_rate"]
-    table = ev.card_table_markdown(result)
+    table = evidence.card_table_markdown(result)
     assert table.count("\n") == len(rows) + 1  # header + separator + one line per row
     assert "| Ended with EOS | 1.000 | 0.000 |" in table
     # without a judge the style rows are left out
-    no_judge = ev.summarize_for_card(ev.evaluate_generations(HEALTHY_BASE, HEALTHY_DPO, None))
-    assert len(no_judge) == len(ev.HEALTH_METRICS)
+    no_judge = evidence.summarize_for_card(evidence.evaluate_generations(HEALTHY_BASE, HEALTHY_DPO, None))
+    assert len(no_judge) == len(texts.HEALTH_METRICS)
 
 
 # ---------------------------------------------------------------- bundled data

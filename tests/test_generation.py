@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,18 +15,30 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio.generation import (
     GenerationResult,
-    generate_pair,
+    completion_token_logps,
+    encode_pair_for_scoring,
+    encoded_token_logps,
     generate_pair_results,
     load_pair,
-    completion_token_logps,
     score_pair,
     split_generated,
-    token_log_ratios,
 )
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
 from tiny_models import BETA, EOS, PAD, build_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def generate_pair(pair, prompts, **settings) -> list[tuple[str, str]]:
+    """(base text, DPO text) per prompt, through the product's `generate_pair_results`."""
+    return [(base.text, dpo.text) for base, dpo in generate_pair_results(pair, prompts, **settings)]
+
+
+def token_log_ratios(pair, prompt, completion: str) -> list[tuple[str, float]]:
+    """(token text, log pi_dpo - log pi_base) per completion token (EOS included), through the product's scoring."""
+    enc = encode_pair_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder, prompt, completion)
+    base_logps, dpo_logps = encoded_token_logps(pair, enc)
+    return [(pair.tokenizer.decode([t]), r) for t, r in zip(enc.completion_ids, (dpo_logps - base_logps).tolist())]
 
 MAX_NEW = 10
 PROMPTS = ["Hi", "Tell me a joke about the chicken and the road, please!", "What is your favourite food?"]

@@ -183,7 +183,7 @@ def test_bf16_really_runs_after_an_earlier_trainer_prepared_the_model(tmp_path):
 def test_held_out_metrics_run_in_the_precision_of_the_reference(tmp_path, t5):
     """Before training the policy is the reference, so under bf16 too every implicit reward is exactly 0: the held-out
     pass runs under the same autocast as TRL's reference pass (it once ran fp32 against a bf16 reference)."""
-    from dpo_studio.evaluation import evaluate_pairs
+    from dpo_studio.evaluation.held_out import evaluate_pairs
 
     trainer = build(tmp_path, t5, bf16=True)
     before = evaluate_pairs(trainer)

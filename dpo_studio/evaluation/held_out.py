@@ -32,8 +32,9 @@ def evaluate_pairs(trainer) -> dict[str, float]:
     Also returns `logps/gap` (mean log p(chosen) - log p(rejected)), `pairs` (n), `correct` (k) and `runtime`.
     Under DDP every rank scores the whole split (small by design), so ranks agree without a padded last batch.
     """
-    dataset = trainer._remove_unused_columns(trainer.eval_dataset, description="evaluation")
-    loader = DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, shuffle=False,
+    # Our own sequential loader (not `get_eval_dataloader`, which shards under DDP); the preference collators read
+    # only the columns they need, so the text columns can stay.
+    loader = DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size, shuffle=False,
                         collate_fn=trainer.data_collator)
     model = trainer.model
     was_training = model.training
@@ -49,7 +50,7 @@ def evaluate_pairs(trainer) -> dict[str, float]:
             # The run's mixed precision, as TRL scores the reference: before `train` accelerate has not wrapped the
             # model's forward in autocast yet, and a bf16 reference against an fp32 policy reads as non-zero rewards.
             with trainer.accelerator.autocast():
-                loss, _, _ = trainer.prediction_step(model, trainer._prepare_inputs(batch), prediction_loss_only=True)
+                loss, _, _ = trainer.prediction_step(model, batch, prediction_loss_only=True)  # it moves the batch
             sums["loss"] += float(loss.detach().float()) * size
             for key in PAIR_METRICS:
                 sums[key] += trainer._metrics["eval"][key][-1] * size  # TRL's mean over this batch's pairs

@@ -18,7 +18,7 @@ endpoint are huggingface_hub's own (`HF_TOKEN` or `hf auth login`, `HF_ENDPOINT`
 Upload folders are staged in a temp dir (outputs are never modified). A failed push names the
 `train_dpo.py --push-only` command that finishes it.
 
-`python -m dpo_studio.publish space ...` deploys the comparison Space (see space.py).
+`dpo-studio space ...` deploys the comparison Space (see space.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -270,9 +269,3 @@ def push_outputs(out_dir: Path, target: PushTarget, families: list[Path] | None 
         raise PublishError(f"publishing failed ({type(err).__name__}: {reason}); the outputs are intact in {out_dir}, "
                            f"finish with: {target.finish_command(out_dir)}") from err
     return pushed
-
-
-if __name__ == "__main__":  # `python -m dpo_studio.publish space ...`: the Space deploy's command line
-    from .space import main
-
-    sys.exit(main())

@@ -8,7 +8,7 @@ The rule (`choose_precision`):
 * Without a GPU the run is a CPU run (`use_cpu`), which transformers requires before it accepts bf16 on a CPU.
 
 TRL's `DPOConfig` turns an unset `bf16` into `True` (a GPU default), and transformers then refuses it on a CPU
-without `use_cpu`; `TrainingArguments` in `config.py` applies this rule before either of them looks.
+without `use_cpu`; `DPOTrainingArguments` in `config.py` applies this rule before either of them looks.
 """
 
 from __future__ import annotations

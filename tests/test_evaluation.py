@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(autouse=True)
 def fp32(monkeypatch):
-    """fp32 on every host (speed.resolve_precision would turn on bf16 autocast on CPUs with native bf16)."""
+    """fp32 on every host (auto precision, precision.choose_precision, would pick bf16 on CPUs with native bf16)."""
     monkeypatch.setenv("DPO_STUDIO_CPU_BF16", "0")
 
 N_PAIRS, EVAL_BATCH = 7, 3  # batches of 3, 3 and 1 pairs

@@ -7,7 +7,7 @@
 * product, PEFT layers: the same with `DPO_STUDIO_MASKED_LORA=0`, i.e. PEFT's own LoRA layers and its
   split-and-scatter mixed batch instead of `cpu_decode.MaskedLoraLinear` (what the masked layer buys).
 * two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
-Every variant runs eager (no torch.compile: see docs/serving.md) in the precision `load_pair` loads (the
+Every variant runs eager (no torch.compile: see docs/performance.md, "Serving") in the precision `load_pair` loads (the
 checkpoint's, fp32 here), with the threads `dpo_studio.speed.configure_threads` sets; the header says which.
 
 Each variant runs in its own fresh process (so peak memory is its own), alternating product / two-models for

@@ -92,7 +92,9 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
     ctx["example_prompt"] = json.dumps(fmt.prompt_from_text("Any tips for staying motivated when running?"))
     ctx["prompt_format_json"] = json.dumps(metrics["prompt_format"], sort_keys=True)
     if "generation_before" in metrics and "generation_after" in metrics:
-        from .evaluation.evidence import card_table_markdown  # numpy-backed: imported only when there is evidence
+        from .evaluation.evidence import (
+            card_table_markdown,  # numpy-backed: imported only when there is evidence
+        )
 
         ctx["generation_table"] = card_table_markdown({"generation_before": metrics["generation_before"],
             "generation_after": metrics["generation_after"], "comparison": metrics.get("generation_comparison", {})})

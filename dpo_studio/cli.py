@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .logs import argv_log_level, setup_logging
-from .publish import PublishError, PushTarget, check_push_access, parse_repo_ids, push_outputs, push_requested, require_token
+from .publish import (
+    PublishError,
+    PushTarget,
+    check_push_access,
+    parse_repo_ids,
+    push_outputs,
+    push_requested,
+    require_token,
+)
 
 if TYPE_CHECKING:  # the training stack (torch, TRL) is imported inside run_cli, after the fast --push token check
     from .pipeline import FamilyResult
@@ -133,8 +141,8 @@ def _push_target(script_args) -> PushTarget:
 
 def _evaluate(script_args, training_args) -> int:
     """--evaluate: the evidence table and warnings of an existing base/DPO pair, written to evaluation.json."""
-    from .evaluation.existing import evaluate_existing
     from .evaluation.evidence import card_table_markdown
+    from .evaluation.existing import evaluate_existing
 
     path, result = evaluate_existing(script_args, training_args)
     print(card_table_markdown({"generation_before": result["generation_before"],

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from trl import DPOConfig, ModelConfig, TrlParser
 
 from .inherited_flags import FlagError, apply_inherited_flags, given_options

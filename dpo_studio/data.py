@@ -82,7 +82,9 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     """Raw rows (dicts) from a local file or a Hub dataset id. Raises DataError for unreadable input."""
     if is_local_path(source):
         return _read_local(Path(source))
-    from datasets import load_dataset  # Hub path: the datasets library does loading, caching and auth
+    from datasets import (
+        load_dataset,  # Hub path: the datasets library does loading, caching and auth
+    )
 
     try:
         dataset = load_dataset(source, split=split)

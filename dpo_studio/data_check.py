@@ -16,7 +16,12 @@ from trl import DPOConfig
 
 from .config import ModelArguments, ScriptArguments
 from .data import PreferencePair, to_dataset
-from .families import Architecture, load_architecture, prepare_tokenizer, resolve_model_id
+from .families import (
+    Architecture,
+    load_architecture,
+    prepare_tokenizer,
+    resolve_model_id,
+)
 
 
 @dataclass
@@ -54,7 +59,9 @@ def split_lengths(pairs: list[PreferencePair], tokenizer, arch: Architecture, ma
     records = to_dataset(pairs, arch.prompt_format).to_list()
     lengths, truncated, dropped = [], 0, 0
     if arch.is_encoder_decoder:
-        from .seq2seq_dpo import _tokenize_seq2seq_row  # the seq2seq trainer's own tokenization and truncation
+        from .seq2seq_dpo import (
+            _tokenize_seq2seq_row,  # the seq2seq trainer's own tokenization and truncation
+        )
 
         for record in records:
             full = _tokenize_seq2seq_row(record, tokenizer, None, None, keep_end=False)

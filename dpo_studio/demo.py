@@ -9,6 +9,7 @@ import tempfile
 from typing import Iterable
 
 import torch
+from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -22,7 +23,6 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from datasets import Dataset
 
 from .data import PreferencePair
 from .families import Architecture, architecture_of

@@ -26,8 +26,13 @@ from .bnb_messages import explain_missing_kernel
 from .config import ConfigError
 from .model_classes import auto_model_class, prepare_tokenizer_padding
 from .precision import Precision
+from .prompt_format import (
+    DECODER_ONLY_FORMAT,
+    ENCODER_DECODER_FORMAT,
+    PROMPT_FORMAT_FILE,
+    PromptFormat,
+)
 from .public_refs import resolve_file
-from .prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
 
 # Short family names and the Hub models they stand for.
 DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}

@@ -41,14 +41,19 @@ from transformers.generation.streamers import BaseStreamer
 
 from dpo_studio.cpu_decode import serving_lora_config
 from dpo_studio.model_classes import auto_model_class, prepare_tokenizer_padding
-from dpo_studio.names import ADAPTER_WEIGHTS_FILE, BASE_ADAPTER, DPO_ADAPTER, DPO_CONFIG_FILE
-from dpo_studio.public_refs import is_hub_id, is_local_path, local_path, resolve_file
+from dpo_studio.names import (
+    ADAPTER_WEIGHTS_FILE,
+    BASE_ADAPTER,
+    DPO_ADAPTER,
+    DPO_CONFIG_FILE,
+)
 from dpo_studio.prompt_format import (
     DECODER_ONLY_FORMAT,
     ENCODER_DECODER_FORMAT,
     PROMPT_FORMAT_FILE,
     PromptFormat,
 )
+from dpo_studio.public_refs import is_hub_id, is_local_path, local_path, resolve_file
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,11 @@ use it; families.py builds its per-architecture table on top.
 
 from __future__ import annotations
 
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    PreTrainedTokenizerBase,
+)
 
 
 def auto_model_class(is_encoder_decoder: bool) -> type:

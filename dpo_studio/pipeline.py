@@ -399,6 +399,7 @@ def measure(
         "truncation": trained["truncation"],
         "resumed_from_step": start_step or None,
         "world_size": args.world_size,
+        "distributed": str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
         "precision": precision.as_dict(),
         "compile": trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
         "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",

@@ -121,6 +121,8 @@ def forget_earlier_accelerate_prepare(model: torch.nn.Module) -> None:
     its autocast wrapper; PEFT forwards attribute lookups to the base model, so after the demo's fp32 SFT warm start
     (or any earlier Trainer in the process) a bf16 DPO run silently trained in fp32.
     """
-    from .speed.private_api import forget_accelerate_prepare  # the one home of private third-party names
+    from .speed.private_api import (
+        forget_accelerate_prepare,  # the one home of private third-party names
+    )
 
     forget_accelerate_prepare(model)

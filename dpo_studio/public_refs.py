@@ -14,7 +14,11 @@ import os
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RemoteEntryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    RemoteEntryNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 
 LOCAL_PREFIX = "local:"

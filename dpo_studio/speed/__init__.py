@@ -33,7 +33,7 @@ defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and re
   to pay (CPU bf16, enough steps); recorded in metrics.json.
 
 The features are switched by `SpeedSettings` fields and applied by the named trainers `CausalDPOTrainer` and
-`FastSeq2SeqDPOTrainer` (`trainer`). Modules: `settings` (threads, malloc), `batching` (length-grouped sampler,
+`FastSeq2SeqDPOTrainer` (`trainer`). Modules: `host_tuning` (threads, malloc), `batching` (length-grouped sampler,
 in-batch buckets), `heads` (compact causal head, CPU log-prob head, bucketed seq2seq forward), `bf16` (frozen-weight
 casts, eager attention), `activations` (fused GELU), `compile` (the compile rule), `trainer`. The public names are
 re-exported here.
@@ -52,18 +52,29 @@ from .batching import (
 from .bf16 import (
     EAGER_ATTENTION_ENV,
     FROZEN_COPIES_ENV,
-    cpu_autocast_dtype,
     FrozenCastConv1D,
     FrozenCastLinear,
+    cpu_autocast_dtype,
     drop_frozen_weight_copies,
     frozen_weight,
     reuse_frozen_weight_casts,
     use_eager_attention,
 )
 from .compile import MIN_COMPILED_STEPS, CompileDecision, choose_compile, planned_steps
-from .heads import CPU_HEAD_ENV, CpuLogProbHead, add_bucketed_seq2seq_forward, add_compact_causal_head
-from .settings import configure_threads, keep_freed_memory_for_reuse, physical_cores
-from .trainer import CausalDPOTrainer, FastSeq2SeqDPOTrainer, SpeedSettings, cpu_training, fast_trainer
+from .heads import (
+    CPU_HEAD_ENV,
+    CpuLogProbHead,
+    add_bucketed_seq2seq_forward,
+    add_compact_causal_head,
+)
+from .host_tuning import configure_threads, keep_freed_memory_for_reuse, physical_cores
+from .trainer import (
+    CausalDPOTrainer,
+    FastSeq2SeqDPOTrainer,
+    SpeedSettings,
+    cpu_training,
+    fast_trainer,
+)
 
 __all__ = [
     "CausalDPOTrainer",

@@ -17,10 +17,16 @@ from ..precision import forget_earlier_accelerate_prepare, precision_of
 from ..seq2seq_dpo import Seq2SeqDPOTrainer
 from .activations import use_fused_gelu
 from .batching import LengthGroupedPairSampler, pair_lengths
-from .bf16 import EAGER_ATTENTION_ENV, FROZEN_COPIES_ENV, drop_frozen_weight_copies, reuse_frozen_weight_casts, use_eager_attention
+from .bf16 import (
+    EAGER_ATTENTION_ENV,
+    FROZEN_COPIES_ENV,
+    drop_frozen_weight_copies,
+    reuse_frozen_weight_casts,
+    use_eager_attention,
+)
 from .compile import CompileDecision, choose_compile, planned_steps
 from .heads import add_bucketed_seq2seq_forward, add_compact_causal_head
-from .settings import configure_threads, keep_freed_memory_for_reuse
+from .host_tuning import configure_threads, keep_freed_memory_for_reuse
 
 
 def _env_on(name: str) -> bool:

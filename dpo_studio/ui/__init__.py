@@ -4,11 +4,11 @@ Layout and callbacks only: generation, log-ratios and scoring come from `dpo_stu
 loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export from `dpo_studio.votes`.
 
     studio.py    Studio: the services behind the callbacks, one part per job:
-      requests.py  input checks of every value a client sends
+      input_checks.py  input checks of every value a client sends
       engine.py    loaded pairs, context window, generate/stream with one-line errors
       comparing.py compare (streamed), What DPO changed, the serving summary
       scoring.py   implicit rewards of two replies
-      blind.py     blind rounds and their one vote, the reveal
+      blind_rounds.py  blind rounds and their one vote, the reveal
       tally.py     the votes file: count, scoreboard, Hub export
     render.py    Markdown/HTML escaping, side-by-side columns
     tabs/        one module per tab (layout + events), controls.py the shared family/settings controls
@@ -18,9 +18,7 @@ loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export f
 """
 
 from dpo_studio.ui.app import build_app, load_example_prompts
-from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV, max_queue_from_env
-from dpo_studio.ui.render import md_text
-from dpo_studio.ui.requests import (
+from dpo_studio.ui.input_checks import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
@@ -28,6 +26,8 @@ from dpo_studio.ui.requests import (
     MAX_NEW_TOKENS_CAP,
     MAX_PROMPT_CHARS,
 )
+from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV, max_queue_from_env
+from dpo_studio.ui.render import md_text
 from dpo_studio.ui.server import launch, main
 from dpo_studio.ui.studio import Studio
 

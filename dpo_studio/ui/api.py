@@ -16,9 +16,14 @@ No type is enforced by a slider here: out-of-range numbers are capped or refused
 
 import gradio as gr
 
-from dpo_studio.ui.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.events import Events
+from dpo_studio.ui.input_checks import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+)
+from dpo_studio.ui.studio import Studio
 
 
 def _generation_endpoints(studio: Studio, first_family: str, events: Events) -> None:

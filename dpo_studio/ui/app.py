@@ -9,13 +9,25 @@ import gradio as gr
 from dpo_studio.app_config import ModelRegistry, resolve_sources
 from dpo_studio.ui import api
 from dpo_studio.ui.events import Events
-from dpo_studio.ui.queueing import max_queue_from_env
-from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
-from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.owner import OwnerPolicy
-from dpo_studio.ui.tabs import blind, compare, controls, leaderboard, models, score, scoreboard
+from dpo_studio.ui.queueing import max_queue_from_env
+from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.tabs import (
+    blind,
+    compare,
+    controls,
+    leaderboard,
+    models,
+    score,
+    scoreboard,
+)
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
-from dpo_studio.votes_hub import DEFAULT_EVERY_MINUTES, DEFAULT_VOTES_FOLDER, HubVoteStore
+from dpo_studio.votes_hub import (
+    DEFAULT_EVERY_MINUTES,
+    DEFAULT_VOTES_FOLDER,
+    HubVoteStore,
+)
 
 PROMPTS_FILE = Path("examples") / "prompts.txt"
 PACKAGE_PROMPTS_FILE = Path(__file__).resolve().parents[1] / PROMPTS_FILE  # package data (dpo_studio/examples)

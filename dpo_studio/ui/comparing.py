@@ -6,10 +6,19 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.generation import GenerationResult, LoadedPair, generated_token_log_ratios
+from dpo_studio.generation import (
+    GenerationResult,
+    LoadedPair,
+    generated_token_log_ratios,
+)
 from dpo_studio.public_refs import public_ref
+from dpo_studio.ui.input_checks import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+)
 from dpo_studio.ui.render import columns, md_text
-from dpo_studio.ui.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 Columns = tuple[str, str, list[dict[str, Any]]]  # (base column, DPO column, runs)
 

@@ -15,8 +15,8 @@ from dpo_studio.generation import (
     generate_pair_results,
     stream_pair_results,
 )
+from dpo_studio.ui.input_checks import user_error
 from dpo_studio.ui.render import html_text
-from dpo_studio.ui.requests import user_error
 
 logger = logging.getLogger(__name__)
 

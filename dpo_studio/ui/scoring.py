@@ -3,8 +3,8 @@
 from typing import Any
 
 from dpo_studio.generation import ContextTooLong, score_pair
+from dpo_studio.ui.input_checks import user_error
 from dpo_studio.ui.render import md_text
-from dpo_studio.ui.requests import user_error
 
 
 class Scoring:

@@ -10,11 +10,17 @@ import gradio as gr
 from dpo_studio.app_config import AppConfigError
 from dpo_studio.logs import LEVELS, setup_logging
 from dpo_studio.ui.app import build_app
-from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
-from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP
+from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
+from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.votes import DEFAULT_VOTES_FILE
-from dpo_studio.votes_hub import DEFAULT_EVERY_MINUTES, DEFAULT_VOTES_FOLDER, VOTES_EVERY_ENV, VOTES_REPO_ENV, VotesRepoError
+from dpo_studio.votes_hub import (
+    DEFAULT_EVERY_MINUTES,
+    DEFAULT_VOTES_FOLDER,
+    VOTES_EVERY_ENV,
+    VOTES_REPO_ENV,
+    VotesRepoError,
+)
 
 # Gradio 6 takes theme/css at launch. Soft uses fonts served by Gradio itself (no Google Fonts on a closed network).
 THEME = gr.themes.Soft()

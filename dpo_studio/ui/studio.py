@@ -1,17 +1,21 @@
 """`Studio`: what the app does, behind the Gradio callbacks and API endpoints (also called directly by tests).
 
-Assembled from one part per job: input checks (`requests`), model access (`engine`), compare and What DPO changed
-(`comparing`), scoring (`scoring`), blind rounds and votes (`blind`), the votes file's tallies and export (`tally`).
+Assembled from one part per job: input checks (`input_checks`), model access (`engine`), compare and What DPO changed
+(`comparing`), scoring (`scoring`), blind rounds and votes (`blind_rounds`), the votes file's tallies and export (`tally`).
 """
 
 import random
 
 from dpo_studio.app_config import ModelRegistry
-from dpo_studio.ui.blind import BlindRounds
+from dpo_studio.ui.blind_rounds import BlindRounds
 from dpo_studio.ui.comparing import Comparing
 from dpo_studio.ui.engine import Engine
+from dpo_studio.ui.input_checks import (
+    MAX_NEW_TOKENS_CAP,
+    MAX_PROMPT_CHARS,
+    RequestChecks,
+)
 from dpo_studio.ui.owner import OwnerPolicy
-from dpo_studio.ui.requests import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS, RequestChecks
 from dpo_studio.ui.scoring import Scoring
 from dpo_studio.ui.tally import VoteRecords
 from dpo_studio.votes import RoundStore, VoteStore

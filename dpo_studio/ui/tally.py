@@ -7,9 +7,9 @@ from typing import Any
 import pandas as pd
 
 from dpo_studio.app_config import one_line
-from dpo_studio.ui.render import md_text
 from dpo_studio.ratings import rate
 from dpo_studio.ui.owner import OwnerOnly
+from dpo_studio.ui.render import md_text
 from dpo_studio.votes import comparisons, export_votes, scoreboard
 from dpo_studio.votes_hub import HubVoteStore
 

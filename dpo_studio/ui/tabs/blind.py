@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from dpo_studio.ui.blind import CHOICE_LABELS, BlindStep
-from dpo_studio.ui.studio import Studio
+from dpo_studio.ui.blind_rounds import CHOICE_LABELS, BlindStep
 from dpo_studio.ui.events import Events
+from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.tabs.controls import Controls, example_prompts
 from dpo_studio.ui.tabs.scoreboard import Scoreboard
 

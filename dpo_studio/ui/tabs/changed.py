@@ -5,8 +5,8 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.events import Events
+from dpo_studio.ui.studio import Studio
 
 
 @dataclass

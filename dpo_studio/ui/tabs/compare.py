@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from dpo_studio.ui.events import Events
 from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.tabs import changed
-from dpo_studio.ui.events import Events
 from dpo_studio.ui.tabs.controls import Controls, example_prompts
 
 

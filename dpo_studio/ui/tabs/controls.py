@@ -4,7 +4,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from dpo_studio.ui.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from dpo_studio.ui.input_checks import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+)
 from dpo_studio.ui.studio import Studio
 
 

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.events import Events
+from dpo_studio.ui.studio import Studio
 
 
 @dataclass

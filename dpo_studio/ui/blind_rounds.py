@@ -6,10 +6,10 @@ from typing import Any
 
 import gradio as gr
 
+from dpo_studio.app_config import BASE, FIRST_ROUND
 from dpo_studio.generation import GenerationResult
 from dpo_studio.public_refs import public_ref
-from dpo_studio.ui.render import html_text, md_text
-from dpo_studio.ui.requests import (
+from dpo_studio.ui.input_checks import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
@@ -17,7 +17,7 @@ from dpo_studio.ui.requests import (
     check_choice,
     user_error,
 )
-from dpo_studio.app_config import BASE, FIRST_ROUND
+from dpo_studio.ui.render import html_text, md_text
 from dpo_studio.votes import RoundError, make_vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}

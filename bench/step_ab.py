@@ -36,13 +36,12 @@ def step(m, b):
         return trainer.training_step(m, b)
 m = trainer.model; m.train(); trainer.current_gradient_accumulation_steps = 1
 orig = speed.batching.bucketed_rows  # looked up there by the bucket runner
-from dpo_studio.speed.private_api import attention_implementation
 base = m.get_base_model()
 print(f"# {common.machine()}; threads {torch.get_num_threads()}; precision {common.ran_precision(trainer)}; "
       f"compile {trainer.compile_decision.enabled} ({trainer.compile_decision.reason})")
 def setv(v):
     impl = "sdpa" if "sdpa" in v else "eager"
-    if attention_implementation(base) != impl: base.set_attn_implementation(impl)
+    base.set_attn_implementation(impl)
     os.environ[speed.CPU_HEAD_ENV] = "0" if "nohead" in v else "1"
     os.environ[speed.FROZEN_COPIES_ENV] = "0" if "nocopies" in v else "1"
     nb = [int(x[1:]) for x in v.split("+") if x.startswith("b") and x[1:].isdigit()]

@@ -13,8 +13,10 @@ method is fed:
   with `decoder_start_token_id`, with a `completion_mask` that is 0 on the start token. TRL then computes
   `labels = input_ids.masked_fill(completion_mask == 0, -100)` and reads `completion_mask[:, 1:]`, which is exactly
   teacher forcing: decoder input `input_ids[:, :-1]`, predicted label `input_ids[:, 1:]`;
-* `add_seq2seq_fused_head` patches the model's `forward` so that `model(..., fused_lm_head=True)` runs the encoder
-  once per pair, reuses its states for the chosen and the rejected rows, and returns TRL's `FusedCausalLMOutput`.
+* `Seq2SeqPreferenceForward` is what TRL calls in place of the model (handed over by the public `compute_loss` and
+  `compute_ref_log_probs`, see `trainer_seams`): `forward(..., fused_lm_head=True)` runs the encoder once per pair,
+  reuses its states for the chosen and the rejected rows, and returns TRL's `FusedCausalLMOutput`. The model itself
+  is not changed.
 
 Supported TRL range: >=1.16,<1.17. The code depends on the batch contract of `DPOTrainer._compute_loss` and
 `compute_ref_log_probs` (keys, `[chosen; rejected]` order, `fused_lm_head=True`, `FusedCausalLMOutput` fields), which
@@ -23,9 +25,9 @@ is private API; an import outside that range raises (older) or warns (newer).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
-import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from datasets import Dataset, IterableDataset
 from packaging.version import Version
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.data.data_collator import DataCollatorMixin
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from trl import DPOConfig, DPOTrainer
 
 _TRL_SUPPORTED = "trl>=1.16,<1.17"
@@ -63,13 +65,14 @@ from trl.trainer.utils import (  # noqa: E402  (after the version check)
     selective_log_softmax,
 )
 
-from .fused_output import FUSED_OUTPUT_FIELDS, fused_output, policy_fields  # noqa: E402
+from .fused_output import FUSED_OUTPUT_FIELDS, fused_output  # noqa: E402
+from .trainer_seams import PreferenceForwardSeams  # noqa: E402
 
 __all__ = [
     "SUPPORTED_LOSS_TYPES",
     "DataCollatorForSeq2SeqPreference",
     "Seq2SeqDPOTrainer",
-    "add_seq2seq_fused_head",
+    "Seq2SeqPreferenceForward",
     "disable_functional_dropout",
     "sequence_logps",
 ]
@@ -295,62 +298,105 @@ def _fused_seq2seq_forward(
     return fused_output(values, mask, num_items_in_batch)
 
 
-def add_seq2seq_fused_head(
-    model: torch.nn.Module,
-    outputs: tuple[str, ...] = ("log_probs",),
-    original_forward: Callable[..., Any] | None = None,
-) -> None:
-    """Seq2seq counterpart of TRL's `add_fused_lm_head`: patch `model.forward` in place.
+class Seq2SeqPreferenceForward:
+    """Seq2seq counterpart of TRL's `add_fused_lm_head`, as a callable `Seq2SeqDPOTrainer` hands TRL in place of the
+    model (the model itself is not changed).
 
-    `model(input_ids=dec, attention_mask=dec_mask, encoder_input_ids=enc, encoder_attention_mask=enc_mask,
+    `forward(input_ids=dec, attention_mask=dec_mask, encoder_input_ids=enc, encoder_attention_mask=enc_mask,
     labels=labels, fused_lm_head=True)` (the batch of `DataCollatorForSeq2SeqPreference`) runs the encoder once on the
     B prompts, the decoder on the 2B rows, and returns a `FusedCausalLMOutput` whose per-token fields have shape
-    `[2B, Lc]`, aligned with `labels[:, 1:]`. Without `fused_lm_head` (and without `encoder_input_ids`) the original
-    forward runs, so `generate` is unchanged. A PEFT model is patched on its base model; LoRA layers live inside
-    the base model's modules, so they (and `disable_adapter()`) still apply.
+    `[2B, Lc]`, aligned with `labels[:, 1:]`. The same batch without `fused_lm_head` gives teacher-forced logits;
+    calls without `encoder_input_ids` (generation) go to `model` unchanged.
 
-    `original_forward` is the forward to wrap; by default the class's own forward, which also undoes a causal
-    `add_fused_lm_head` patch left by `DPOTrainer.__init__`.
+    Args:
+        model: the model TRL was given (PEFT, accelerate-prepared, DDP-wrapped or not).
+        base: the encoder-decoder `PreTrainedModel` inside it; the encoder and decoder calls go to it directly (LoRA
+            layers live inside its modules, so they and PEFT's disabled-adapter reference apply).
+        outputs: per-token fields to compute (FUSED_OUTPUT_FIELDS).
+        autocast: context manager factory the direct calls run under (the trainer's `accelerator.autocast`).
+        run_buckets: `speed.batching.run_buckets` to run right-padded decoder rows per length bucket (each bucket
+            trimmed to its own length; padded logits are zeros, never scored); None: one decoder call.
+        single_call: DDP/FSDP: ONE call of `model` itself with plain seq2seq kwargs (the encoder then runs per decoder
+            row), so the wrapper's gradient synchronisation sees the whole forward.
     """
-    model = _unwrap_peft(model)
-    if not getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(f"add_seq2seq_fused_head needs an encoder-decoder model, got {type(model).__name__}")
-    unknown = set(outputs) - set(FUSED_OUTPUT_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(FUSED_OUTPUT_FIELDS)}")
-    if original_forward is None:
-        # Our own earlier patch remembers what it wrapped; otherwise the class forward (drops TRL's causal patch).
-        original_forward = getattr(model, "_seq2seq_original_forward", None) or functools.partial(
-            type(model).forward, model
-        )
-    outputs = tuple(outputs)
 
-    # Keep the original signature: `generate` validates its model kwargs against it.
-    @functools.wraps(type(model).forward)
-    def _seq2seq_forward(self, *args, fused_lm_head=False, encoder_input_ids=None, encoder_attention_mask=None, **kw):
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        base: PreTrainedModel,
+        outputs: tuple[str, ...] = ("log_probs",),
+        *,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        run_buckets: Callable[..., torch.Tensor] | None = None,
+        single_call: bool = False,
+    ):
+        if not getattr(base.config, "is_encoder_decoder", False):
+            raise ValueError(f"Seq2SeqPreferenceForward needs an encoder-decoder model, got {type(base).__name__}")
+        unknown = set(outputs) - set(FUSED_OUTPUT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fused outputs {sorted(unknown)}; choose among {list(FUSED_OUTPUT_FIELDS)}")
+        self.model, self.base, self.outputs, self.autocast = model, base, tuple(outputs), autocast
+        self.run_buckets, self.single_call = run_buckets, single_call
+
+    def __call__(self, *args, fused_lm_head=False, encoder_input_ids=None, encoder_attention_mask=None, **kw):
         if encoder_input_ids is None:
             if fused_lm_head:
                 raise ValueError("fused_lm_head=True needs `encoder_input_ids` (use DataCollatorForSeq2SeqPreference)")
-            return original_forward(*args, **kw)
+            return self.model(*args, **kw)
         if args:
             raise TypeError("pass the preference batch to the seq2seq fused forward as keyword arguments")
         _drop_teacher_forcing_kwargs(kw)
-        if fused_lm_head:
-            kw.pop("shift_labels", None)  # context/sequence parallelism is not supported for seq2seq
-            return _fused_seq2seq_forward(
-                self, original_forward, outputs, encoder_input_ids=encoder_input_ids,
-                encoder_attention_mask=encoder_attention_mask, **kw,
-            )
-        # A preference batch without the fused head (TRL's deprecated `compute_metrics` path): plain logits.
-        kw.pop("labels", None)
-        kw.pop("num_items_in_batch", None)
-        return _teacher_forced_forward(
-            self, original_forward, kw.pop("input_ids"), kw.pop("attention_mask", None), encoder_input_ids,
-            encoder_attention_mask, **kw,
+        kw.pop("shift_labels", None)  # context/sequence parallelism is not supported for seq2seq
+        labels, num_items = kw.pop("labels", None), kw.pop("num_items_in_batch", None)
+        input_ids, attention_mask = kw.pop("input_ids"), kw.pop("attention_mask", None)
+        with self.autocast():
+            if self.single_call:
+                model_outputs = self._one_call(input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, kw)
+            else:
+                model_outputs = _teacher_forced_forward(
+                    self.base, self._decoder_rows, input_ids, attention_mask, encoder_input_ids,
+                    encoder_attention_mask, **kw,
+                )
+        if not fused_lm_head:  # a preference batch without the fused head (TRL's deprecated `compute_metrics` path)
+            return model_outputs
+        shifted_labels = labels[:, 1:].to(model_outputs.logits.device)
+        mask = shifted_labels != -100
+        values = _labelled_values(model_outputs.logits[mask], shifted_labels[mask], self.outputs)
+        return fused_output(values, mask, num_items)
+
+    def _one_call(self, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, kw: dict[str, Any]):
+        repeats = input_ids.size(0) // encoder_input_ids.size(0)
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones_like(encoder_input_ids)
+        return self.model(
+            input_ids=torch.cat([encoder_input_ids] * repeats, dim=0),
+            attention_mask=torch.cat([encoder_attention_mask] * repeats, dim=0),
+            decoder_input_ids=input_ids[:, :-1],
+            decoder_attention_mask=None if attention_mask is None else attention_mask[:, :-1],
+            use_cache=False,
+            **kw,
         )
 
-    model._seq2seq_original_forward = original_forward
-    model.forward = types.MethodType(_seq2seq_forward, model)
+    def _decoder_rows(self, **kw: Any) -> Any:
+        """The base model's teacher-forced call, per length bucket of the decoder rows when `run_buckets` is set."""
+        dec_ids, dec_mask, enc = kw.get("decoder_input_ids"), kw.get("decoder_attention_mask"), kw["encoder_outputs"]
+        extra = set(kw) - {"attention_mask", "encoder_outputs", "decoder_input_ids", "decoder_attention_mask",
+                           "use_cache", "return_dict"}
+        if self.run_buckets is None or dec_mask is None or extra:
+            return self.base(**kw)
+        hidden, cross_mask = enc[0], kw.get("attention_mask")
+
+        def run(index: torch.Tensor, length: int) -> torch.Tensor:
+            return self.base(
+                attention_mask=None if cross_mask is None else cross_mask.index_select(0, index),
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden.index_select(0, index)),
+                decoder_input_ids=dec_ids.index_select(0, index)[:, :length],
+                decoder_attention_mask=dec_mask.index_select(0, index)[:, :length],
+                use_cache=False,
+            ).logits
+
+        logits = self.run_buckets(dec_mask, dec_ids.size(1), run)
+        return self.base(**kw) if logits is None else Seq2SeqLMOutput(logits=logits)
 
 
 def _drop_teacher_forcing_kwargs(kw: dict[str, Any]) -> None:
@@ -429,7 +475,7 @@ def _decoder_start_token_id(base: PreTrainedModel) -> int:
     return decoder_start
 
 
-class Seq2SeqDPOTrainer(DPOTrainer):
+class Seq2SeqDPOTrainer(PreferenceForwardSeams, DPOTrainer):
     """`trl.DPOTrainer` for encoder-decoder models; same constructor, plus two length limits.
 
     Truncation rule (DPOConfig has no separate prompt/completion limits): the encoder prompt keeps at most
@@ -441,8 +487,6 @@ class Seq2SeqDPOTrainer(DPOTrainer):
     Without PEFT and without `ref_model`, the reference is a frozen deep copy of `model` (TRL would reload it from
     the Hub id in the config, which a locally built model does not have).
     """
-
-    _tag_names = ["trl", "dpo", "seq2seq"]
 
     def __init__(
         self,
@@ -482,13 +526,9 @@ class Seq2SeqDPOTrainer(DPOTrainer):
                 decoder_start_token_id=decoder_start,
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
-        # The parent patches the policy (and reference) with TRL's causal fused head, which cannot run T5, and may
-        # precompute reference log-probs before returning. Remember the forwards to wrap so `_install_seq2seq_heads`
-        # (run before any precompute and after the parent __init__) replaces TRL's patch with ours.
-        self._seq2seq_heads = [(base, self._forward_to_wrap(base), policy_fields(args.use_weighting))]
-        if ref_model is not None:
-            self._seq2seq_heads.append((ref_model, self._forward_to_wrap(ref_model), ("log_probs",)))
-        self._seq2seq_heads_installed = False
+        # The parent installs TRL's causal fused head, which cannot run T5, and may precompute reference log-probs
+        # before returning: every preference batch reaches the model through `preference_forward` instead (handed
+        # to TRL by the public `compute_loss` / `compute_ref_log_probs`), so TRL's head only ever falls through.
         self._reference_dropout_disabled = False
 
         super().__init__(
@@ -496,7 +536,6 @@ class Seq2SeqDPOTrainer(DPOTrainer):
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
             callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config, peft_config=peft_config,
         )
-        self._install_seq2seq_heads()
         if args.disable_dropout:
             for module in (self.model, self.ref_model):
                 if module is not None:
@@ -557,24 +596,26 @@ class Seq2SeqDPOTrainer(DPOTrainer):
                 raise ValueError(f"{name} must be >= 2 (one token plus EOS), got {value}")
         self.truncation_counts: dict[str, dict[str, int]] = {}
 
-    @staticmethod
-    def _forward_to_wrap(module: torch.nn.Module) -> Callable[..., Any]:
-        # The current forward keeps instance-level wrappers such as accelerate's device-map hooks; a model that went
-        # through another Seq2SeqDPOTrainer is unwrapped to what that patch wrapped.
-        return getattr(module, "_seq2seq_original_forward", None) or module.forward
+    def preference_forward(self, model: Any, fields: tuple[str, ...]) -> Seq2SeqPreferenceForward:
+        """What TRL calls in place of `model` (see `trainer_seams`): the encoder once per pair, the decoder rows."""
+        return Seq2SeqPreferenceForward(
+            model, self.base_model_of(model), fields, autocast=self.accelerator.autocast,
+            run_buckets=self.decoder_row_buckets(), single_call=self.runs_distributed(model),
+        )
 
-    def _install_seq2seq_heads(self) -> None:
-        """Replace TRL's causal fused forward (installed in the parent __init__) with the seq2seq one. Idempotent."""
-        if self._seq2seq_heads_installed:
-            return
-        for module, forward, outputs in self._seq2seq_heads:
-            add_seq2seq_fused_head(module, outputs=outputs, original_forward=forward)
-        self._seq2seq_heads_installed = True
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None):
+        # TRL's card tags its trainer ("trl", "dpo"); this one adds "seq2seq" through the public argument.
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        return super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=[*tags, "seq2seq"])
+
+    def decoder_row_buckets(self) -> Callable[..., torch.Tensor] | None:
+        """How decoder rows are split by length (None: one call); `FastSeq2SeqDPOTrainer` sets it."""
+        return None
 
     def compute_ref_log_probs(self, model, inputs):
-        # TRL may run the reference pass inside its own __init__ (precomputed log-probs), after installing its causal
-        # head: the seq2seq head and functional dropout are set at the first reference batch, whenever that comes.
-        self._install_seq2seq_heads()
+        # TRL may run the reference pass inside its own __init__ (precomputed log-probs): functional dropout is
+        # zeroed at the first reference batch, whenever that comes.
         if self.args.disable_dropout and not self._reference_dropout_disabled:
             disable_functional_dropout(self.ref_model or self.model)
             self._reference_dropout_disabled = True

@@ -48,6 +48,7 @@ from .batching import (
     bucketed_rows,
     length_grouped_indices,
     pair_lengths,
+    run_buckets,
 )
 from .bf16 import (
     EAGER_ATTENTION_ENV,
@@ -63,9 +64,9 @@ from .bf16 import (
 from .compile import MIN_COMPILED_STEPS, CompileDecision, choose_compile, planned_steps
 from .heads import (
     CPU_HEAD_ENV,
+    LOGPROB_TILE_TOKENS,
+    CompactCausalForward,
     CpuLogProbHead,
-    add_bucketed_seq2seq_forward,
-    add_compact_causal_head,
 )
 from .host_tuning import configure_threads, keep_freed_memory_for_reuse, physical_cores
 from .trainer import (
@@ -93,10 +94,11 @@ __all__ = [
     "LengthGroupedPairSampler",
     "MAX_BUCKETS",
     "MEGABATCH_BATCHES",
-    "add_bucketed_seq2seq_forward",
     "CpuLogProbHead",
-    "add_compact_causal_head",
+    "CompactCausalForward",
+    "LOGPROB_TILE_TOKENS",
     "bucketed_rows",
+    "run_buckets",
     "configure_threads",
     "cpu_autocast_dtype",
     "cpu_training",

@@ -122,10 +122,14 @@ def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(tensor, pad)
 
 
-def _run_buckets(
-    lengths: torch.Tensor, total_length: int, run: Callable[[torch.Tensor, int], torch.Tensor]
-) -> torch.Tensor:
-    """Call `run(row_index, bucket_length)` per bucket and reassemble `[rows, total_length, ...]` in row order."""
+def run_buckets(
+    mask: torch.Tensor, total_length: int, run: Callable[[torch.Tensor, int], torch.Tensor]
+) -> torch.Tensor | None:
+    """Call `run(row_index, bucket_length)` per length bucket of the rows of the right-padded 2-d `mask` and
+    reassemble `[rows, total_length, ...]` in row order; None (nothing run) when `mask` is not right-padded."""
+    lengths = _right_padded_lengths(mask)
+    if lengths is None:
+        return None
     groups = bucketed_rows(lengths.tolist())
     device = lengths.device
     outputs, order = [], []

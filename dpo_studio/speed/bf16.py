@@ -8,7 +8,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .private_api import attention_implementation
 
 # Opt-outs (set to "0"): reused bf16 copies of frozen weights (and the LoRA input round trips), eager attention.
 FROZEN_COPIES_ENV = "DPO_STUDIO_FROZEN_COPIES"
@@ -105,6 +104,20 @@ def reuse_frozen_weight_casts(model: torch.nn.Module) -> int:
     return replaced
 
 
+def default_attention(model: torch.nn.Module) -> str | None:
+    """The attention implementation `model` was loaded with: dpo_studio loads every model with its default one (the
+    `attn_implementation` option is refused, see `inherited_flags`), which transformers' public
+    `get_correct_attn_implementation(None)` names ("sdpa" where the class and torch support it, else "eager").
+    transformers 5 has no public getter of the current one (it lives in `config._attn_implementation`)."""
+    getter = getattr(model, "get_correct_attn_implementation", None)
+    if getter is None:
+        return None
+    try:
+        return getter(None)
+    except (ValueError, ImportError):
+        return None
+
+
 def use_eager_attention(model: torch.nn.Module) -> str | None:
     """Switch a model from SDPA to transformers' eager attention (in place) for bf16 training on the CPU; returns the
     implementation to restore afterwards, or None when nothing changed.
@@ -114,7 +127,7 @@ def use_eager_attention(model: torch.nn.Module) -> str | None:
     fp32 both measured the same, so fp32 runs keep SDPA. The policy and its reference both run eager (the switch is
     made before the reference pass); off with DPO_STUDIO_BF16_EAGER_ATTENTION=0.
     """
-    current = attention_implementation(model)
+    current = default_attention(model)
     if current != "sdpa" or os.environ.get(EAGER_ATTENTION_ENV, "1") == "0":
         return None
     try:

@@ -1,54 +1,76 @@
-"""Log-prob heads that score only the completion tokens: the compact causal head (TRL's fused forward per length
-bucket), the CPU log-prob head for frozen LM heads, and the bucketed teacher-forced seq2seq forward."""
+"""Log-prob heads that score only the completion tokens: the compact causal forward (TRL's fused forward per length
+bucket, a callable the trainer hands TRL in place of the model) and the CPU log-prob head for frozen LM heads."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
-import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..fused_output import fused_output
-from .batching import _right_padded_lengths, _run_buckets, _set_keys
+from .batching import _set_keys, run_buckets
 from .bf16 import cpu_autocast_dtype, frozen_weight
-from .private_api import trl_logprob_chunk_size
 
 # Opt-out of the CPU log-prob head (set to "0").
 CPU_HEAD_ENV = "DPO_STUDIO_CPU_HEAD"
 
+# Tokens per tile of TRL's chunked log-prob kernel (its own default, 32768, in TRL 1.16): it only bounds the memory of
+# one tile of logits; every tile size gives the same values.
+LOGPROB_TILE_TOKENS = 32768
+
 _LOGIT_SCALING_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def add_compact_causal_head(model: torch.nn.Module, outputs: tuple[str, ...] = ("log_probs",)) -> bool:
-    """Speed up the `fused_lm_head=True` forward TRL's `add_fused_lm_head` installed on a causal LM (in place).
+class CompactCausalForward:
+    """Stands in for a causal LM in TRL's `model(**batch, labels=labels, fused_lm_head=True)` calls (`compute_loss`,
+    `compute_ref_log_probs`), handed to TRL by `CausalDPOTrainer`; the model itself is not changed.
 
-    The backbone runs per length bucket on right-padded rows, and the LM head scores only labelled positions (TRL does
-    that on CUDA/XPU only). Same values as TRL's forward (row outputs of a causal model do not depend on other rows or
-    on trailing padding). Other calls (generation, `shift_labels`, MoE router logits) go to TRL's forward. Returns
-    False, leaving the model alone, for configs with logit scaling/soft-capping (kept on TRL's path).
+    That call is answered here: the backbone runs per length bucket on right-padded rows, and the LM head scores only
+    labelled positions (TRL does that on CUDA/XPU only). Same values as TRL's fused forward (row outputs of a causal
+    model do not depend on other rows or on trailing padding), as the `FusedCausalLMOutput` TRL reads. Every other
+    call (generation, `return_outputs`' logits, `shift_labels`, MoE router logits, left padding) goes to `model`
+    unchanged.
+
+    Args:
+        model: the model TRL was given (PEFT model, accelerate-prepared or not): fallback calls go there.
+        base: the `PreTrainedModel` inside it whose `base_model` (backbone) and output embeddings score the batch;
+            LoRA layers live inside its modules, so they (and PEFT's disabled-adapter reference) apply.
+        outputs: the per-token fields TRL reads (see `fused_output.policy_fields`).
+        autocast: context manager factory the direct backbone call runs under (the trainer's `accelerator.autocast`,
+            which accelerate's wrapper of `model.forward` would otherwise have entered).
     """
-    text_config = model.config.get_text_config()
-    if model.config.is_encoder_decoder or any(getattr(text_config, a, None) is not None for a in _LOGIT_SCALING_ATTRS):
-        return False
-    if getattr(model, "_dpo_studio_compact_head", False):
-        return True
-    trl_forward = model.forward  # TRL's fused forward (falls through to the original forward without the flag)
 
-    def _forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kw):
-        input_ids, attention_mask = kw.get("input_ids"), kw.get("attention_mask")
-        simple = (
-            fused_lm_head and not args and shift_labels is None and labels is not None and input_ids is not None
-            and attention_mask is not None and not kw.get("output_router_logits")
-            and _set_keys(kw) <= {"input_ids", "attention_mask", "use_cache", "return_dict"}
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        base: torch.nn.Module,
+        outputs: tuple[str, ...] = ("log_probs",),
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
+        self.model, self.base, self.outputs, self.autocast = model, base, tuple(outputs), autocast
+
+    @staticmethod
+    def supports(base: torch.nn.Module) -> bool:
+        """Causal configs without logit scaling/soft-capping (those stay on TRL's path, which applies them)."""
+        text_config = base.config.get_text_config()
+        return not base.config.is_encoder_decoder and all(
+            getattr(text_config, a, None) is None for a in _LOGIT_SCALING_ATTRS
         )
-        lengths = _right_padded_lengths(attention_mask) if simple else None
-        if lengths is None:
-            return trl_forward(
-                *args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                num_items_in_batch=num_items_in_batch, **kw,
-            )
-        backbone = self.base_model
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        input_ids, attention_mask, labels = kw.get("input_ids"), kw.get("attention_mask"), kw.get("labels")
+        rest = {k: v for k, v in kw.items() if k not in ("fused_lm_head", "labels", "num_items_in_batch")}
+        simple = (
+            kw.get("fused_lm_head") and not args and labels is not None and input_ids is not None
+            and attention_mask is not None and not kw.get("output_router_logits")
+            and _set_keys(rest) <= {"input_ids", "attention_mask", "use_cache", "return_dict"}
+        )
+        if not simple:
+            return self.model(*args, **kw)
+        backbone = self.base.base_model
 
         def run(index: torch.Tensor, length: int) -> torch.Tensor:
             return backbone(
@@ -57,15 +79,16 @@ def add_compact_causal_head(model: torch.nn.Module, outputs: tuple[str, ...] = (
                 use_cache=False,
             ).last_hidden_state
 
-        hidden = _run_buckets(lengths, input_ids.size(1), run)[:, :-1]
-        mask = labels[:, 1:] != -100
-        per_token = _labelled_log_probs(hidden[mask], labels[:, 1:][mask], self.get_output_embeddings(), outputs)
-        return fused_output(per_token, mask, num_items_in_batch)
-
-    functools.update_wrapper(_forward, type(model).forward, assigned=("__doc__", "__name__", "__qualname__"))
-    model.forward = types.MethodType(_forward, model)
-    model._dpo_studio_compact_head = True
-    return True
+        with self.autocast():
+            hidden = run_buckets(attention_mask, input_ids.size(1), run)
+            if hidden is None:  # left padding or holes: TRL's path
+                return self.model(*args, **kw)
+            hidden = hidden[:, :-1]
+            mask = labels[:, 1:] != -100
+            per_token = _labelled_log_probs(
+                hidden[mask], labels[:, 1:][mask], self.base.get_output_embeddings(), self.outputs
+            )
+        return fused_output(per_token, mask, kw.get("num_items_in_batch"))
 
 
 def _labelled_log_probs(
@@ -78,7 +101,7 @@ def _labelled_log_probs(
     from trl.kernels import ChunkedLogProbFunction
 
     return ChunkedLogProbFunction.apply(
-        hidden, lm_head.weight, lm_head.bias, targets, 1.0, trl_logprob_chunk_size(), None, 1.0, outputs
+        hidden, lm_head.weight, lm_head.bias, targets, 1.0, LOGPROB_TILE_TOKENS, None, 1.0, outputs
     )
 
 
@@ -169,47 +192,3 @@ class CpuLogProbHead(torch.autograd.Function):
             del p, log_p
             grad_hidden[start:end] = torch.mm(grad.to(compute), w)
         return grad_hidden, None, None, None
-
-
-# ------------------------------------------------------------------------------------------- seq2seq decoder rows
-def add_bucketed_seq2seq_forward(model: torch.nn.Module) -> None:
-    """Run teacher-forced decoder rows of an encoder-decoder model per length bucket (in place, before the trainer).
-
-    `Seq2SeqDPOTrainer` wraps `model.forward` as found at construction; with this patch underneath, its call with
-    `encoder_outputs` + right-padded `decoder_attention_mask` runs each bucket of decoder rows trimmed to its own
-    length (decoder and LM head skip the padding), and returns logits padded back to the batch length (padded
-    positions are zeros and never scored). Any other call (generation, caches) is the model's own forward.
-    """
-    if getattr(model, "_dpo_studio_bucketed", False):
-        return
-    original = model.forward
-
-    def _forward(self, *args, **kw):
-        dec_ids, dec_mask = kw.get("decoder_input_ids"), kw.get("decoder_attention_mask")
-        enc = kw.get("encoder_outputs")
-        simple = (
-            not args and enc is not None and dec_ids is not None and dec_mask is not None
-            and kw.get("past_key_values") is None and not kw.get("use_cache") and kw.get("labels") is None
-            and _set_keys(kw) <= {"attention_mask", "encoder_outputs", "decoder_input_ids", "decoder_attention_mask",
-                                  "use_cache", "return_dict"}
-        )
-        lengths = _right_padded_lengths(dec_mask) if simple else None
-        if lengths is None:
-            return original(*args, **kw)
-        hidden, cross_mask = enc[0], kw.get("attention_mask")
-
-        def run(index: torch.Tensor, length: int) -> torch.Tensor:
-            return original(
-                attention_mask=None if cross_mask is None else cross_mask.index_select(0, index),
-                encoder_outputs=type(enc)(last_hidden_state=hidden.index_select(0, index)),
-                decoder_input_ids=dec_ids.index_select(0, index)[:, :length],
-                decoder_attention_mask=dec_mask.index_select(0, index)[:, :length],
-                use_cache=False,
-            ).logits
-
-        from transformers.modeling_outputs import Seq2SeqLMOutput
-
-        return Seq2SeqLMOutput(logits=_run_buckets(lengths, dec_ids.size(1), run))
-
-    model.forward = types.MethodType(_forward, model)
-    model._dpo_studio_bucketed = True

@@ -1,8 +1,8 @@
-"""Every private name of TRL, transformers, PEFT and accelerate that dpo_studio's training code uses, with the reason;
+"""Every private name of TRL, transformers, PEFT and accelerate that dpo_studio uses, with the reason;
 `check_private_api()` (run by tests/test_private_api.py) fails with one line naming the package and installed version
 when a release changes one. Overrides of private methods are declared here and live in the trainer classes.
 
-Read through this module: `trl_logprob_chunk_size`, `attention_implementation`, `forget_accelerate_prepare`.
+Read through this module: `forget_accelerate_prepare`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import torch
 
 # (package, module, class or None, name, reason)
 PRIVATE_NAMES: tuple[tuple[str, str, str | None, str, str], ...] = (
-    ("trl", "trl.trainer.utils", None, "_CHUNKED_LOGPROB_CHUNK_SIZE",
-     "the compact head calls TRL's chunked log-prob kernel with TRL's own tile size"),
     ("transformers", "transformers.trainer", "Trainer", "_get_train_sampler",
      "overridden: length-grouped preference pairs (transformers' grouping needs a `length` column TRL lacks)"),
     ("transformers", "transformers.trainer", "Trainer", "_get_eval_sampler",
      "overridden: keep held-out pairs sequential when training groups by length"),
     ("trl", "trl.trainer.dpo_trainer", "DPOTrainer", "_prepare_dataset",
      "overridden by Seq2SeqDPOTrainer: prompt tokens for the encoder, completions for the decoder"),
+    ("peft", "peft.tuners.lora.config", "LoraConfig", "_register_custom_module",
+     "cpu_decode.serving_lora_config: PEFT's documented (experimental) hook for custom LoRA layer classes"),
     ("accelerate", "accelerate.accelerator", None, "_is_accelerate_prepared",
      "attribute flag; dropped so a second Trainer applies its own mixed precision (see forget_accelerate_prepare)"),
-    ("transformers", "transformers.configuration_utils", "PretrainedConfig", "_attn_implementation",
-     "attribute read: which attention to restore after bf16 training (no public getter in transformers 5)"),
 )
 
 
@@ -45,16 +43,6 @@ def check_private_api() -> list[str]:
         for package, module, owner, name, reason in PRIVATE_NAMES
         if not _present(module, owner, name)
     ]
-
-
-def trl_logprob_chunk_size() -> int:
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
-
-    return _CHUNKED_LOGPROB_CHUNK_SIZE
-
-
-def attention_implementation(model: torch.nn.Module) -> str | None:
-    return getattr(model.config, "_attn_implementation", None)
 
 
 def forget_accelerate_prepare(model: torch.nn.Module) -> None:

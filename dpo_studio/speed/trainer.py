@@ -1,6 +1,7 @@
 """The trainers that train: `CausalDPOTrainer` and `FastSeq2SeqDPOTrainer`, TRL's trainers with this package's speed
 features, each a constructor step, a method override or a submodule the model is built with, switched by a field of
-`SpeedSettings`."""
+`SpeedSettings`. The compact causal forward and the bucketed decoder rows are callables handed to TRL through its
+public `compute_loss` / `compute_ref_log_probs` (`trainer_seams`); no method of a live object is replaced."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import torch
 from torch.utils.data import SequentialSampler
 from trl import DPOTrainer
 
-from ..fused_output import policy_fields
 from ..precision import forget_earlier_accelerate_prepare, precision_of
 from ..seq2seq_dpo import Seq2SeqDPOTrainer
+from ..trainer_seams import PreferenceForwardSeams
 from .activations import use_fused_gelu
-from .batching import LengthGroupedPairSampler, pair_lengths
+from .batching import LengthGroupedPairSampler, pair_lengths, run_buckets
 from .bf16 import (
     EAGER_ATTENTION_ENV,
     FROZEN_COPIES_ENV,
@@ -25,7 +26,7 @@ from .bf16 import (
     use_eager_attention,
 )
 from .compile import CompileDecision, choose_compile, planned_steps
-from .heads import add_bucketed_seq2seq_forward, add_compact_causal_head
+from .heads import CompactCausalForward
 from .host_tuning import configure_threads, keep_freed_memory_for_reuse
 
 
@@ -94,27 +95,7 @@ class _SpeedFeatures:
         self._attention_to_restore = (
             use_eager_attention(base) if on_cpu and args.bf16 and speed.eager_attention_bf16 else None
         )
-        if base.config.is_encoder_decoder and on_cpu and speed.seq2seq_buckets:
-            add_bucketed_seq2seq_forward(base)
         super().__init__(model=model, args=args, **kwargs)
-        self._install_compact_heads()  # idempotent; covers runs without precomputed reference log-probs
-
-    def _install_compact_heads(self) -> None:
-        """Compact fused head on a causal policy (and separate reference), with the fields TRL requests for each."""
-        if not (self.speed.compact_head and cpu_training(self.args)):
-            return
-        policy = _base(self.model)
-        if policy.config.is_encoder_decoder:
-            return
-        add_compact_causal_head(policy, policy_fields(self.args.use_weighting))
-        if self.ref_model is not None:
-            add_compact_causal_head(self.accelerator.unwrap_model(self.ref_model), ("log_probs",))
-
-    def compute_ref_log_probs(self, model, inputs):
-        # The reference pass may run inside TRL's __init__ (precomputed log-probs): the compact head goes on at the
-        # first reference batch, whenever TRL runs it, so that one-off pass is fast too. Idempotent.
-        self._install_compact_heads()
-        return super().compute_ref_log_probs(model, inputs)
 
     def _uses_length_groups(self, dataset) -> bool:
         columns = getattr(dataset, "column_names", None) or []
@@ -147,12 +128,26 @@ class _SpeedFeatures:
                 _base(self.model).set_attn_implementation(self._attention_to_restore)
 
 
-class CausalDPOTrainer(_SpeedFeatures, DPOTrainer):
+class CausalDPOTrainer(_SpeedFeatures, PreferenceForwardSeams, DPOTrainer):
     """`trl.DPOTrainer` for causal LMs with this package's speed features (`speed: SpeedSettings`)."""
+
+    def preference_forward(self, model, fields: tuple[str, ...]) -> CompactCausalForward | None:
+        """The compact causal forward TRL calls in place of `model` (see `trainer_seams`); None (TRL's own fused
+        head, unchanged) off the CPU, under DDP/FSDP, with `compact_head` off, or for scaled/soft-capped logits."""
+        if not (self.speed.compact_head and cpu_training(self.args)) or self.runs_distributed(model):
+            return None
+        base = self.base_model_of(model)
+        if not CompactCausalForward.supports(base):
+            return None
+        return CompactCausalForward(model, base, fields, autocast=self.accelerator.autocast)
 
 
 class FastSeq2SeqDPOTrainer(_SpeedFeatures, Seq2SeqDPOTrainer):
     """`Seq2SeqDPOTrainer` (encoder-decoders) with this package's speed features (`speed: SpeedSettings`)."""
+
+    def decoder_row_buckets(self):
+        # CPU only: on CUDA one padded decoder call is what the kernels are tuned for (and was never measured).
+        return run_buckets if self.speed.seq2seq_buckets and cpu_training(self.args) else None
 
 
 def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: Any):

@@ -201,10 +201,11 @@ def test_sequence_logps_equal_manual_sums_of_token_log_probs(perturbed):
             ref_chosen, ref_rejected = sequence_logps(trainer.model, batch)
         torch.testing.assert_close(ref_chosen, hand["rc"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ref_rejected, hand["rr"], rtol=1e-5, atol=1e-5)
-        # the patched fused forward the trainer uses gives the same per-token values, zero on padding
+        # the fused forward the trainer hands TRL gives the same per-token values, zero on padding
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-        out = trainer.model(**{k: v for k, v in batch.items() if k != "completion_mask"}, labels=labels,
-                            use_cache=False, fused_lm_head=True)
+        forward = trainer.preference_forward(trainer.model, ("log_probs",))
+        out = forward(**{k: v for k, v in batch.items() if k != "completion_mask"}, labels=labels,
+                      use_cache=False, fused_lm_head=True)
     assert out.log_probs.shape == (12, batch["input_ids"].size(1) - 1)
     assert (out.log_probs[batch["completion_mask"][:, 1:] == 0] == 0).all()
     torch.testing.assert_close(out.log_probs.sum(1), torch.cat([hand["pc"], hand["pr"]]), rtol=1e-5, atol=1e-5)
@@ -324,8 +325,9 @@ def test_encoder_runs_once_per_pair_and_decoder_on_both_completions(perturbed):
     try:
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         with torch.no_grad():
-            trainer.model(**{k: v for k, v in batch.items() if k != "completion_mask"}, labels=labels,
-                          use_cache=False, fused_lm_head=True)
+            trainer.preference_forward(trainer.model, ("log_probs",))(
+                **{k: v for k, v in batch.items() if k != "completion_mask"}, labels=labels, use_cache=False,
+                fused_lm_head=True)
             assert calls == {"encoder": [6], "decoder": [12]}
             # a full loss computation = one policy forward + one reference forward, each with one encoder pass
             calls["encoder"].clear(), calls["decoder"].clear()

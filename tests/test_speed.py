@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -15,6 +16,7 @@ from trl import DPOConfig, DPOTrainer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dpo_studio import speed  # noqa: E402
+from dpo_studio.fused_output import policy_fields  # noqa: E402
 from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
 from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer  # noqa: E402
 
@@ -113,28 +115,59 @@ def test_buckets_cover_every_row_once_with_their_longest_length():
     assert speed.bucketed_rows([9, 9, 9]) == [([0, 1, 2], 9)]  # equal lengths: nothing to gain from a split
 
 
+@contextlib.contextmanager
+def row_calls(trainer):
+    """(rows, length) of every call of the module that runs the rows of a preference batch: GPT-2's backbone, T5's
+    decoder (the behaviour the length buckets change: several shorter calls instead of one padded one)."""
+    base = trainer.model.get_base_model()
+    module = base.decoder if base.config.is_encoder_decoder else base.base_model
+    calls = []
+    hook = module.register_forward_pre_hook(
+        lambda m, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
+def scoring_forward(trainer):
+    """What TRL's `_compute_loss` calls for this trainer's policy: the callable our trainers hand it, else the model
+    (stock TRL's own fused head)."""
+    forward = getattr(trainer, "preference_forward", lambda model, fields: None)(
+        trainer.model, policy_fields(trainer.args.use_weighting))
+    return trainer.model if forward is None else forward
+
+
+def preference_batch(trainer, n: int):
+    """The first `n` training pairs, collated (with their precomputed reference log-probs when there are some)."""
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
+    return trainer.data_collator([{k: ex[k] for k in keys if k in ex} for ex in trainer.train_dataset.select(range(n))])
+
+
 @pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
-def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5, monkeypatch):
+def test_fast_forward_gives_the_same_per_token_log_probs(tmp_path, t5):
+    """fp32: per-token log-probs within 1e-5, gradients within rtol 1e-4 / atol 1e-5 (float reordering only)."""
     stock, fast = build(tmp_path / "s", t5, fast=False), build(tmp_path / "f", t5, fast=True)
-    bucket_calls = []
-    run_buckets = speed.heads._run_buckets
-    monkeypatch.setattr(speed.heads, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
     for trainer in (stock, fast):
         perturb_lora(trainer.model)
-    examples = [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in stock.train_dataset]
-    batch = stock.data_collator(examples[:12])
+    batch = preference_batch(stock, 12)
     assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # padding present
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     inputs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
-    outs = []
+    outs, calls = [], []
     for trainer in (stock, fast):
         trainer.model.train()
-        out = trainer.model(**inputs, labels=labels, fused_lm_head=True, use_cache=False)
+        with row_calls(trainer) as seen:
+            out = scoring_forward(trainer)(**inputs, labels=labels, fused_lm_head=True, use_cache=False)
+        calls.append(seen)
         out.log_probs.sum().backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         outs.append((out.log_probs.detach(), out.is_top1, grads))
-    # The fast trainer's call (through PEFT's forward, as in training) took the bucketed path, the stock one did not.
-    assert len(bucket_calls) == 1 and len(bucket_calls[0]) == batch["input_ids"].shape[0]
+    rows, length = batch["input_ids"].shape
+    decoder_length = length - 1 if t5 else length  # T5's decoder input drops the last label
+    # Stock: one padded call of all rows. Fast: the same rows in several calls, each trimmed to its own length.
+    assert calls[0] == [(rows, decoder_length)]
+    assert len(calls[1]) > 1 and sum(r for r, _ in calls[1]) == rows and min(n for _, n in calls[1]) < decoder_length
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     assert torch.equal(outs[0][1], outs[1][1])
     assert outs[0][2].keys() == outs[1][2].keys() and outs[0][2]
@@ -320,16 +353,16 @@ def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
 def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
     """On a GPU (forced here by replacing the device probe) TRL's fused head and the plain seq2seq forward stay."""
     monkeypatch.setattr(speed.trainer, "cpu_training", lambda args: cpu)
-    bucket_calls = []
-    run_buckets = speed.heads._run_buckets
-    monkeypatch.setattr(speed.heads, "_run_buckets", lambda *a: (bucket_calls.append(a[0]), run_buckets(*a))[1])
     for t5 in (False, True):
-        bucket_calls.clear()
         trainer = build(tmp_path / str(t5), t5, fast=True, precompute_ref_log_probs=False)
-        batch = next(iter(trainer.get_train_dataloader()))
-        trainer.compute_loss(trainer.model, batch)
-        # Behaviour, not markers: the CPU path runs its rows per length bucket; TRL's GPU path never does.
-        assert bool(bucket_calls) is cpu, (t5, cpu)
+        batch = preference_batch(trainer, 12)
+        with row_calls(trainer) as calls:
+            trainer.compute_loss(trainer.model, batch)
+        # Behaviour, not markers: the CPU path runs its rows per length bucket (policy and reference: more calls
+        # than the two forwards); TRL's GPU path calls every row at once, once per forward.
+        rows = batch["input_ids"].size(0)
+        assert (len(calls) > 2) is cpu, (t5, cpu, calls)
+        assert sum(r for r, _ in calls) == 2 * rows
 
 
 # ------------------------------------------------------------------------------------- bf16 on CPU (forced, any CPU)
@@ -491,26 +524,35 @@ def test_cpu_patches_are_opt_out_and_leave_trainable_heads_to_trl(tmp_path, monk
 
 
 # ------------------------------------------------------------------------------------------ each feature on vs off
-FEATURES = [("gpt2", "fused_gelu"), ("gpt2", "compact_head"), ("gpt2", "eval_sized_reference_batches"),
-            ("t5", "seq2seq_buckets"), ("t5", "eval_sized_reference_batches")]
+FEATURES = [("gpt2", "fused_gelu", True), ("gpt2", "compact_head", True), ("gpt2", "compact_head", False),
+            ("gpt2", "eval_sized_reference_batches", True), ("t5", "seq2seq_buckets", True),
+            ("t5", "seq2seq_buckets", False), ("t5", "eval_sized_reference_batches", True)]
+# The features that change how rows reach the model: with them on, the rows run in more (shorter) calls.
+ROW_FEATURES = {"compact_head", "seq2seq_buckets"}
 
 
-@pytest.mark.parametrize("family,feature", FEATURES, ids=[f"{f}-{x}" for f, x in FEATURES])
-def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, feature):
+@pytest.mark.parametrize("family,feature,precompute", FEATURES,
+                         ids=[f"{f}-{x}-{'precomputed' if p else 'online'}-ref" for f, x, p in FEATURES])
+def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, feature, precompute):
     """fp32: one feature off vs all on gives the same held-out loss and metrics (abs 1e-5) and the same gradients of
-    one training batch (rtol 1e-4, atol 1e-6: float reordering only)."""
+    one training batch (rtol 1e-4, atol 1e-6: float reordering only), with the reference log-probs precomputed or
+    computed with every batch (the reference pass then goes through the same forward as the policy)."""
     t5 = family == "t5"
     results = []
     for settings in (speed.SpeedSettings(), speed.SpeedSettings(**{feature: False})):
-        trainer = build(tmp_path / str(len(results)), t5, fast=True, speed_settings=settings)
+        trainer = build(tmp_path / str(len(results)), t5, fast=True, speed_settings=settings,
+                        precompute_ref_log_probs=precompute)
         perturb_lora(trainer.model)
         metrics = trainer.evaluate()
-        batch = next(iter(trainer.get_train_dataloader()))
+        batch = preference_batch(trainer, 12)
         trainer.model.train()
-        trainer.compute_loss(trainer.model, batch).backward()
+        with row_calls(trainer) as calls:
+            trainer.compute_loss(trainer.model, batch).backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results.append((metrics, grads))
-    (on, on_grads), (off, off_grads) = results
+        results.append((metrics, grads, len(calls)))
+    (on, on_grads, on_calls), (off, off_grads, off_calls) = results
+    if feature in ROW_FEATURES:  # the feature really ran when on (and not when off)
+        assert on_calls > off_calls == (1 if precompute else 2)
     for key in on:
         if key.startswith("eval_") and not any(t in key for t in ("runtime", "per_second", "time")):
             assert on[key] == pytest.approx(off[key], abs=1e-5), key

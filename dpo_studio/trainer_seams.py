@@ -44,8 +44,23 @@ class PreferenceForwardSeams:
         forward = self.preference_forward(model, ("log_probs",))
         return super().compute_ref_log_probs(model if forward is None else forward, inputs)
 
+    def _training_forward(self, model: Any, fields: tuple[str, ...]) -> Callable[..., Any] | None:
+        """`preference_forward`, compiled under `--torch_compile` (accelerate compiles `model`, which the callable
+        calls around), made once per model so that compiled code is reused across steps."""
+        if not self.args.torch_compile:
+            return self.preference_forward(model, fields)
+        cache = self.__dict__.setdefault("compiled_preference_forwards", {})
+        key = (id(model), fields)
+        if key not in cache:
+            forward = self.preference_forward(model, fields)
+            if forward is not None:
+                forward = torch.compile(forward.__call__, backend=self.args.torch_compile_backend or "inductor",
+                                        mode=self.args.torch_compile_mode)
+            cache[key] = (model, forward)  # the model is kept so that its id is not reused
+        return cache[key][1]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forward = self.preference_forward(model, policy_fields(self.args.use_weighting))
+        forward = self._training_forward(model, policy_fields(self.args.use_weighting))
         if forward is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.precompute_ref_logps:

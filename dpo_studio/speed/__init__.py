@@ -12,7 +12,7 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
   on (GPT-2-small shape, 16 pairs: 117 s grouped vs 127 s random, within run-to-run noise), so it is off by
   default and the product's batches are stock TRL's.
 * **LM head on every position.** Off Triton (CPU), TRL's fused LM head scores every position, prompt and padding
-  included; `add_compact_causal_head` scores only the completion tokens (TRL's own chunked log-prob kernel, fed the
+  included; `CompactCausalForward` scores only the completion tokens (TRL's own chunked log-prob kernel, fed the
   compact selection TRL uses on CUDA).
 * **Threads.** `configure_threads` uses one thread per physical core unless the user set `OMP_NUM_THREADS`.
 * **Fused GELU.** GPT-2's `gelu_new` is a chain of elementwise ops in transformers; `use_fused_gelu` swaps in the
@@ -33,10 +33,13 @@ defaults in `config.PRODUCT_DEFAULTS`; the T5 encoder is shared by chosen and re
   to pay (CPU bf16, enough steps); recorded in metrics.json.
 
 The features are switched by `SpeedSettings` fields and applied by the named trainers `CausalDPOTrainer` and
-`FastSeq2SeqDPOTrainer` (`trainer`). Modules: `host_tuning` (threads, malloc), `batching` (length-grouped sampler,
-in-batch buckets), `heads` (compact causal head, CPU log-prob head, bucketed seq2seq forward), `bf16` (frozen-weight
-casts, eager attention), `activations` (fused GELU), `compile` (the compile rule), `trainer`. The public names are
-re-exported here.
+`FastSeq2SeqDPOTrainer` (`trainer`). Nothing is swapped on a live object: each feature is a constructor step, a
+submodule the model is built with, or a named callable (`CompactCausalForward`, `Seq2SeqPreferenceForward` with
+`run_buckets`) that the trainers hand TRL in place of the model through its public `compute_loss` /
+`compute_ref_log_probs` (`dpo_studio.trainer_seams`). Modules: `host_tuning` (threads, malloc), `batching`
+(length-grouped sampler, in-batch buckets), `heads` (compact causal forward, CPU log-prob head), `bf16`
+(frozen-weight casts, eager attention), `activations` (fused GELU), `compile` (the compile rule), `trainer`. The public
+names are re-exported here.
 """
 
 from .activations import use_fused_gelu

@@ -8,7 +8,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-
 # Opt-outs (set to "0"): reused bf16 copies of frozen weights (and the LoRA input round trips), eager attention.
 FROZEN_COPIES_ENV = "DPO_STUDIO_FROZEN_COPIES"
 EAGER_ATTENTION_ENV = "DPO_STUDIO_BF16_EAGER_ATTENTION"

@@ -8,10 +8,10 @@ def test_every_private_name_still_exists():
     assert not broken, "\n".join(broken)
 
 
-def test_at_most_six_private_names_in_one_registry():
+def test_at_most_five_private_names_in_one_registry():
     packages = {package for package, *_ in private_api.PRIVATE_NAMES}
     assert packages <= {"trl", "transformers", "peft", "accelerate"}
-    assert len(private_api.PRIVATE_NAMES) <= 6
+    assert len(private_api.PRIVATE_NAMES) <= 5  # issue 18 target
 
 
 def test_a_changed_name_is_reported_with_package_and_version(monkeypatch):

@@ -2,7 +2,8 @@
 `check_private_api()` (run by tests/test_private_api.py) fails with one line naming the package and installed version
 when a release changes one. Overrides of private methods are declared here and live in the trainer classes.
 
-Read through this module: `trl_logprob_chunk_size`, `attention_implementation`, `forget_accelerate_prepare`.
+Read through this module: `trl_logprob_chunk_size`, `attention_implementation`, `forget_accelerate_prepare`,
+`trl_eval_metrics`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ PRIVATE_NAMES: tuple[tuple[str, str, str | None, str, str], ...] = (
      "overridden by Seq2SeqDPOTrainer: prompt tokens for the encoder, completions for the decoder"),
     ("accelerate", "accelerate.accelerator", None, "_is_accelerate_prepared",
      "attribute flag; dropped so a second Trainer applies its own mixed precision (see forget_accelerate_prepare)"),
+    ("trl", "trl.trainer.dpo_trainer", "DPOTrainer", "_metrics",
+     "read and restored: the per-batch metric values TRL records while scoring a batch; evaluate_pairs weights them "
+     "by pairs (TRL reports only the mean of batch means and has no per-pair reduction)"),
     ("transformers", "transformers.configuration_utils", "PretrainedConfig", "_attn_implementation",
      "attribute read: which attention to restore after bf16 training (no public getter in transformers 5)"),
 )
@@ -62,3 +66,8 @@ def forget_accelerate_prepare(model: torch.nn.Module) -> None:
     for module in model.modules():
         if "_is_accelerate_prepared" in vars(module):
             del module._is_accelerate_prepared
+
+
+def trl_eval_metrics(trainer) -> dict[str, list[float]]:
+    """The mutable per-batch "eval" metric lists of a TRL trainer (appended to by each scored batch)."""
+    return trainer._metrics["eval"]

@@ -63,9 +63,10 @@ def test_app_imports_no_training_package(tmp_path):
         sys.meta_path.insert(0, Watch())
         import app
         from dpo_studio import ui
-        demo = ui.build_app(models_dir={str(tmp_path / 'models')!r}, votes_file={str(tmp_path / 'votes.jsonl')!r})
+        studio = ui.build_studio(models_dir={str(tmp_path / 'models')!r}, votes_file={str(tmp_path / 'votes.jsonl')!r})
+        ui.build_app(studio=studio)
         for family in ("gpt2", "t5"):
-            base, dpo, _ = demo.studio.compare("Any tips about tea?", family, 4, 0.0, 1.0, 0)
+            base, dpo, _ = studio.compare("Any tips about tea?", family, 4, 0.0, 1.0, 0)
         print("IMPORTERS", importers)
         print("LOADED", sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules))
     """)

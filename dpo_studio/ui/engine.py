@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 class Engine:
     """Base and DPO generation for one family, through `dpo_studio.generation`."""
 
-    registry: ModelRegistry
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
 
     def pair(self, family: str) -> LoadedPair:
         """The family's loaded pair (loaded on first use); a load failure is a one-line gr.Error."""

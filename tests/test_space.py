@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from huggingface_hub import snapshot_download
+from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
 
-from dpo_studio import publish
+from dpo_studio import publish, space
 from dpo_studio.publish import PushTarget, push_outputs
 from dpo_studio.space import deploy_space
+from dpo_studio.votes_hub import VOTES_REPO_ENV
 from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
 from tiny_models import ask_compare, build_models_dir, free_port
 
@@ -105,3 +106,70 @@ def test_downloaded_space_starts_and_answers_compare(outputs, local_hub, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _served_repo_ids(hub, space_id: str) -> list[str]:
+    """Every base/adapter/merged repo id in the deployed Space's app_config.yaml."""
+    import yaml
+
+    families = yaml.safe_load(hub.files(space_id, repo_type="space")["app_config.yaml"])["families"]
+    return sorted({entry[role] for entry in families.values() for role in ("base", "adapter", "merged")})
+
+
+def test_space_card_names_its_models_and_votes_dataset(outputs, local_hub, tmp_path):  # noqa: F811
+    ns = local_hub.user
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    done = deploy_space(f"{ns}/dpo-compare", outputs, target)
+    readme = hf_hub_download(f"{ns}/dpo-compare", "README.md", repo_type="space", local_dir=tmp_path / "card")
+    card = SpaceCard.load(readme)
+    expected = sorted(f"{ns}/{family}-dpo{suffix}" for family in ("gpt2", "t5") for suffix in ("", "-lora", "-base"))
+    assert card.data.models == expected == _served_repo_ids(local_hub, f"{ns}/dpo-compare")
+    assert card.data.datasets == [f"{ns}/dpo-compare-votes"] == [done.votes_repo]
+    assert f"datasets/{ns}/dpo-compare-votes" in card.text  # the body links the votes dataset too
+
+
+def test_space_deploy_sets_up_the_votes_dataset_idempotently(outputs, local_hub):  # noqa: F811
+    ns, space_id = local_hub.user, f"{local_hub.user}/dpo-compare"
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    first = deploy_space(space_id, outputs, target)
+    votes = f"{ns}/dpo-compare-votes"
+    assert first.votes_repo == votes and local_hub.repos[("dataset", votes)].private
+    assert local_hub.space_variables(space_id) == {VOTES_REPO_ENV: votes}
+    assert local_hub.space_secrets(space_id) == {}  # the owner's job unless --token-secret
+    space_commits, votes_commits = local_hub.commit_ids(space_id, "space"), local_hub.commit_ids(votes, "dataset")
+    posts = local_hub.count("POST", "/variables")
+
+    again = deploy_space(space_id, outputs, target)
+    assert again.commit == first.commit and local_hub.commit_ids(space_id, "space") == space_commits
+    assert local_hub.commit_ids(votes, "dataset") == votes_commits
+    assert local_hub.count("POST", "/variables") == posts  # unchanged variable not set again (no restart)
+    assert local_hub.space_variables(space_id) == {VOTES_REPO_ENV: votes}
+
+
+def test_space_command_votes_repo_token_secret_and_no_votes(outputs, local_hub, capsys):  # noqa: F811
+    ns = local_hub.user
+    push_outputs(outputs, publish.check_push_access(PushTarget()))
+    assert space.main(["--space-id", f"{ns}/arena", "--from", str(outputs), "--votes-repo", "test-org/arena-votes",
+                       "--token-secret"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{local_hub.url}/spaces/{ns}/arena (commit ")
+    assert "test-org/arena-votes" in lines[1] and "secret HF_TOKEN" in lines[2]
+    assert ("dataset", "test-org/arena-votes") in local_hub.repos
+    assert local_hub.space_variables(f"{ns}/arena") == {VOTES_REPO_ENV: "test-org/arena-votes"}
+    assert local_hub.space_secrets(f"{ns}/arena") == {"HF_TOKEN": local_hub.token}
+
+    assert space.main(["space", "--space-id", f"{ns}/plain", "--from", str(outputs), "--no-votes-repo"]) == 0
+    assert "no votes dataset" in capsys.readouterr().out
+    assert ("dataset", f"{ns}/plain-votes") not in local_hub.repos
+    assert local_hub.space_variables(f"{ns}/plain") == {} and local_hub.space_secrets(f"{ns}/plain") == {}
+    assert SpaceCard(local_hub.files(f"{ns}/plain", "space")["README.md"].decode()).data.datasets is None
+
+
+def test_space_command_refuses_a_votes_repo_without_namespace(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        space.main(["--space-id", "me/arena", "--from", "runs/x", "--votes-repo", "votes"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "dpo-studio space: error: --votes-repo 'votes': expected a Hub repo id NAMESPACE/NAME"

@@ -1,18 +1,21 @@
 """The Space: inference-only requirements, an app that imports no training package, and a downloaded Space that
 starts and answers /compare (its start-up time is printed, not asserted)."""
 
+import inspect
 import os
+import pickle
 import re
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
 from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
 
-from dpo_studio import publish, space
+from dpo_studio import publish, space, ui
 from dpo_studio.publish import PushTarget, push_outputs
 from dpo_studio.space import deploy_space
 from dpo_studio.votes_hub import VOTES_REPO_ENV
@@ -173,3 +176,56 @@ def test_space_command_refuses_a_votes_repo_without_namespace(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "dpo-studio space: error: --votes-repo 'votes': expected a Hub repo id NAMESPACE/NAME"
+
+
+# ------------------------------------------------------------------------------------------------ ZeroGPU
+def fake_spaces() -> types.ModuleType:
+    """A stand-in for the `spaces` package of Hugging Face Spaces whose `GPU` decorator records what it wraps and
+    every call, and treats arguments and yielded items as ZeroGPU does: pickled to and from a worker."""
+    module = types.ModuleType("spaces")
+    module.wrapped, module.calls = [], []
+
+    def GPU(fn):  # noqa: N802 - the real decorator's name
+        assert inspect.isgeneratorfunction(fn), "spaces.GPU keeps streaming only for generator functions"
+        module.wrapped.append(fn)
+
+        def on_worker(*args, **kwargs):
+            module.calls.append(args)
+            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))  # ZeroGPU pickles the call to its worker
+            for item in fn(*args, **kwargs):
+                yield pickle.loads(pickle.dumps(item))  # ... and every item back
+
+        return on_worker
+
+    module.GPU = GPU
+    return module
+
+
+def _generations(demo) -> dict[str, object]:
+    """Compare (whole and streamed, both families) and a blind round through the Studio, greedy and seeded."""
+    studio = demo.studio
+    out = {family: studio.compare("Any tips about tea?", family, 6, 0.0, 1.0, 0)[:2] for family in ("gpt2", "t5")}
+    out["stream"] = [step[:2] for step in studio.compare_stream("Any tips about tea?", "gpt2", 6, 0.0, 1.0, 0)]
+    _, reply_a, reply_b = studio.blind("Any tips about tea?", "t5", 6, 0.0, 1.0, 0)
+    out["blind"] = sorted((reply_a, reply_b))
+    return out
+
+
+def test_zero_gpu_generation_runs_under_spaces_gpu_and_without_it_nothing_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build_models_dir(tmp_path / "models")
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    plain = _generations(ui.build_app(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "a.jsonl")))
+    assert "spaces" not in sys.modules  # no Space: nothing imports it
+    assert len(plain["stream"]) > 1 and plain["stream"][-1] == plain["gpt2"]
+    assert plain["blind"] == sorted(plain["t5"])
+
+    fake = fake_spaces()
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    demo = ui.build_app(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "b.jsonl"))
+    assert len(fake.wrapped) == 1 and fake.calls == []  # wrapped once, when the app is built (before launch)
+    on_gpu = _generations(demo)
+    assert on_gpu == plain  # same replies, streaming steps included
+    # one call per generation: compare gpt2, compare t5, the stream, the blind round; names and settings only
+    assert [(call[0], call[4]) for call in fake.calls] == [("gpt2", False), ("t5", False), ("gpt2", True),
+                                                            ("t5", False)]

@@ -9,7 +9,7 @@ import random
 from dpo_studio.app_config import ModelRegistry
 from dpo_studio.ui.blind_rounds import BlindRounds
 from dpo_studio.ui.comparing import Comparing
-from dpo_studio.ui.engine import Engine
+from dpo_studio.ui.engine import Engine, on_gpu
 from dpo_studio.ui.input_checks import (
     MAX_NEW_TOKENS_CAP,
     MAX_PROMPT_CHARS,
@@ -42,3 +42,5 @@ class Studio(RequestChecks, Engine, Comparing, Scoring, BlindRounds, VoteRecords
         self.owner = owner or OwnerPolicy()  # owner-only actions: all off unless the server enabled them
         self.export_repo = export_repo  # where an owner's export writes: server configuration only
         self.rounds = RoundStore()  # open blind rounds: which side is which never leaves the server before the vote
+        # Wrapped here, before launch: ZeroGPU looks for its GPU functions when the app starts.
+        self._decode_on_device = on_gpu(self._decode)

@@ -229,3 +229,17 @@ def test_zero_gpu_generation_runs_under_spaces_gpu_and_without_it_nothing_change
     # one call per generation: compare gpt2, compare t5, the stream, the blind round; names and settings only
     assert [(call[0], call[4]) for call in fake.calls] == [("gpt2", False), ("t5", False), ("gpt2", True),
                                                             ("t5", False)]
+
+
+def test_cold_start_bench_runs_on_tiny_outputs(outputs):  # noqa: F811
+    """bench/space_cold_start.py end to end (its own local Hub, deploy, download, app.py); figures not asserted."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "space_cold_start.py"), "--from", str(outputs),
+                           "--max-new-tokens", "4", "--timeout", "240"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("Space cold start:"))
+    assert re.fullmatch(r"Space cold start: process start -> server answering [\d.]+ s, -> first /compare [\d.]+ s "
+                        r"\(models downloaded and loaded\); warm /compare [\d.]+ s", line), line
+    assert proc.stdout.startswith("# ") and "torch threads" in proc.stdout.splitlines()[0]

@@ -1,5 +1,7 @@
-"""The Space: inference-only requirements, an app that imports no training package, and a downloaded Space that
-starts and answers /compare (its start-up time is printed, not asserted)."""
+"""The Space: inference-only requirements, an app that imports no training package, a downloaded Space that starts
+and answers /compare (its start-up time is printed, not asserted), the card's models/datasets metadata, the votes
+dataset and Space variable the deploy sets up (idempotently), generation under `spaces.GPU` where `spaces` is
+installed (a fake one here) and untouched where it is not, and the cold-start bench on tiny outputs."""
 
 import inspect
 import os

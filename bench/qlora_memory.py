@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import common  # noqa: F401  (offline env)
 from common import build_model, current_rss_mb, machine, make_pairs, peak_rss_mb, table, tokenizer_for

@@ -368,10 +368,6 @@ class ModelRegistry:
     def is_loaded(self, family: str) -> bool:
         return family in self._pairs
 
-    def loaded(self) -> dict[str, LoadedPair]:
-        """The pairs loaded so far (a copy of the cache)."""
-        return dict(self._pairs)
-
     def get(self, family: str) -> LoadedPair:
         """The family's loaded pair, loading it now if needed; raises ModelLoadError with a one-line reason."""
         source = self.source(family)

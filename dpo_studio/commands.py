@@ -5,7 +5,7 @@
     dpo-studio evaluate ...     = python train_dpo.py --evaluate ...
     dpo-studio push DIR ...     = python train_dpo.py --push-only DIR ...
     dpo-studio app ...          = python app.py ...
-    dpo-studio space ...        = python -m dpo_studio.publish space ...
+    dpo-studio space ...        = python -m dpo_studio.space ...
     dpo-studio examples         prints the folder of the bundled examples (demo.yaml, app_config.yaml, data/)
 """
 
@@ -20,7 +20,7 @@ VERBS = {
     "evaluate": "generation evidence of an existing base/DPO pair (= train_dpo.py --evaluate)",
     "push": "publish outputs that already exist: dpo-studio push DIR --hub-namespace NS (= --push-only DIR)",
     "app": "serve the comparison app (= python app.py)",
-    "space": "deploy the app as a Hugging Face Space (= python -m dpo_studio.publish space)",
+    "space": "deploy the app as a Hugging Face Space (= python -m dpo_studio.space)",
     "examples": "print the folder of the bundled examples; e.g. dpo-studio train --config \"$(dpo-studio examples)/demo.yaml\"",
 }
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb == "space":
         from .space import main as space_main
 
-        return space_main(["space", *rest])
+        return space_main(rest)
     from .cli import run_cli
 
     prefix = {"train": [], "check-data": ["--check-data"], "evaluate": ["--evaluate"], "push": []}[verb]

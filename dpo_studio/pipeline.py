@@ -238,10 +238,20 @@ def build_trainer(
 
     The reference model is the base with the LoRA adapter disabled (no second copy of the weights).
     """
-    return arch.trainer_class()(
+    trainer = arch.trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=lora_config,
     )
+    warn_if_fsdp_not_applied(args, trainer.accelerator.distributed_type.value)
+    return trainer
+
+
+def warn_if_fsdp_not_applied(args: DPOConfig, distributed_type: str) -> None:
+    """accelerate applies `--fsdp` only on GPUs/accelerators; on CPUs it trains with DDP (or one process) instead:
+    say so rather than let the flag look honoured."""
+    if args.fsdp and distributed_type != "FSDP":
+        logger.warning("--fsdp: accelerate runs FSDP only on GPUs/accelerators; this run trains with %s instead "
+                       "(metrics.json 'distributed')", "DDP" if distributed_type == "MULTI_CPU" else distributed_type)
 
 
 def count_truncation(trainer, n_train: int, n_eval: int, max_length: int | None) -> dict[str, dict[str, int]]:

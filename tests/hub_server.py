@@ -16,6 +16,8 @@ Endpoints (repo ids are always ``namespace/name``; ``{type}`` is ``models``, ``d
 - ``POST /api/{type}/{repo_id}/preupload/{rev}``     every file is ``"regular"`` (anything else would go to Xet)
 - ``POST /api/{type}/{repo_id}/commit/{rev}``        NDJSON commit: ``file`` / ``deletedFile`` / ``deletedFolder``
 - ``HEAD|GET /[datasets/|spaces/]{repo_id}/resolve/{rev}/{path}``   file download (single ``Range`` supported)
+- ``GET|POST|DELETE /api/spaces/{repo_id}/variables``  get/add/delete_space_variable (owner only, like the Hub)
+- ``POST|DELETE /api/spaces/{repo_id}/secrets``      add/delete_space_secret (write-only: values never answered)
 
 Semantics copied from the real Hub: a new repo gets an "initial commit" holding ``.gitattributes`` (plus a
 ``README.md`` with the SDK for spaces); commits go to branch ``main`` only, and ``revision`` may be ``main`` or a
@@ -30,8 +32,8 @@ request bodies, pagination (everything fits in one page), model ids without a na
 
 Test helpers on ``LocalHub``: ``inject_faults`` ("500"/"503"/any status, or "drop" = close the connection without
 answering), ``requests`` (log of ``RequestRecord(method, path, status)``), ``count``, ``seed_repo``, ``files``,
-``commit_ids``, ``add_token``. The ``local_hub`` pytest fixture (function scope) starts one server per test and
-points huggingface_hub/transformers at it with a fresh cache; see its docstring.
+``commit_ids``, ``add_token``, ``space_variables``, ``space_secrets``. The ``local_hub`` pytest fixture (function
+scope) starts one server per test and points huggingface_hub/transformers at it with a fresh cache; see its docstring.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class Repo:
     sdk: str | None
     created_at: str
     commits: list[Commit] = field(default_factory=list)  # linear history of branch "main", oldest first
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)  # Space variables: key -> {value, ...}
+    secrets: dict[str, str] = field(default_factory=dict)  # Space secrets: key -> value (never answered)
 
     def resolve(self, rev: str) -> Commit:
         if rev == "main":
@@ -189,6 +193,14 @@ class LocalHub:
     def commit_ids(self, repo_id: str, repo_type: str = "model") -> list[str]:
         """Commit shas of branch main, oldest first (the first one is the Hub's "initial commit")."""
         return [c.oid for c in self.repos[(repo_type, repo_id)].commits]
+
+    def space_variables(self, repo_id: str) -> dict[str, str]:
+        """A Space's variables: {key: value}."""
+        return {key: entry["value"] for key, entry in self.repos[("space", repo_id)].variables.items()}
+
+    def space_secrets(self, repo_id: str) -> dict[str, str]:
+        """A Space's secrets: {key: value} (the HTTP API never answers them; tests may read them here)."""
+        return dict(self.repos[("space", repo_id)].secrets)
 
     def start(self) -> "LocalHub":
         hub = self
@@ -349,7 +361,24 @@ class LocalHub:
             return self._preupload(repo_type, repo_id, args[0], json.loads(body or b"{}"), who)
         if method == "POST" and action == "commit" and len(args) == 1:
             return self._commit(repo_type, repo_id, args[0], query, body, who)
+        if repo_type == "space" and action in ("variables", "secrets") and not args:
+            return self._space_settings(method, action, repo_id, json.loads(body or b"{}"), who)
         raise HubError(404, f"Not found: {method} /api/{repo_type}s/{repo_id}/{'/'.join(rest)}")
+
+    def _space_settings(self, method: str, kind: str, repo_id: str, payload: dict, who: TokenInfo | None):
+        """Space variables (GET/POST/DELETE answer all of them) and secrets (POST/DELETE, empty answer)."""
+        repo = self._repo("space", repo_id, who, write=True)  # settings are the owner's, as on the Hub
+        store: dict[str, Any] = repo.variables if kind == "variables" else repo.secrets
+        if method == "POST":
+            if not payload.get("key") or "value" not in payload:
+                raise HubError(400, f"{kind} need a key and a value")
+            entry = {"value": payload["value"], "description": payload.get("description"), "updatedAt": _now()}
+            store[payload["key"]] = entry if kind == "variables" else payload["value"]
+        elif method == "DELETE":
+            store.pop(payload.get("key"), None)
+        elif method != "GET" or kind == "secrets":
+            raise HubError(405, f"{method} is not allowed on a Space's {kind}")
+        return _json(dict(repo.variables) if kind == "variables" else {})
 
     def _info(self, repo_type: str, repo_id: str, rev: str, query: dict, who: TokenInfo | None):
         repo = self._repo(repo_type, repo_id, who)

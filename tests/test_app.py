@@ -51,12 +51,13 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
                                       adapter="nobody/no-such-adapter")
     registry = ModelRegistry(families)
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
-    demo = ui.build_app(registry, votes_file=votes_file, max_new_tokens_cap=CAP, max_prompt_chars=MAX_CHARS,
-                        example_prompts=[PROMPT], rng=random.Random(0))
+    studio = ui.build_studio(registry, votes_file=votes_file, max_new_tokens_cap=CAP, max_prompt_chars=MAX_CHARS,
+                             rng=random.Random(0))
+    demo = ui.build_app(studio=studio, example_prompts=[PROMPT])
     port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield demo, Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield studio, Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         demo.close()
 
@@ -103,18 +104,18 @@ def test_compare_api_has_optional_settings_and_both_families(served, models_dir)
 
 
 def test_one_set_of_base_weights_per_family(served, models_dir):
-    demo, client = served
-    registry = demo.studio.registry
+    studio, client = served
+    registry = studio.registry
     for family in FAMILIES:
         client.predict(PROMPT, family, 2, 0.0, 1.0, 0, api_name="/compare")
-        pair = registry.loaded()[family]
+        pair = registry.get(family)  # loaded by the request above
         assert pair.shares_weights and pair.base_model is None and pair.dpo_model is None
         storages = {p.data_ptr(): p.numel() for p in pair.model.parameters()}
         base_numel = sum(p.numel() for p in load_plain(models_dir / family / "base", family).parameters())
         lora_numel = sum(t.numel() for t in load_file(models_dir / family / "adapter" / "adapter_model.safetensors")
                          .values())
         assert sum(storages.values()) == base_numel + lora_numel  # not 2 x base: no second copy of the weights
-    assert "broken" not in registry.loaded()
+    assert not registry.is_loaded("broken")
 
 
 def test_input_limits_and_cap(served, models_dir):
@@ -134,11 +135,11 @@ def test_input_limits_and_cap(served, models_dir):
 
 
 def test_load_error_is_a_message_and_server_still_answers(served):
-    demo, client = served
+    studio, client = served
     with pytest.raises(AppError, match=r"could not load Broken \(base=nobody/no-such-base, adapter=nobody/no-such"):
         client.predict(PROMPT, "broken", api_name="/compare")
     assert all(client.predict(PROMPT, "t5", 3, 0.0, api_name="/compare"))
-    assert "broken" not in demo.studio.registry.loaded()
+    assert not studio.registry.is_loaded("broken")
 
 
 def _plain_greedy_ids(model_dir: Path, prompt: str, max_new_tokens: int) -> list[int]:
@@ -180,8 +181,7 @@ def _plain_reward(models_dir: Path, family: str, prompt: str, reply: str) -> tup
 
 
 def test_what_dpo_changed_equals_plain_forwards(served, models_dir):
-    demo, _ = served
-    studio = demo.studio
+    studio, _ = served
     tokenizer = studio.registry.get("gpt2").tokenizer
     _, _, runs = studio.compare(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
     highlights, summary = studio.changes(runs)
@@ -201,7 +201,7 @@ def test_what_dpo_changed_equals_plain_forwards(served, models_dir):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scores_are_beta_times_plain_log_prob_differences(served, models_dir, family):
-    demo, client = served
+    studio, client = served
     reply_a, reply_b = "I am fine, thanks for asking!", "The weather is lovely."
     (base_a, dpo_a, reward_a), (base_b, dpo_b, reward_b) = (_plain_reward(models_dir, family, PROMPT, r)
                                                             for r in (reply_a, reply_b))
@@ -214,7 +214,7 @@ def test_scores_are_beta_times_plain_log_prob_differences(served, models_dir, fa
     assert [scores["reward_a"], scores["reward_b"], scores["margin"]] == pytest.approx(
         [reward_a, reward_b, reward_a - reward_b], abs=1e-3 * BETA)
     assert scores["preferred"] == ("a" if reward_a > reward_b else "b")
-    rows, verdict = demo.studio.score(PROMPT, reply_a, reply_b, family)  # the tab: the same numbers, rounded
+    rows, verdict = studio.score(PROMPT, reply_a, reply_b, family)  # the tab: the same numbers, rounded
     assert [row[:2] for row in rows] == [[label, "A"], [label, "B"]]
     assert [row[4] for row in rows] == pytest.approx([reward_a, reward_b], abs=1e-3 * BETA)
     assert f"DPO prefers reply {scores['preferred'].upper()}" in verdict
@@ -233,7 +233,7 @@ def test_fallback_to_two_models_when_no_adapter_is_published(tmp_path, models_di
 
 
 def test_blind_votes_are_appended_and_survive_a_restart(tmp_path, served, models_dir):
-    registry = served[0].studio.registry  # the loaded tiny models, a fresh vote file
+    registry = served[0].registry  # the loaded tiny models, a fresh vote file
     votes_file = tmp_path / "votes" / "votes.jsonl"
     studio = ui.Studio(registry, VoteStore(votes_file), max_new_tokens_cap=CAP, rng=random.Random(3))
     assert studio.vote_message(None, "A")[0].startswith("Generate a pair")
@@ -296,8 +296,8 @@ def test_export_votes_to_local_hub(tmp_path, local_hub):
     studio = ui.Studio(ModelRegistry({"x": FamilySource("x", "X", merged="unused")}), store, owner=owner,
                        export_repo=repo_id)
     assert studio.export("").startswith("Exported 2 votes")
-    studio.export_repo = "not a repo id!"
-    assert studio.export("").startswith("Export failed:")
+    misconfigured = ui.Studio(studio.registry, store, owner=owner, export_repo="not a repo id!")
+    assert misconfigured.export("").startswith("Export failed:")
 
 
 def test_models_load_from_hub_repo_ids_in_a_config(tmp_path, local_hub, models_dir):
@@ -387,6 +387,9 @@ def test_app_py_serves_a_models_dir_on_the_port_from_the_environment(models_dir,
                                                                                 api_name="/compare")
         assert (base, dpo) == (plain_generate(models_dir / "t5" / "base", "t5", PROMPT, CAP),
                                plain_generate(models_dir / "t5" / "merged", "t5", PROMPT, CAP))
-        assert launched["demo"].studio.votes.path == Path("votes") / "votes.jsonl"
+        round_id, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(PROMPT, "t5", CAP, 0.0, 1.0, 0,
+                                                                                  api_name="/blind")
+        Client(f"http://127.0.0.1:{port}/", verbose=False).predict(round_id, "A", api_name="/vote")
+        assert len((tmp_path / "votes" / "votes.jsonl").read_text().splitlines()) == 1  # the default votes file
     finally:
         launched["demo"].close()

@@ -158,12 +158,13 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "stream_pair_results", gate.wrap(engine.stream_pair_results))
-        demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
-                            max_new_tokens_cap=CAP, example_prompts=[], rng=random.Random(0))
+        studio = ui.build_studio(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
+                                 max_new_tokens_cap=CAP, rng=random.Random(0))
+        demo = ui.build_app(studio=studio, example_prompts=[])
         port = free_port()
         ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
-            yield demo, Client(f"http://127.0.0.1:{port}/", verbose=False), gate, votes_file
+            yield studio, Client(f"http://127.0.0.1:{port}/", verbose=False), gate, votes_file
         finally:
             demo.close()
 
@@ -196,7 +197,7 @@ def test_compare_stream_updates_arrive_before_the_end_and_the_last_equals_compar
 
 
 def test_blind_round_vote_and_scoreboard(served, models_dir):
-    demo, client, _, votes_file = served
+    studio, client, _, votes_file = served
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     # /compare_stream takes exactly /compare's inputs and streams its two outputs.
     assert [p["parameter_name"] for p in info["/compare_stream"]["parameters"]] == [
@@ -235,15 +236,14 @@ def test_blind_round_vote_and_scoreboard(served, models_dir):
     assert gained == {"votes": 4, "dpo_wins": outcomes.count("dpo"), "base_wins": outcomes.count("base"),
                       "ties": 1, "both_bad": 1}
     # The votes file is the source of truth: a restarted app (new store on the file) shows the same board.
-    restarted = ui.Studio(demo.studio.registry, VoteStore(votes_file))
+    restarted = ui.Studio(studio.registry, VoteStore(votes_file))
     assert restarted.scoreboard() == client.predict(api_name="/scoreboard")
     lines = [json.loads(line) for line in votes_file.read_text(encoding="utf-8").splitlines()]
     assert [r["vote"] for r in lines[-4:]] == ["A", "B", "tie", "both_bad"]
 
 
 def test_regenerate_draws_a_new_round_with_a_new_seed(served):
-    demo, _, _, _ = served
-    studio = demo.studio
+    studio, _, _, _ = served
     *_, first_id, _ = list(studio.blind_stream(PROMPT, "gpt2", CAP, 0.9, 0.9, 0))[-1]
     *_, (text_a, text_b, second_id, status) = list(studio.regenerate(first_id, PROMPT, "gpt2", CAP, 0.9, 0.9))
     assert second_id != first_id and "seed" in status
@@ -264,8 +264,8 @@ def test_blind_stream_hides_the_order_in_two_model_mode(tmp_path):
 
 def test_votes_and_the_scoreboard_do_not_wait_behind_a_generation(served):
     """A long generation holds the model group; the vote and scoreboard endpoints have their own and answer."""
-    demo, client, gate, _ = served
-    round_id, *_ = demo.studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
+    studio, client, gate, _ = served
+    round_id, *_ = studio.blind(PROMPT, "gpt2", CAP, 0.0, 1.0, 0)
     gate.armed, gate.seen = True, threading.Event()
     job = client.submit(PROMPT, "gpt2", CAP, 0.0, 1.0, 0, api_name="/compare_stream")
     try:
@@ -280,7 +280,7 @@ def test_votes_and_the_scoreboard_do_not_wait_behind_a_generation(served):
 
 
 def test_score_a_pair_refuses_input_beyond_the_context_window(served, pairs):
-    demo, client, _, _ = served
+    studio, client, _, _ = served
     long_reply = "How are you doing today? " * 60  # ~1500 characters: within the app's text limit
     n_tokens = len(pairs["gpt2"].tokenizer(long_reply)["input_ids"])
     assert n_tokens > 256  # the tiny GPT-2's n_positions
@@ -288,7 +288,7 @@ def test_score_a_pair_refuses_input_beyond_the_context_window(served, pairs):
     with pytest.raises(AppError, match=message):
         client.predict(PROMPT, long_reply, "fine", "gpt2", api_name="/score")
     with pytest.raises(Exception, match=message):  # the tab's callback: the same one line
-        demo.studio.score(PROMPT, long_reply, "fine", "gpt2")
+        studio.score(PROMPT, long_reply, "fine", "gpt2")
     assert client.predict(PROMPT, long_reply, "fine", "t5", api_name="/score")["t5"]["reward_a"]  # T5: no such limit
 
 
@@ -325,9 +325,8 @@ def test_several_models_dirs_are_rounds_and_config_rounds_parse(rounds_dirs, tmp
 
 def test_blind_rounds_draw_every_pair_and_the_replies_are_those_models(rounds_dirs, tmp_path):
     families = {"gpt2": discover_rounds_gpt2(rounds_dirs)}
-    demo = ui.build_app(ModelRegistry(families), votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP,
-                        example_prompts=[], rng=random.Random(3))
-    studio = demo.studio
+    studio = ui.build_studio(ModelRegistry(families), votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP,
+                             rng=random.Random(3))
     folders = {"base": rounds_dirs[0] / "gpt2" / "base", "dpo": rounds_dirs[0] / "gpt2" / "merged",
                "round2": rounds_dirs[1] / "gpt2" / "merged", "round3": rounds_dirs[2] / "gpt2" / "merged"}
     expected = {name: plain_generate(folder, "gpt2", PROMPT, CAP) for name, folder in folders.items()}

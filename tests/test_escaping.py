@@ -110,15 +110,16 @@ def echo_stream(real):
 def app(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app (tiny GPT-2 and T5, echoing DPO replies) built and served on a free 127.0.0.1 port."""
     votes_file = tmp_path_factory.mktemp("votes") / "votes.jsonl"
-    demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
-                        max_new_tokens_cap=CAP, example_prompts=[], rng=random.Random(0))
+    studio = ui.build_studio(ModelRegistry(discover_models_dir(models_dir)), votes_file=votes_file,
+                             max_new_tokens_cap=CAP, rng=random.Random(0))
+    demo = ui.build_app(studio=studio, example_prompts=[])
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "generate_pair_results", echo_reply(engine.generate_pair_results))
         patch.setattr(engine, "stream_pair_results", echo_stream(engine.stream_pair_results))
         ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
-            yield demo, f"http://127.0.0.1:{port}/"
+            yield demo, f"http://127.0.0.1:{port}/", studio
         finally:
             demo.close()
 
@@ -145,7 +146,7 @@ def call(demo: gr.Blocks, api_name: str, *args):
 
 @pytest.mark.parametrize("payload", PAYLOADS + [ALL_IN_ONE])
 def test_compare_blind_and_score_render_user_text_inert(app, payload):
-    demo, _ = app
+    demo, _, studio = app
     settings = (CAP, 0.0, 1.0, 0)
 
     rendered, (base, dpo, runs) = call(demo, "ui_compare", payload, "gpt2", *settings)
@@ -165,7 +166,7 @@ def test_compare_blind_and_score_render_user_text_inert(app, payload):
     rendered, _ = call(demo, "ui_vote_A", round_id)
     assert_inert(rendered[0], shows="Saved: you preferred reply A.")
     # Stored verbatim: escaping belongs to rendering, the preference data keeps the user's text.
-    record = json.loads(demo.studio.votes.path.read_text(encoding="utf-8").splitlines()[-1])
+    record = json.loads(studio.votes.path.read_text(encoding="utf-8").splitlines()[-1])
     assert record["prompt"] == payload and payload in (record["chosen"], record["rejected"])
 
     rendered, (rows, _) = call(demo, "ui_score", payload, payload, f"{payload} again", "both")
@@ -177,12 +178,12 @@ def test_compare_blind_and_score_render_user_text_inert(app, payload):
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, monkeypatch, models_dir, tmp_path):
-    demo, _ = app
+    demo, _, studio = app
     # A tokenizer whose tokens carry the payload whole (real BPE pieces would split it): the summary names the
     # most boosted and most suppressed tokens inside <code>.
     monkeypatch.setattr(comparing, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
-    _, _, runs = demo.studio.compare(payload, "gpt2", CAP, 0.0, 1.0, 0)
+    _, _, runs = studio.compare(payload, "gpt2", CAP, 0.0, 1.0, 0)
     [summary], _ = call(demo, "ui_changes", runs)
     assert_inert(summary, shows=f"most boosted {payload} (+0.500)")
 
@@ -209,7 +210,7 @@ def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, mon
 
 def test_api_error_quotes_user_text_escaped(app):
     """The public /compare API (gradio_client): the error for an unknown family carries the text escaped."""
-    _, url = app
+    _, url, _ = app
     client = Client(url, verbose=False, analytics_enabled=False)
     try:
         with pytest.raises(AppError) as info:
@@ -222,7 +223,7 @@ def test_api_error_quotes_user_text_escaped(app):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
 def test_payload_prompt_in_chromium_runs_nothing(app, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
-    _, url = app
+    _, url, _ = app
     # Whole-reply tokens, so the payload reaches the Markdown summary and the highlighted view intact.
     monkeypatch.setattr(comparing, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])

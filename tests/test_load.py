@@ -45,18 +45,19 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app with its default queue (concurrency 1 for model work, max_size 256) on a free 127.0.0.1 port."""
-    demo = ui.build_app(ModelRegistry(discover_models_dir(models_dir)),
-                        votes_file=tmp_path_factory.mktemp("votes") / "votes.jsonl", max_new_tokens_cap=CAP,
-                        max_prompt_chars=MAX_CHARS, example_prompts=[], rng=random.Random(0))
+    studio = ui.build_studio(ModelRegistry(discover_models_dir(models_dir)),
+                             votes_file=tmp_path_factory.mktemp("votes") / "votes.jsonl", max_new_tokens_cap=CAP,
+                             max_prompt_chars=MAX_CHARS, rng=random.Random(0))
+    demo = ui.build_app(studio=studio, example_prompts=[])
     for family in FAMILIES:  # load before the burst, so it measures serving rather than the first load
-        demo.studio.registry.get(family)
+        studio.registry.get(family)
     port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     # One client shared by all threads, as gradio_client 2.7 supports (its event bookkeeping is under a lock);
     # max_workers above the burst size so that the client's own pool does not serialise the requests.
     client = Client(f"http://127.0.0.1:{port}/", verbose=False, max_workers=2 * BURST, analytics_enabled=False)
     try:
-        yield demo, client, models_dir
+        yield studio, client, models_dir
     finally:
         client.close()
         demo.close()
@@ -128,7 +129,7 @@ def _check_answers(outcomes: list[dict], requests: list[tuple], studio: ui.Studi
 
 
 def test_hundred_concurrent_clients_are_all_answered(served):
-    demo, client, models_dir = served
+    studio, client, models_dir = served
     url = client.src
     # 100 separate clients (as 100 visitors would be), each its own session with the server.
     clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(BURST)]
@@ -147,7 +148,7 @@ def test_hundred_concurrent_clients_are_all_answered(served):
             assert outcome["kind"] == "refused" and REFUSAL in outcome["message"]
         else:
             assert outcome["kind"] == "ok", outcome.get("message")
-    _check_answers(outcomes, requests, demo.studio, models_dir)
+    _check_answers(outcomes, requests, studio, models_dir)
     # Waiting visitors were told their place in the queue (the last ones of a 100-request burst wait).
     assert any(o["rank"] for o in outcomes), "no queue position reached the late visitors"
 
@@ -168,7 +169,7 @@ def test_queue_cap_is_generous_and_configurable():
 
 def test_burst_within_queue_size_answers_all_refuses_oversized_and_caps_length(served):
     """Fewer requests than the queue holds: none is turned away, so every outcome is deterministic."""
-    demo, client, models_dir = served
+    studio, client, models_dir = served
     greedy_capped = [(f"Long one {f}", f, 100_000, 0.0, 1.0, 0) for f in FAMILIES]  # far above the cap
     requests = ([_request(i) for i in range(16)] + [(OVERSIZED, f, NEW_TOKENS, 0.0, 1.0, 0) for f in FAMILIES * 2]
                 + greedy_capped)
@@ -181,7 +182,7 @@ def test_burst_within_queue_size_answers_all_refuses_oversized_and_caps_length(s
             assert outcome["kind"] == "refused" and REFUSAL in outcome["message"]
         else:
             assert outcome["kind"] == "ok", outcome.get("message")
-    _check_answers(outcomes, requests[:16], demo.studio, models_dir)
+    _check_answers(outcomes, requests[:16], studio, models_dir)
 
     for outcome, (prompt, family, *_) in zip(outcomes[-len(greedy_capped):], greedy_capped):
         for side, text in zip(("base", "merged"), outcome["value"]):
@@ -200,8 +201,8 @@ def test_fifty_concurrent_votes_from_separate_clients_are_fifty_records(served):
     ids), and the /scoreboard equals a recount of the file."""
     from dpo_studio.votes import read_votes_file, scoreboard
 
-    demo, client, _ = served
-    before = demo.studio.votes.count
+    studio, client, _ = served
+    before = studio.votes.count
     rounds = [client.predict(f"vote {i}", FAMILIES[i % len(FAMILIES)], NEW_TOKENS, 0.0, 1.0, i, api_name="/blind")[0]
               for i in range(VOTERS)]
     voters = [Client(client.src, verbose=False, analytics_enabled=False) for _ in range(VOTERS)]  # one each
@@ -218,8 +219,8 @@ def test_fifty_concurrent_votes_from_separate_clients_are_fifty_records(served):
         for voter in voters:
             voter.close()
     assert sorted(r["round_id"] for r in reveals) == sorted(rounds)
-    records = read_votes_file(demo.studio.votes.path)[before:]
+    records = read_votes_file(studio.votes.path)[before:]
     assert len(records) == VOTERS and len({r["vote_id"] for r in records}) == VOTERS
-    assert demo.studio.votes.count == before + VOTERS
-    recount = scoreboard(read_votes_file(demo.studio.votes.path), families=FAMILIES)
+    assert studio.votes.count == before + VOTERS
+    recount = scoreboard(read_votes_file(studio.votes.path), families=FAMILIES)
     assert client.predict(api_name="/scoreboard") == json.loads(json.dumps(recount))

@@ -7,7 +7,7 @@ import pytest
 
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.public_refs import public_ref, scrub
-from dpo_studio.ui import build_app
+from dpo_studio.ui import build_studio
 from tiny_models import build_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,8 +30,7 @@ def test_votes_status_and_serving_table_hold_no_local_path(tmp_path):
     models = tmp_path / "models"
     build_models_dir(models)
     votes_file = tmp_path / "private" / "votes.jsonl"
-    demo = build_app(ModelRegistry(discover_models_dir(models)), votes_file=votes_file)
-    studio = demo.studio
+    studio = build_studio(ModelRegistry(discover_models_dir(models)), votes_file=votes_file)
     *_, (reply_a, reply_b, round_, status) = studio.blind_stream("Any tips about tea?", "gpt2", 8, 0.7, 0.95, 0)
     message, _ = studio.vote_message(round_, "A")
     assert "Saved" in message

@@ -286,7 +286,7 @@ def test_pushed_repos_and_space_hold_no_local_path(outputs, local_hub):
             for path in forbidden:
                 assert path.encode() not in data, f"{repo_type} {repo_id}/{name} holds the local path {path}"
             checked += 1
-    assert checked > 40 and len(local_hub.repos) == 7  # 3 repos per family + the Space
+    assert checked > 40 and len(local_hub.repos) == 8  # 3 repos per family, the Space and its votes dataset
     for family in ("gpt2", "t5"):
         for repo_id in (f"{ns}/{family}-dpo", f"{ns}/{family}-dpo-lora"):
             settings = json.loads(local_hub.files(repo_id)["dpo_config.json"])

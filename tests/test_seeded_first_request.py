@@ -32,15 +32,16 @@ pytestmark = [
 
 
 def _fresh_app(models_dir: Path, tmp_path: Path):
-    """A just-built app: no model loaded, no request served yet."""
+    """A just-built app and its Studio: no model loaded, no request served yet."""
     registry = ModelRegistry(resolve_sources(models_dir=models_dir, environ={}))
-    return ui.build_app(registry, votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP,
-                        example_prompts=[PROMPT], rng=random.Random(0))
+    studio = ui.build_studio(registry, votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP,
+                             rng=random.Random(0))
+    return ui.build_app(studio=studio, example_prompts=[PROMPT]), studio
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_first_seeded_stream_equals_later_requests_through_the_studio(models_dir, tmp_path, family):
-    studio = _fresh_app(models_dir, tmp_path).studio
+    _, studio = _fresh_app(models_dir, tmp_path)
     torch.manual_seed(123)  # whatever state the process is in, the request's seed decides
     first = tuple(list(studio.compare_stream(PROMPT, family, *SAMPLED))[-1][:2])
     assert all(first) and first[0] != first[1]
@@ -54,7 +55,7 @@ def test_first_seeded_stream_equals_later_requests_through_the_studio(models_dir
 
 
 def test_first_seeded_requests_equal_later_ones_through_the_http_api(models_dir, tmp_path):
-    demo = _fresh_app(models_dir, tmp_path)
+    demo, _ = _fresh_app(models_dir, tmp_path)
     port = free_port()
     ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -72,6 +73,6 @@ def test_first_seeded_requests_equal_later_ones_through_the_http_api(models_dir,
 
 def test_first_seeded_blind_equals_a_later_compare(models_dir, tmp_path):
     """/blind as the very first request of a fresh app."""
-    studio = _fresh_app(models_dir, tmp_path).studio
+    _, studio = _fresh_app(models_dir, tmp_path)
     _, reply_a, reply_b = studio.blind(PROMPT, "gpt2", *SAMPLED)
     assert {reply_a, reply_b} == set(studio.compare(PROMPT, "gpt2", *SAMPLED)[:2])

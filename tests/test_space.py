@@ -1,20 +1,26 @@
-"""The Space: inference-only requirements, an app that imports no training package, and a downloaded Space that
-starts and answers /compare (its start-up time is printed, not asserted)."""
+"""The Space: inference-only requirements, an app that imports no training package, a downloaded Space that starts
+and answers /compare (its start-up time is printed, not asserted), the card's models/datasets metadata, the votes
+dataset and Space variable the deploy sets up (idempotently), generation under `spaces.GPU` where `spaces` is
+installed (a fake one here) and untouched where it is not, and the cold-start bench on tiny outputs."""
 
+import inspect
 import os
+import pickle
 import re
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
-from huggingface_hub import snapshot_download
+from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
 
-from dpo_studio import publish
+from dpo_studio import publish, space, ui
 from dpo_studio.publish import PushTarget, push_outputs
 from dpo_studio.space import deploy_space
+from dpo_studio.votes_hub import VOTES_REPO_ENV
 from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
 from tiny_models import ask_compare, build_models_dir, free_port
 
@@ -63,9 +69,10 @@ def test_app_imports_no_training_package(tmp_path):
         sys.meta_path.insert(0, Watch())
         import app
         from dpo_studio import ui
-        demo = ui.build_app(models_dir={str(tmp_path / 'models')!r}, votes_file={str(tmp_path / 'votes.jsonl')!r})
+        studio = ui.build_studio(models_dir={str(tmp_path / 'models')!r}, votes_file={str(tmp_path / 'votes.jsonl')!r})
+        ui.build_app(studio=studio)
         for family in ("gpt2", "t5"):
-            base, dpo, _ = demo.studio.compare("Any tips about tea?", family, 4, 0.0, 1.0, 0)
+            base, dpo, _ = studio.compare("Any tips about tea?", family, 4, 0.0, 1.0, 0)
         print("IMPORTERS", importers)
         print("LOADED", sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules))
     """)
@@ -105,3 +112,139 @@ def test_downloaded_space_starts_and_answers_compare(outputs, local_hub, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _served_repo_ids(hub, space_id: str) -> list[str]:
+    """Every base/adapter/merged repo id in the deployed Space's app_config.yaml."""
+    import yaml
+
+    families = yaml.safe_load(hub.files(space_id, repo_type="space")["app_config.yaml"])["families"]
+    return sorted({entry[role] for entry in families.values() for role in ("base", "adapter", "merged")})
+
+
+def test_space_card_names_its_models_and_votes_dataset(outputs, local_hub, tmp_path):  # noqa: F811
+    ns = local_hub.user
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    done = deploy_space(f"{ns}/dpo-compare", outputs, target)
+    readme = hf_hub_download(f"{ns}/dpo-compare", "README.md", repo_type="space", local_dir=tmp_path / "card")
+    card = SpaceCard.load(readme)
+    expected = sorted(f"{ns}/{family}-dpo{suffix}" for family in ("gpt2", "t5") for suffix in ("", "-lora", "-base"))
+    assert card.data.models == expected == _served_repo_ids(local_hub, f"{ns}/dpo-compare")
+    assert card.data.datasets == [f"{ns}/dpo-compare-votes"] == [done.votes_repo]
+    assert f"datasets/{ns}/dpo-compare-votes" in card.text  # the body links the votes dataset too
+
+
+def test_space_deploy_sets_up_the_votes_dataset_idempotently(outputs, local_hub):  # noqa: F811
+    ns, space_id = local_hub.user, f"{local_hub.user}/dpo-compare"
+    target = publish.check_push_access(PushTarget())
+    push_outputs(outputs, target)
+    first = deploy_space(space_id, outputs, target)
+    votes = f"{ns}/dpo-compare-votes"
+    assert first.votes_repo == votes and local_hub.repos[("dataset", votes)].private
+    assert local_hub.space_variables(space_id) == {VOTES_REPO_ENV: votes}
+    assert local_hub.space_secrets(space_id) == {}  # the owner's job unless --token-secret
+    space_commits, votes_commits = local_hub.commit_ids(space_id, "space"), local_hub.commit_ids(votes, "dataset")
+    posts = local_hub.count("POST", "/variables")
+
+    again = deploy_space(space_id, outputs, target)
+    assert again.commit == first.commit and local_hub.commit_ids(space_id, "space") == space_commits
+    assert local_hub.commit_ids(votes, "dataset") == votes_commits
+    assert local_hub.count("POST", "/variables") == posts  # unchanged variable not set again (no restart)
+    assert local_hub.space_variables(space_id) == {VOTES_REPO_ENV: votes}
+
+
+def test_space_command_votes_repo_token_secret_and_no_votes(outputs, local_hub, capsys):  # noqa: F811
+    ns = local_hub.user
+    push_outputs(outputs, publish.check_push_access(PushTarget()))
+    assert space.main(["--space-id", f"{ns}/arena", "--from", str(outputs), "--votes-repo", "test-org/arena-votes",
+                       "--token-secret"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{local_hub.url}/spaces/{ns}/arena (commit ")
+    assert "test-org/arena-votes" in lines[1] and "secret HF_TOKEN" in lines[2]
+    assert ("dataset", "test-org/arena-votes") in local_hub.repos
+    assert local_hub.space_variables(f"{ns}/arena") == {VOTES_REPO_ENV: "test-org/arena-votes"}
+    assert local_hub.space_secrets(f"{ns}/arena") == {"HF_TOKEN": local_hub.token}
+
+    assert space.main(["space", "--space-id", f"{ns}/plain", "--from", str(outputs), "--no-votes-repo"]) == 0
+    assert "no votes dataset" in capsys.readouterr().out
+    assert ("dataset", f"{ns}/plain-votes") not in local_hub.repos
+    assert local_hub.space_variables(f"{ns}/plain") == {} and local_hub.space_secrets(f"{ns}/plain") == {}
+    assert SpaceCard(local_hub.files(f"{ns}/plain", "space")["README.md"].decode()).data.datasets is None
+
+
+def test_space_command_refuses_a_votes_repo_without_namespace(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        space.main(["--space-id", "me/arena", "--from", "runs/x", "--votes-repo", "votes"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "dpo-studio space: error: --votes-repo 'votes': expected a Hub repo id NAMESPACE/NAME"
+
+
+# ------------------------------------------------------------------------------------------------ ZeroGPU
+def fake_spaces() -> types.ModuleType:
+    """A stand-in for the `spaces` package of Hugging Face Spaces whose `GPU` decorator records what it wraps and
+    every call, and treats arguments and yielded items as ZeroGPU does: pickled to and from a worker."""
+    module = types.ModuleType("spaces")
+    module.wrapped, module.calls = [], []
+
+    def GPU(fn):  # noqa: N802 - the real decorator's name
+        assert inspect.isgeneratorfunction(fn), "spaces.GPU keeps streaming only for generator functions"
+        module.wrapped.append(fn)
+
+        def on_worker(*args, **kwargs):
+            module.calls.append(args)
+            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))  # ZeroGPU pickles the call to its worker
+            for item in fn(*args, **kwargs):
+                yield pickle.loads(pickle.dumps(item))  # ... and every item back
+
+        return on_worker
+
+    module.GPU = GPU
+    return module
+
+
+def _generations(studio) -> dict[str, object]:
+    """Compare (whole and streamed, both families) and a blind round through the Studio, greedy and seeded."""
+    out = {family: studio.compare("Any tips about tea?", family, 6, 0.0, 1.0, 0)[:2] for family in ("gpt2", "t5")}
+    out["stream"] = [step[:2] for step in studio.compare_stream("Any tips about tea?", "gpt2", 6, 0.0, 1.0, 0)]
+    _, reply_a, reply_b = studio.blind("Any tips about tea?", "t5", 6, 0.0, 1.0, 0)
+    out["blind"] = sorted((reply_a, reply_b))
+    return out
+
+
+def test_zero_gpu_generation_runs_under_spaces_gpu_and_without_it_nothing_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build_models_dir(tmp_path / "models")
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    plain_studio = ui.build_studio(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "a.jsonl"))
+    ui.build_app(studio=plain_studio)
+    plain = _generations(plain_studio)
+    assert "spaces" not in sys.modules  # no Space: nothing imports it
+    assert len(plain["stream"]) > 1 and plain["stream"][-1] == plain["gpt2"]
+    assert plain["blind"] == sorted(plain["t5"])
+
+    fake = fake_spaces()
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    studio = ui.build_studio(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "b.jsonl"))
+    ui.build_app(studio=studio)
+    assert len(fake.wrapped) == 1 and fake.calls == []  # wrapped once, when the app is built (before launch)
+    on_gpu = _generations(studio)
+    assert on_gpu == plain  # same replies, streaming steps included
+    # one call per generation: compare gpt2, compare t5, the stream, the blind round; names and settings only
+    assert [(call[0], call[4]) for call in fake.calls] == [("gpt2", False), ("t5", False), ("gpt2", True),
+                                                            ("t5", False)]
+
+
+def test_cold_start_bench_runs_on_tiny_outputs(outputs):  # noqa: F811
+    """bench/space_cold_start.py end to end (its own local Hub, deploy, download, app.py); figures not asserted."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "space_cold_start.py"), "--from", str(outputs),
+                           "--max-new-tokens", "4", "--timeout", "240"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("Space cold start:"))
+    assert re.fullmatch(r"Space cold start: process start -> server answering [\d.]+ s, -> first /compare [\d.]+ s "
+                        r"\(models downloaded and loaded\); warm /compare [\d.]+ s", line), line
+    assert proc.stdout.startswith("# ") and "torch threads" in proc.stdout.splitlines()[0]

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from ..speed.private_api import trl_eval_metrics
+
 # TRL's metric names reported for the held-out split. Each is a mean over pairs of TRL's per-pair values.
 PAIR_METRICS = (
     "rewards/chosen",
@@ -39,25 +41,26 @@ def evaluate_pairs(trainer) -> dict[str, float]:
     model = trainer.model
     was_training = model.training
     model.eval()  # TRL files metrics under "eval" when the model is in eval mode; dropout off
-    saved = {key: list(values) for key, values in trainer._metrics["eval"].items()}
+    recorded = trl_eval_metrics(trainer)
+    saved = {key: list(values) for key, values in recorded.items()}
     sums = dict.fromkeys(EVAL_METRICS, 0.0)
     n_pairs = 0
     started = time.perf_counter()
     try:
         for batch in loader:
             size = _pairs_in(batch)
-            trainer._metrics["eval"].clear()
+            recorded.clear()
             # The run's mixed precision, as TRL scores the reference: before `train` accelerate has not wrapped the
             # model's forward in autocast yet, and a bf16 reference against an fp32 policy reads as non-zero rewards.
             with trainer.accelerator.autocast():
                 loss, _, _ = trainer.prediction_step(model, batch, prediction_loss_only=True)  # it moves the batch
             sums["loss"] += float(loss.detach().float()) * size
             for key in PAIR_METRICS:
-                sums[key] += trainer._metrics["eval"][key][-1] * size  # TRL's mean over this batch's pairs
+                sums[key] += recorded[key][-1] * size  # TRL's mean over this batch's pairs
             n_pairs += size
     finally:
-        trainer._metrics["eval"].clear()
-        trainer._metrics["eval"].update(saved)
+        recorded.clear()
+        recorded.update(saved)
         model.train(was_training)
     if n_pairs == 0:
         raise ValueError("evaluate_pairs: the held-out split is empty")

@@ -2,7 +2,7 @@
 `check_private_api()` (run by tests/test_private_api.py) fails with one line naming the package and installed version
 when a release changes one. Overrides of private methods are declared here and live in the trainer classes.
 
-Read through this module: `forget_accelerate_prepare`.
+Read through this module: `forget_accelerate_prepare`, `trl_eval_metrics`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import torch
 PRIVATE_NAMES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("transformers", "transformers.trainer", "Trainer", "_get_train_sampler",
      "overridden: length-grouped preference pairs (transformers' grouping needs a `length` column TRL lacks)"),
-    ("transformers", "transformers.trainer", "Trainer", "_get_eval_sampler",
-     "overridden: keep held-out pairs sequential when training groups by length"),
     ("trl", "trl.trainer.dpo_trainer", "DPOTrainer", "_prepare_dataset",
      "overridden by Seq2SeqDPOTrainer: prompt tokens for the encoder, completions for the decoder"),
     ("peft", "peft.tuners.lora.config", "LoraConfig", "_register_custom_module",
      "cpu_decode.serving_lora_config: PEFT's documented (experimental) hook for custom LoRA layer classes"),
     ("accelerate", "accelerate.accelerator", None, "_is_accelerate_prepared",
      "attribute flag; dropped so a second Trainer applies its own mixed precision (see forget_accelerate_prepare)"),
+    ("trl", "trl.trainer.dpo_trainer", "DPOTrainer", "_metrics",
+     "read and restored: the per-batch metric values TRL records while scoring a batch; evaluate_pairs weights them "
+     "by pairs (TRL reports only the mean of batch means and has no per-pair reduction)"),
 )
 
 
@@ -50,3 +51,8 @@ def forget_accelerate_prepare(model: torch.nn.Module) -> None:
     for module in model.modules():
         if "_is_accelerate_prepared" in vars(module):
             del module._is_accelerate_prepared
+
+
+def trl_eval_metrics(trainer) -> dict[str, list[float]]:
+    """The mutable per-batch "eval" metric lists of a TRL trainer (appended to by each scored batch)."""
+    return trainer._metrics["eval"]

@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 import torch
-from torch.utils.data import SequentialSampler
 from trl import DPOTrainer
 
 from ..precision import forget_earlier_accelerate_prepare, precision_of
@@ -85,6 +84,12 @@ class _SpeedFeatures:
             # held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same rounding, so
             # before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0).
             args = dataclasses.replace(args, precompute_ref_batch_size=args.per_device_eval_batch_size)
+        # `--train_sampling_strategy group_by_length` is served by our pair sampler (`_get_train_sampler`);
+        # transformers' own grouping, for training and for evaluation, needs a `length` column TRL's pairs lack, so
+        # the arguments TRL and transformers see keep the default order (held-out pairs stay sequential).
+        self.length_grouped_pairs = args.train_sampling_strategy == "group_by_length"
+        if self.length_grouped_pairs:
+            args = dataclasses.replace(args, train_sampling_strategy="random")
         base = _base(model)
         forget_earlier_accelerate_prepare(model)
         if speed.fused_gelu:
@@ -100,7 +105,7 @@ class _SpeedFeatures:
     def _uses_length_groups(self, dataset) -> bool:
         columns = getattr(dataset, "column_names", None) or []
         return (
-            getattr(self.args, "train_sampling_strategy", "random") == "group_by_length" and self.args.world_size <= 1
+            self.length_grouped_pairs and self.args.world_size <= 1
             and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns)
         )
 
@@ -112,12 +117,6 @@ class _SpeedFeatures:
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedPairSampler(pair_lengths(dataset), batch, seed)
-
-    def _get_eval_sampler(self, eval_dataset):
-        if self._uses_length_groups(eval_dataset):
-            # transformers would group eval pairs with its LengthGroupedSampler, which cannot size TRL's pairs.
-            return SequentialSampler(eval_dataset)
-        return super()._get_eval_sampler(eval_dataset)
 
     def train(self, *args, **kwargs):
         try:

@@ -14,10 +14,10 @@ loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export f
     tabs/        one module per tab (layout + events), controls.py the shared family/settings controls
     api.py       the public gr.api endpoints (/compare, /compare_stream, /blind, /vote, /scoreboard, /score)
     events.py    concurrency groups; queueing.py the queue cap
-    app.py       build_app; server.py launch and `python app.py`'s command line
+    app.py       build_studio, build_app; server.py launch and `python app.py`'s command line
 """
 
-from dpo_studio.ui.app import build_app, load_example_prompts
+from dpo_studio.ui.app import build_app, build_studio, load_example_prompts
 from dpo_studio.ui.input_checks import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SEED,
@@ -33,4 +33,4 @@ from dpo_studio.ui.studio import Studio
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_MAX_QUEUE", "DEFAULT_SEED", "DEFAULT_TEMPERATURE",
            "DEFAULT_TOP_P", "MAX_NEW_TOKENS_CAP", "MAX_PROMPT_CHARS", "MAX_QUEUE_ENV",
-           "Studio", "build_app", "launch", "load_example_prompts", "main", "max_queue_from_env", "md_text"]
+           "Studio", "build_app", "build_studio", "launch", "load_example_prompts", "main", "max_queue_from_env", "md_text"]

@@ -8,7 +8,7 @@
   and each pair's head-to-head counts;
 * `/score` -> implicit rewards of two replies.
 
-No type is enforced by a slider here: out-of-range numbers are capped or refused by `requests.RequestChecks`.
+No type is enforced by a slider here: out-of-range numbers are capped or refused by `input_checks.InputChecks`.
 """
 
 # No `from __future__ import annotations`: gr.api reads the return annotation (`tuple[str, str]` = two outputs)

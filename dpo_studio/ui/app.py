@@ -3,6 +3,7 @@
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -66,7 +67,7 @@ def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
     return demo
 
 
-def build_app(
+def build_studio(
     registry: ModelRegistry | None = None,
     *,
     config: str | Path | None = None,
@@ -74,33 +75,50 @@ def build_app(
     votes_file: str | Path = DEFAULT_VOTES_FILE,
     max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     max_prompt_chars: int = MAX_PROMPT_CHARS,
-    example_prompts: Sequence[str] | None = None,
-    concurrency_limit: int = 1,
-    max_queue_size: int | None = None,
     rng: random.Random | None = None,
     votes_repo: str | None = None,
     votes_folder: str | Path = DEFAULT_VOTES_FOLDER,
     votes_every: float = DEFAULT_EVERY_MINUTES,
     owner_actions: str | Sequence[str] | None = None,
     export_repo: str | None = None,
-) -> gr.Blocks:
-    """The Gradio app. Models come from `registry`, else `models_dir`, else the config (see app_config).
+) -> Studio:
+    """The Studio behind the app. Models come from `registry`, else `models_dir`, else the config (see app_config).
 
-    `max_queue_size` (None: $DPO_STUDIO_MAX_QUEUE or DEFAULT_MAX_QUEUE) is how many requests may wait; waiting
-    visitors see their position. The Studio behind the callbacks is `demo.studio` (tests inspect it).
-    `votes_repo` keeps the votes in that Hub dataset (committed from `votes_folder` every `votes_every` minutes)
-    instead of `votes_file`. `owner_actions` (None: $DPO_STUDIO_OWNER_ACTIONS) enables owner-only actions, which
-    need $DPO_STUDIO_OWNER_SECRET when it is set; `export_repo` is where an export writes without a votes repo.
+    Args:
+        votes_repo: keep the votes in this Hub dataset (committed from `votes_folder` every `votes_every` minutes)
+            instead of `votes_file`.
+        owner_actions: owner-only actions to enable (None: $DPO_STUDIO_OWNER_ACTIONS); they need
+            $DPO_STUDIO_OWNER_SECRET when it is set.
+        export_repo: where an owner's export writes without a votes repo.
     """
     if registry is None:
         registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
+    votes = (HubVoteStore(votes_repo, votes_folder, every=votes_every) if votes_repo else VoteStore(votes_file))
+    return Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
+                  rng=rng, owner=OwnerPolicy.from_env(owner_actions), export_repo=export_repo)
+
+
+def build_app(
+    registry: ModelRegistry | None = None,
+    *,
+    studio: Studio | None = None,
+    example_prompts: Sequence[str] | None = None,
+    concurrency_limit: int = 1,
+    max_queue_size: int | None = None,
+    **studio_options: Any,
+) -> gr.Blocks:
+    """The Gradio app over `studio`, else over `build_studio(registry, **studio_options)`.
+
+    `max_queue_size` (None: $DPO_STUDIO_MAX_QUEUE or DEFAULT_MAX_QUEUE) is how many requests may wait; waiting
+    visitors see their position.
+    """
+    if studio is None:
+        studio = build_studio(registry, **studio_options)
+    elif registry is not None or studio_options:
+        raise TypeError(f"build_app: pass a Studio or what builds one, not both ({sorted(studio_options)})")
     if max_queue_size is None:
         max_queue_size = max_queue_from_env()
-    votes = (HubVoteStore(votes_repo, votes_folder, every=votes_every) if votes_repo else VoteStore(votes_file))
-    studio = Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
-                    rng=rng, owner=OwnerPolicy.from_env(owner_actions), export_repo=export_repo)
     prompts = list(load_example_prompts() if example_prompts is None else example_prompts)
     demo = _blocks(studio, prompts, Events(concurrency_limit))
     demo.queue(default_concurrency_limit=2, max_size=max_queue_size)
-    demo.studio = studio  # type: ignore[attr-defined]
     return demo

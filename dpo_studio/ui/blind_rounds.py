@@ -1,6 +1,7 @@
 """The Studio's blind A/B rounds (/blind, /vote and the Blind A/B tab): rounds held server-side in
 `votes.RoundStore` until their one vote, votes appended through `votes.VoteStore`."""
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,16 +10,19 @@ import gradio as gr
 from dpo_studio.app_config import BASE, FIRST_ROUND
 from dpo_studio.generation import GenerationResult
 from dpo_studio.public_refs import public_ref
+from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    InputChecks,
     check_choice,
     user_error,
 )
 from dpo_studio.ui.render import html_text, md_text
-from dpo_studio.votes import RoundError, make_vote
+from dpo_studio.ui.tally import VoteRecords
+from dpo_studio.votes import RoundError, RoundStore, make_vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 MODEL_NAMES = {BASE: "base", FIRST_ROUND: "DPO"}  # later rounds show their own names ("round2")
@@ -31,11 +35,21 @@ def model_title(name: str) -> str:
 
 
 class BlindRounds:
-    """Blind rounds and their votes. Needs `RequestChecks`, `Engine` and `VoteRecords`; `self.rng` draws orders."""
+    """Blind rounds and their votes, over the checks, the engine and the vote records it is given; `rng` draws the
+    models and their order, `rounds` holds open rounds until their one vote."""
+
+    def __init__(self, checks: InputChecks, engine: Engine, records: VoteRecords, rng: random.Random,
+                 rounds: RoundStore) -> None:
+        self.checks = checks
+        self.engine = engine
+        self.records = records
+        self.registry = engine.registry
+        self.rng = rng
+        self.rounds = rounds
 
     def _blind_setup(self, prompt: Any, family: Any, max_new_tokens: Any, temperature: Any, top_p: Any,
                      seed: Any) -> tuple[str, str, dict[str, Any], dict[str, str]]:
-        text, names, settings = self.request(prompt, family, max_new_tokens, temperature, top_p, seed)
+        text, names, settings = self.checks.request(prompt, family, max_new_tokens, temperature, top_p, seed)
         name = names[0] if len(names) == 1 else self.rng.choice(names)  # "both": the family stays blind too
         return text, name, settings, self._draw_sides(name)
 
@@ -64,7 +78,7 @@ class BlindRounds:
         """A new blind round: (round id, reply A, reply B). Which model wrote which stays on the server."""
         text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
         models = (sides["A"], sides["B"])
-        round_ = self._open_round(text, name, settings, sides, self.generate_models(name, models, text, settings))
+        round_ = self._open_round(text, name, settings, sides, self.engine.generate_models(name, models, text, settings))
         return round_.round_id, round_.replies["A"], round_.replies["B"]
 
     def blind_stream(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
@@ -73,14 +87,14 @@ class BlindRounds:
         text, name, settings, sides = self._blind_setup(prompt, family, max_new_tokens, temperature, top_p, seed)
         # Two plain models stream one after the other, which would give the order away: those show the final only.
         models = (sides["A"], sides["B"])
-        shares = self.models_pair(name, *models)[0].shares_weights
+        shares = self.engine.models_pair(name, *models)[0].shares_weights
         results: dict[str, GenerationResult] = {}
-        for results in self.stream_models(name, models, text, settings):
+        for results in self.engine.stream_models(name, models, text, settings):
             if shares:
                 yield results[sides["A"]].text, results[sides["B"]].text, None, "Generating both replies…"
         round_ = self._open_round(text, name, settings, sides, results)
         yield (round_.replies["A"], round_.replies["B"], round_.round_id,
-               f"Which reply is better? Vote below (seed {settings['seed']}). " + self.votes_status())
+               f"Which reply is better? Vote below (seed {settings['seed']}). " + self.records.votes_status())
 
     def regenerate(self, round_id: str | None, prompt: str, family: str, max_new_tokens: Any, temperature: Any,
                    top_p: Any) -> Iterator[BlindStep]:
@@ -100,7 +114,7 @@ class BlindRounds:
             raise user_error(html_text(str(exc))) from None
         record = make_vote(prompt=round_.prompt, replies=round_.replies, sides=round_.sides, choice=choice,
                            family=round_.family, settings=round_.settings, models=round_.models)
-        count = self.votes.append(record)
+        count = self.records.votes.append(record)
         return {"round_id": round_.round_id, "vote": record["vote"], "outcome": record["outcome"],
                 "family": round_.family, "A": round_.sides["A"], "B": round_.sides["B"],
                 "preference_pair": record["chosen"] is not None, "votes": count}
@@ -108,17 +122,17 @@ class BlindRounds:
     def vote_message(self, round_id: str | None, choice: str) -> tuple[str, None]:
         """The UI's vote: (reveal message, cleared round id)."""
         if not round_id:
-            return "Generate a pair of replies first. " + self.votes_status(), None
+            return "Generate a pair of replies first. " + self.records.votes_status(), None
         try:
             reveal = self.vote(round_id, choice)
         except gr.Error as exc:
-            return f"{exc.message} " + self.votes_status(), None
+            return f"{exc.message} " + self.records.votes_status(), None
         shown = (f"Reply A was the **{md_text(model_title(reveal['A']))}** model, reply B the "
-                 f"**{md_text(model_title(reveal['B']))}** model ({md_text(self.label(reveal['family']))}).")
+                 f"**{md_text(model_title(reveal['B']))}** model ({md_text(self.engine.label(reveal['family']))}).")
         if reveal["vote"] in ("A", "B") and reveal["vote"] == choice:
             head = f"Saved: you preferred reply {choice}."
         elif reveal["vote"] == "tie" and choice in ("A", "B"):
             head = "Both replies are identical: saved as a tie (no preference pair)."
         else:
             head = f"Saved: {CHOICE_LABELS[reveal['vote']].lower()} (counted on the scoreboard, not a training pair)."
-        return f"{head} {shown} " + self.votes_status(), None
+        return f"{head} {shown} " + self.records.votes_status(), None

@@ -12,11 +12,13 @@ from dpo_studio.generation import (
     generated_token_log_ratios,
 )
 from dpo_studio.public_refs import public_ref
+from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    InputChecks,
 )
 from dpo_studio.ui.render import columns, md_text
 
@@ -46,7 +48,12 @@ def _changes_line(label: str, pair: LoadedPair, ratios: list[tuple[str, float]],
 
 
 class Comparing:
-    """Compare (whole or streamed), What DPO changed, serving summary. Needs `RequestChecks` and `Engine`."""
+    """Compare (whole or streamed), What DPO changed, serving summary, over the checks and the engine it is given."""
+
+    def __init__(self, checks: InputChecks, engine: Engine) -> None:
+        self.checks = checks
+        self.engine = engine
+        self.registry = engine.registry
 
     def compare(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
                 temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P, seed: Any = DEFAULT_SEED,
@@ -72,11 +79,11 @@ class Comparing:
 
     def _compare_steps(self, prompt: Any, family: Any, max_new_tokens: Any, temperature: Any, top_p: Any,
                        seed: Any, progress: Any, *, stream: bool) -> Iterator[Columns]:
-        text, names, settings = self.request(prompt, family, max_new_tokens, temperature, top_p, seed)
+        text, names, settings = self.checks.request(prompt, family, max_new_tokens, temperature, top_p, seed)
         sections = len(names) > 1
         runs: list[dict[str, Any]] = []
         for i, name in enumerate(names):
-            label = self.label(name)
+            label = self.engine.label(name)
             if progress is not None:
                 loading = "loading the models (first request), then generating" if not self.registry.is_loaded(
                     name) else "generating"
@@ -84,11 +91,11 @@ class Comparing:
             try:
                 if stream:
                     run = None
-                    for base, dpo in self.stream(name, text, settings):
+                    for base, dpo in self.engine.stream(name, text, settings):
                         run = _run(name, label, text, base, dpo, settings)
                         yield columns([*runs, run], sections)
                 else:
-                    run = _run(name, label, text, *self.generate(name, text, settings), settings)
+                    run = _run(name, label, text, *self.engine.generate(name, text, settings), settings)
             except gr.Error as exc:
                 if not sections:
                     raise
@@ -107,7 +114,7 @@ class Comparing:
         highlights: dict[str, list[tuple[str, float]]] = {}
         lines: list[str] = []
         for run in runs or []:
-            label = self.label(run["family"])
+            label = self.engine.label(run["family"])
             if "error" in run:
                 lines.append(f"**{md_text(label)}**: {md_text(run['error'])}")
                 continue

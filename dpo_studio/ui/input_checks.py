@@ -33,7 +33,7 @@ def _squashed(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-class RequestChecks:
+class InputChecks:
     """Validates what a request asks for, against the configured families and the server's limits."""
 
     def __init__(self, families: Mapping[str, FamilySource], *, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,

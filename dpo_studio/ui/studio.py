@@ -1,19 +1,29 @@
 """`Studio`: what the app does, behind the Gradio callbacks and API endpoints (also called directly by tests).
 
-Assembled from one part per job: input checks (`input_checks`), model access (`engine`), compare and What DPO changed
-(`comparing`), scoring (`scoring`), blind rounds and votes (`blind_rounds`), the votes file's tallies and export (`tally`).
+Composed of one service per job, each handed the services it needs: input checks (`input_checks.InputChecks`),
+model access (`engine.Engine`), compare and What DPO changed (`comparing.Comparing`), scoring (`scoring.Scoring`),
+the votes' tallies and export (`tally.VoteRecords`), blind rounds and their votes (`blind_rounds.BlindRounds`).
+The methods below are the app's surface; each hands the call to the service that owns it.
 """
 
 import random
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
 
 from dpo_studio.app_config import ModelRegistry
-from dpo_studio.ui.blind_rounds import BlindRounds
-from dpo_studio.ui.comparing import Comparing
+from dpo_studio.ui.blind_rounds import BlindRounds, BlindStep
+from dpo_studio.ui.comparing import Columns, Comparing
 from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
     MAX_NEW_TOKENS_CAP,
     MAX_PROMPT_CHARS,
-    RequestChecks,
+    InputChecks,
 )
 from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.scoring import Scoring
@@ -21,8 +31,8 @@ from dpo_studio.ui.tally import VoteRecords
 from dpo_studio.votes import RoundStore, VoteStore
 
 
-class Studio(RequestChecks, Engine, Comparing, Scoring, BlindRounds, VoteRecords):
-    """The app's services over one model registry and one votes file."""
+class Studio:
+    """The app's services over one model registry and one votes store."""
 
     def __init__(
         self,
@@ -35,10 +45,105 @@ class Studio(RequestChecks, Engine, Comparing, Scoring, BlindRounds, VoteRecords
         owner: OwnerPolicy | None = None,
         export_repo: str | None = None,
     ) -> None:
-        super().__init__(registry.families, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars)
+        """Args:
+            registry: the families and their models (loaded on first use).
+            votes: where votes are appended (a file, or a Hub-backed store).
+            max_new_tokens_cap, max_prompt_chars: server-side limits, whatever a client sends.
+            rng: draws blind pairs and their order (default: the OS's randomness, so no seed can predict them).
+            owner: which owner-only actions are on (default: none).
+            export_repo: where an owner's export writes, from the server's configuration only.
+        """
         self.registry = registry
-        self.votes = votes
-        self.rng = rng or random.SystemRandom()  # blind order must not be guessable from the seed
-        self.owner = owner or OwnerPolicy()  # owner-only actions: all off unless the server enabled them
-        self.export_repo = export_repo  # where an owner's export writes: server configuration only
-        self.rounds = RoundStore()  # open blind rounds: which side is which never leaves the server before the vote
+        self.checks = InputChecks(registry.families, max_new_tokens_cap=max_new_tokens_cap,
+                                  max_prompt_chars=max_prompt_chars)
+        self.engine = Engine(registry)
+        self.comparing = Comparing(self.checks, self.engine)
+        self.scoring = Scoring(self.checks, self.engine)
+        self.records = VoteRecords(votes, registry, owner or OwnerPolicy(), export_repo)
+        # Open blind rounds: which side is which never leaves the server before the vote.
+        self.blind_rounds = BlindRounds(self.checks, self.engine, self.records, rng or random.SystemRandom(),
+                                        RoundStore())
+
+    # -- what the records hold
+    @property
+    def votes(self) -> VoteStore:
+        return self.records.votes
+
+    @property
+    def owner(self) -> OwnerPolicy:
+        return self.records.owner
+
+    @property
+    def max_new_tokens_cap(self) -> int:
+        return self.checks.max_new_tokens_cap
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.checks.max_prompt_chars
+
+    @property
+    def family_choices(self) -> list[tuple[str, str]]:
+        return self.checks.family_choices
+
+    # -- compare, What DPO changed, the Models tab (streams are generator functions: Gradio streams only those)
+    def compare(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
+                temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P, seed: Any = DEFAULT_SEED,
+                progress: Any = None) -> Columns:
+        return self.comparing.compare(prompt, family, max_new_tokens, temperature, top_p, seed, progress)
+
+    def compare_stream(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
+                       temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P, seed: Any = DEFAULT_SEED,
+                       progress: Any = None) -> Iterator[Columns]:
+        yield from self.comparing.compare_stream(prompt, family, max_new_tokens, temperature, top_p, seed, progress)
+
+    def changes(self, runs: list[dict[str, Any]] | None) -> tuple[dict[str, list[tuple[str, float]]], str]:
+        return self.comparing.changes(runs)
+
+    def serving_summary(self) -> str:
+        return self.comparing.serving_summary()
+
+    # -- scoring
+    def score(self, prompt: str, reply_a: str, reply_b: str, family: str) -> tuple[list[list[Any]], str]:
+        return self.scoring.score(prompt, reply_a, reply_b, family)
+
+    def score_all(self, prompt: Any, reply_a: Any, reply_b: Any, family: Any) -> dict[str, dict[str, Any]]:
+        return self.scoring.score_all(prompt, reply_a, reply_b, family)
+
+    # -- blind rounds and votes
+    def blind(self, prompt: str, family: str, max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS,
+              temperature: Any = DEFAULT_TEMPERATURE, top_p: Any = DEFAULT_TOP_P,
+              seed: Any = DEFAULT_SEED) -> tuple[str, str, str]:
+        return self.blind_rounds.blind(prompt, family, max_new_tokens, temperature, top_p, seed)
+
+    def blind_stream(self, prompt: str, family: str, max_new_tokens: Any, temperature: Any, top_p: Any,
+                     seed: Any) -> Iterator[BlindStep]:
+        yield from self.blind_rounds.blind_stream(prompt, family, max_new_tokens, temperature, top_p, seed)
+
+    def regenerate(self, round_id: str | None, prompt: str, family: str, max_new_tokens: Any, temperature: Any,
+                   top_p: Any) -> Iterator[BlindStep]:
+        yield from self.blind_rounds.regenerate(round_id, prompt, family, max_new_tokens, temperature, top_p)
+
+    def vote(self, round_id: str, choice: str) -> dict[str, Any]:
+        return self.blind_rounds.vote(round_id, choice)
+
+    def vote_message(self, round_id: str | None, choice: str) -> tuple[str, None]:
+        return self.blind_rounds.vote_message(round_id, choice)
+
+    # -- tallies and export
+    def votes_status(self) -> str:
+        return self.records.votes_status()
+
+    def scoreboard(self) -> dict[str, dict[str, Any]]:
+        return self.records.scoreboard()
+
+    def scoreboard_view(self) -> tuple[list[list[Any]], pd.DataFrame]:
+        return self.records.scoreboard_view()
+
+    def leaderboard(self) -> dict[str, dict[str, Any]]:
+        return self.records.leaderboard()
+
+    def leaderboard_view(self) -> tuple[list[list[Any]], list[list[Any]]]:
+        return self.records.leaderboard_view()
+
+    def export(self, owner_secret: str | None = None) -> str:
+        return self.records.export(owner_secret)

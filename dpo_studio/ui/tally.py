@@ -6,11 +6,11 @@ from typing import Any
 
 import pandas as pd
 
-from dpo_studio.app_config import one_line
+from dpo_studio.app_config import ModelRegistry, one_line
 from dpo_studio.ratings import rate
-from dpo_studio.ui.owner import OwnerOnly
+from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 from dpo_studio.ui.render import md_text
-from dpo_studio.votes import comparisons, export_votes, scoreboard
+from dpo_studio.votes import VoteStore, comparisons, export_votes, scoreboard
 from dpo_studio.votes_hub import HubVoteStore
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,15 @@ def _percent_or_dash(value: float | None) -> str:
 
 
 class VoteRecords:
-    """Votes counted, tallied and exported. Needs `self.votes` (a VoteStore), `self.registry`,
-    `self.owner` (an OwnerPolicy) and `self.export_repo` (None: none configured)."""
+    """Votes counted, tallied and exported: the store, the served models, the owner policy and the server's export
+    repo (None: none configured) are handed in."""
+
+    def __init__(self, votes: VoteStore, registry: ModelRegistry, owner: OwnerPolicy,
+                 export_repo: str | None = None) -> None:
+        self.votes = votes
+        self.registry = registry
+        self.owner = owner
+        self.export_repo = export_repo
 
     def votes_status(self) -> str:
         # The file's name only: the server's directories are nobody else's business.

@@ -28,7 +28,7 @@ class Blind:
     reply_b: gr.Textbox
     votes: dict[str, gr.Button]  # per choice; enabled only while a complete round waits for its vote
     status: gr.Markdown
-    round_id: gr.State  # the open round's id only; its sides stay in studio.rounds
+    round_id: gr.State  # the open round's id only; its sides stay in the server's RoundStore
     export: Export | None  # None: export is off on this server (no component, no event, no endpoint)
 
     @property

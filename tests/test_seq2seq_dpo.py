@@ -25,6 +25,7 @@ from dpo_studio.seq2seq_dpo import (
     SUPPORTED_LOSS_TYPES,
     DataCollatorForSeq2SeqPreference,
     Seq2SeqDPOTrainer,
+    Seq2SeqPreferenceForward,
     sequence_logps,
 )
 from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
@@ -209,6 +210,30 @@ def test_sequence_logps_equal_manual_sums_of_token_log_probs(perturbed):
     assert out.log_probs.shape == (12, batch["input_ids"].size(1) - 1)
     assert (out.log_probs[batch["completion_mask"][:, 1:] == 0] == 0).all()
     torch.testing.assert_close(out.log_probs.sum(1), torch.cat([hand["pc"], hand["pr"]]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_distributed_single_call_scores_like_the_encoder_once_path(perturbed):
+    """Under DDP/FSDP the forward is ONE call of the wrapped model (encoder per decoder row, so the wrapper's gradient
+    sync sees it): same per-token log-probs (fp32, 1e-5) and LoRA gradients (rtol 1e-4, atol 1e-5: the encoder's
+    gradient sums its two decoder rows in another order) as the encoder run once per pair."""
+    trainer, batch, _ = perturbed
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
+    base = trainer.model.get_base_model()
+    outs = []
+    for single_call in (False, True):
+        trainer.model.zero_grad()
+        forward = Seq2SeqPreferenceForward(trainer.model, base, ("log_probs",), single_call=single_call)
+        out = forward(**inputs, labels=labels, use_cache=False, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        outs.append((out.log_probs.detach(), grads))
+    trainer.model.zero_grad()
+    (once, once_grads), (single, single_grads) = outs
+    torch.testing.assert_close(single, once, atol=1e-5, rtol=1e-5)
+    assert once_grads.keys() == single_grads.keys() and once_grads
+    for name in once_grads:
+        torch.testing.assert_close(single_grads[name], once_grads[name], rtol=1e-4, atol=1e-5)
 
 
 def _logsig(x):

@@ -1,4 +1,5 @@
-"""`build_app`: the Gradio Blocks assembled from the Studio, the tabs (`ui.tabs`) and the API (`ui.api`)."""
+"""`build_app`: the Gradio Blocks assembled from the Studio, the round training service, the tabs (`ui.tabs`) and
+the API (`ui.api`)."""
 
 import random
 from collections.abc import Sequence
@@ -12,6 +13,11 @@ from dpo_studio.ui.events import Events
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.queueing import max_queue_from_env
+from dpo_studio.ui.round_training import (
+    DEFAULT_OUTPUT_DIR,
+    RoundTraining,
+    TrainSettings,
+)
 from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.tabs import (
     blind,
@@ -21,6 +27,7 @@ from dpo_studio.ui.tabs import (
     models,
     score,
     scoreboard,
+    train,
 )
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 from dpo_studio.votes_hub import (
@@ -41,7 +48,7 @@ def load_example_prompts() -> list[str]:
     return []
 
 
-def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
+def _blocks(studio: Studio, training: RoundTraining, prompts: list[str], events: Events) -> gr.Blocks:
     """Every tab laid out, then their events wired (votes refresh the Scoreboard, so all tabs exist first)."""
     first_family = next(iter(studio.registry.families))
     with gr.Blocks(title="DPO Studio: base vs DPO") as demo:
@@ -53,12 +60,14 @@ def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
             ranks_tab = leaderboard.layout(studio)
             score_tab = score.layout(studio)
             models_tab = models.layout(studio)
+            train_tab = train.layout(studio, training)  # None unless the server enabled "train"
         compare.wire(compare_tab, shared, studio, events)
         blind.wire(blind_tab, shared, board_tab, studio, events)
         scoreboard.wire(board_tab, studio, events)
         leaderboard.wire(ranks_tab, studio, events)
         score.wire(score_tab, shared, studio, events)
         models.wire(models_tab, studio, events)
+        train.wire(train_tab, training, events)
         demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view(), *studio.leaderboard_view()), None,
                   [blind_tab.status, *board_tab.outputs, *ranks_tab.outputs], api_name="ui_votes", api_visibility="private",
                   **events.light)
@@ -83,6 +92,9 @@ def build_app(
     votes_every: float = DEFAULT_EVERY_MINUTES,
     owner_actions: str | Sequence[str] | None = None,
     export_repo: str | None = None,
+    train_output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    train_hub_namespace: str | None = None,
+    train_settings: TrainSettings | None = None,
 ) -> gr.Blocks:
     """The Gradio app. Models come from `registry`, else `models_dir`, else the config (see app_config).
 
@@ -91,16 +103,22 @@ def build_app(
     `votes_repo` keeps the votes in that Hub dataset (committed from `votes_folder` every `votes_every` minutes)
     instead of `votes_file`. `owner_actions` (None: $DPO_STUDIO_OWNER_ACTIONS) enables owner-only actions, which
     need $DPO_STUDIO_OWNER_SECRET when it is set; `export_repo` is where an export writes without a votes repo.
+    With "train" enabled, the Train tab trains the next round into `train_output_dir` (`train_settings`: the
+    training flags) and, with "push", pushes it under `train_hub_namespace`; `demo.training` is that service.
     """
     if registry is None:
         registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
     if max_queue_size is None:
         max_queue_size = max_queue_from_env()
     votes = (HubVoteStore(votes_repo, votes_folder, every=votes_every) if votes_repo else VoteStore(votes_file))
+    owner = OwnerPolicy.from_env(owner_actions)
     studio = Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
-                    rng=rng, owner=OwnerPolicy.from_env(owner_actions), export_repo=export_repo)
+                    rng=rng, owner=owner, export_repo=export_repo)
+    training = RoundTraining(registry, votes, owner, output_dir=train_output_dir, hub_namespace=train_hub_namespace,
+                             settings=train_settings)
     prompts = list(load_example_prompts() if example_prompts is None else example_prompts)
-    demo = _blocks(studio, prompts, Events(concurrency_limit))
+    demo = _blocks(studio, training, prompts, Events(concurrency_limit))
     demo.queue(default_concurrency_limit=2, max_size=max_queue_size)
     demo.studio = studio  # type: ignore[attr-defined]
+    demo.training = training  # type: ignore[attr-defined]
     return demo

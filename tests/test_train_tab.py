@@ -1,0 +1,171 @@
+"""Round two from the browser: the Train tab's service trains the next round on the votes in a subprocess (the CLI),
+follows its progress log, cancels it cleanly, refuses without enough votes or without the owner's rights, and adds
+the finished round to the arena without a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+from gradio_client import Client
+from tiny_models import free_port, plain_generate
+from toy_data import toy_rows
+
+from dpo_studio import ui
+from dpo_studio.app_config import ModelRegistry, discover_models_dir
+from dpo_studio.progress_log import PROGRESS_FILE, read_progress
+from dpo_studio.ui.owner import OWNER_SECRET_ENV
+from dpo_studio.ui.round_training import MIN_DECISIVE_VOTES, TrainSettings
+from dpo_studio.ui.tabs import train as train_tab
+from dpo_studio.votes import VoteStore, make_vote
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+CAP = 8
+STEPS = 3
+TINY = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
+                     extra=("--max-steps", str(STEPS), "--learning-rate", "1e-2", "--bf16", "false"))
+ENDLESS = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
+                        extra=("--max-steps", "100000", "--bf16", "false", "--save-steps", "100000"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_children(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocess on a shared 2-core box
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+def plant_votes(path: Path, decisive: int, ties: int = 2) -> VoteStore:
+    """`decisive` A/B picks of gpt2 on different prompts (the warm reply chosen), `ties` ties, and t5 votes that
+    must not count for gpt2."""
+    store = VoteStore(path)
+    for i, row in enumerate(toy_rows(decisive + ties)):
+        choice = "tie" if i >= decisive else "A"
+        store.append(make_vote(prompt=row["prompt"], replies={"A": row["chosen"], "B": row["rejected"]},
+                               sides={"A": "dpo", "B": "base"}, choice=choice, family="gpt2", settings={}))
+    for row in toy_rows(4):
+        store.append(make_vote(prompt=row["prompt"], replies={"A": row["chosen"], "B": row["rejected"]},
+                               sides={"A": "dpo", "B": "base"}, choice="B", family="t5", settings={}))
+    return store
+
+
+def app(models_dir: Path, tmp_path: Path, votes: int, settings: TrainSettings = TINY, **kwargs):
+    plant_votes(tmp_path / "votes.jsonl", votes)
+    registry = ModelRegistry({"gpt2": discover_models_dir(models_dir)["gpt2"]})
+    kwargs.setdefault("owner_actions", "train")
+    return ui.build_app(registry, votes_file=tmp_path / "votes.jsonl", max_new_tokens_cap=CAP, example_prompts=[],
+                        rng=random.Random(0), train_output_dir=tmp_path / "rounds", train_settings=settings,
+                        **kwargs)
+
+
+def api_names(demo) -> set[str]:
+    return {dep.get("api_name") for dep in demo.config["dependencies"]}
+
+
+def wait_until(condition, timeout_s: float = 900.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting")
+
+
+def test_a_round_trained_from_the_train_tab_joins_the_arena(models_dir, tmp_path):
+    demo = app(models_dir, tmp_path, votes=16)
+    training, studio = demo.training, demo.studio
+    message = training.start("gpt2")
+    assert message.startswith("Training GPT-2 round2") and "\n" not in message
+    assert training.start("gpt2").startswith("Training refused: GPT-2 round2 is already training")  # one at a time
+    status = wait_until(lambda: (s := training.status())["state"] != "running" and s)
+    job = training.job
+    assert status["state"] == "finished", (status, job.log_path.read_text()[-3000:])
+    assert status["progress"] == 1.0 and status["step"] == status["max_steps"] == STEPS
+
+    # The training file: the 16 decisive gpt2 votes only (no ties, no t5 votes).
+    rows = [json.loads(line) for line in (job.folder / "votes.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["family"] for r in rows} == {"gpt2"}
+    # The progress log: a line per step, and the Trainer's own logged losses (metrics.json's log history).
+    lines = read_progress(job.output / PROGRESS_FILE)
+    metrics = json.loads((job.output / "metrics.json").read_text())
+    assert [r["step"] for r in lines if r["event"] == "step"] == list(range(1, STEPS + 1))
+    logged = [e for e in metrics["log_history"] if "loss" in e]
+    assert [(r["step"], r["loss"]) for r in lines if r["event"] == "log"] == [(e["step"], e["loss"]) for e in logged]
+    assert [p["loss"] for p in status["loss"]] == [e["loss"] for e in logged]
+    assert {p["series"] for p in status["rewards"]} == {"chosen", "rejected", "margins"}
+    assert lines[-1]["event"] == "end" and lines[-1]["status"] == "finished"
+    assert metrics["data"]["train_pairs"] + metrics["data"]["eval_pairs"] == 16
+    bar, line, loss, rewards, _ = train_tab.status_view(training)
+    assert 'value="1.0000"' in bar and len(loss) == len(logged) and len(rewards) == 3 * len(logged)
+
+    # In the arena without a restart: blind rounds draw it (its replies are its merged model's), /leaderboard lists it.
+    source = studio.registry.source("gpt2")
+    assert source.model_names == ("base", "dpo", "round2")
+    assert source.dpo_round("round2").merged == str(job.output / "merged")
+    expected = plain_generate(job.output / "merged", "gpt2", "Any tips about tea?", CAP)
+    drawn = []
+    for _ in range(12):
+        round_id, reply_a, reply_b = studio.blind("Any tips about tea?", "gpt2", CAP, 0.0, 1.0, 0)
+        reveal = studio.vote(round_id, "A")
+        drawn += [reply for side, reply in (("A", reply_a), ("B", reply_b)) if reveal[side] == "round2"]
+    assert drawn and set(drawn) == {expected}
+    port = free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        board = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/leaderboard")["gpt2"]
+    finally:
+        demo.close()
+    round2 = next(row for row in board["models"] if row["model"] == "round2")
+    assert round2["votes"] == len(drawn) and round2["rating"] is not None
+
+
+def test_cancel_stops_the_run_and_nothing_looks_finished(models_dir, tmp_path):
+    demo = app(models_dir, tmp_path, votes=12, settings=ENDLESS)
+    training = demo.training
+    training.start("gpt2")
+    wait_until(lambda: (training.status().get("step") or 0) >= 1)  # training is under way
+    assert training.cancel().startswith("Cancelling GPT-2 round2")
+    status = wait_until(lambda: (s := training.status())["state"] != "running" and s, timeout_s=300)
+    job = training.job
+    assert status["state"] == "cancelled", job.log_path.read_text()[-3000:]
+    assert job.process.poll() is not None
+    with pytest.raises(ProcessLookupError):  # the whole process group is gone
+        os.killpg(job.process.pid, 0)
+    assert not list(job.folder.rglob("metrics.json")), "a cancelled run must not look finished"
+    assert read_progress(job.output / PROGRESS_FILE)[-1]["status"] == "cancelled"
+    assert demo.studio.registry.source("gpt2").model_names == ("base", "dpo")
+    assert training.cancel() == "No training is running."
+
+
+def test_too_few_decisive_votes_are_refused_in_one_line(models_dir, tmp_path):
+    demo = app(models_dir, tmp_path, votes=MIN_DECISIVE_VOTES - 3)
+    message = demo.training.start("gpt2")
+    assert message == (f"Training refused: GPT-2 has {MIN_DECISIVE_VOTES - 3} decisive votes (A/B picks); at least "
+                       f"{MIN_DECISIVE_VOTES} are needed (ties and both-bad do not count)")
+    assert demo.training.job is None and not (tmp_path / "rounds").exists()  # no process, nothing written
+
+
+def test_visitors_cannot_train(models_dir, tmp_path, monkeypatch):
+    off = app(models_dir, tmp_path, votes=16, owner_actions=None)
+    assert off.training.start("gpt2").startswith("Training refused: train is an owner-only action and is off")
+    assert off.training.cancel().startswith("Cancel refused: train is an owner-only action")
+    assert off.training.job is None
+    assert not {"ui_train", "ui_train_cancel", "ui_train_status"} & api_names(off)  # no Train tab, no events
+
+    monkeypatch.setenv(OWNER_SECRET_ENV, "owner-s3cret")
+    guarded = app(models_dir, tmp_path, votes=16, owner_actions="train")
+    for supplied in (None, "", "wrong-guess"):
+        message = guarded.training.start("gpt2", supplied)
+        assert message == f"Training refused: train needs the owner secret (${OWNER_SECRET_ENV} of this server)"
+    assert "owner-s3cret" not in message and guarded.training.job is None
+    # "push" is off on this server: asking to push is refused even with the right secret.
+    assert guarded.training.start("gpt2", "owner-s3cret", push=True).startswith(
+        "Training refused: push is an owner-only action and is off")
+    assert guarded.training.job is None
+    assert {"ui_train", "ui_train_cancel", "ui_train_status"} <= api_names(guarded)

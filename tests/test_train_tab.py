@@ -25,7 +25,8 @@ from dpo_studio.ui.round_training import MIN_DECISIVE_VOTES, TrainSettings
 from dpo_studio.ui.tabs import train as train_tab
 from dpo_studio.votes import VoteStore, make_vote
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")]
 CAP = 8
 STEPS = 3
 TINY = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
@@ -94,7 +95,9 @@ def test_a_round_trained_from_the_train_tab_joins_the_arena(models_dir, tmp_path
     # The progress log: a line per step, and the Trainer's own logged losses (metrics.json's log history).
     lines = read_progress(job.output / PROGRESS_FILE)
     metrics = json.loads((job.output / "metrics.json").read_text())
-    assert [r["step"] for r in lines if r["event"] == "step"] == list(range(1, STEPS + 1))
+    steps = [r for r in lines if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1)) and {r["max_steps"] for r in steps} == {STEPS}
+    assert all(r["eta_s"] >= 0 for r in steps) and steps[-1]["eta_s"] == 0
     logged = [e for e in metrics["log_history"] if "loss" in e]
     assert [(r["step"], r["loss"]) for r in lines if r["event"] == "log"] == [(e["step"], e["loss"]) for e in logged]
     assert [p["loss"] for p in status["loss"]] == [e["loss"] for e in logged]
@@ -139,6 +142,7 @@ def test_cancel_stops_the_run_and_nothing_looks_finished(models_dir, tmp_path):
         os.killpg(job.process.pid, 0)
     assert not list(job.folder.rglob("metrics.json")), "a cancelled run must not look finished"
     assert read_progress(job.output / PROGRESS_FILE)[-1]["status"] == "cancelled"
+    assert "checkpoint saved at step" in job.log_path.read_text()  # the CLI's own clean stop (SIGINT), not a kill
     assert demo.studio.registry.source("gpt2").model_names == ("base", "dpo")
     assert training.cancel() == "No training is running."
 
@@ -169,3 +173,35 @@ def test_visitors_cannot_train(models_dir, tmp_path, monkeypatch):
         "Training refused: push is an owner-only action and is off")
     assert guarded.training.job is None
     assert {"ui_train", "ui_train_cancel", "ui_train_status"} <= api_names(guarded)
+
+
+def test_an_attacker_calling_the_hidden_train_event_is_refused(models_dir, tmp_path, monkeypatch):
+    """Raw HTTP to the Train tab's hidden Gradio events (what a script would send), with a wrong secret."""
+    import httpx
+
+    monkeypatch.setenv(OWNER_SECRET_ENV, "owner-s3cret")
+    demo = app(models_dir, tmp_path, votes=16, owner_actions="train,push", train_hub_namespace="someone")
+    port = free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    replies = {}
+    try:
+        config = httpx.get(url + "config").json()
+        calls = {"ui_train": ["guess", "gpt2", True], "ui_train_cancel": ["guess"]}
+        for index, dep in enumerate(config["dependencies"]):
+            if dep.get("api_name") in calls:
+                session = f"attacker-{index}"
+                join = httpx.post(url + "gradio_api/queue/join", json={
+                    "data": calls[dep["api_name"]], "fn_index": index, "session_hash": session})
+                assert join.status_code == 200
+                with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session},
+                                  timeout=60) as stream:
+                    for line in stream.iter_lines():
+                        if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                            replies[dep["api_name"]] = json.loads(line[5:])["output"]["data"][0]
+                            break
+    finally:
+        demo.close()
+    assert replies["ui_train"].startswith("Training refused: train needs the owner secret")
+    assert replies["ui_train_cancel"].startswith("Cancel refused: train needs the owner secret")
+    assert demo.training.job is None and not (tmp_path / "rounds").exists()

@@ -42,6 +42,7 @@ from .json_files import write_json
 from .licenses import base_model_license
 from .names import (
     DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
+    FINISHED_MARKER,  # written last into the staging folder: a family folder with it is complete
 )
 from .precision import Precision, precision_of
 from .progress_log import PROGRESS_FILE, ProgressLog, carry
@@ -54,7 +55,6 @@ from .training_data import PreparedData, prepare_data
 logger = logging.getLogger("dpo_studio")
 
 
-FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
 DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 

@@ -4,6 +4,7 @@ the finished round to the arena without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -205,3 +206,35 @@ def test_an_attacker_calling_the_hidden_train_event_is_refused(models_dir, tmp_p
     assert replies["ui_train"].startswith("Training refused: train needs the owner secret")
     assert replies["ui_train_cancel"].startswith("Cancel refused: train needs the owner secret")
     assert demo.training.job is None and not (tmp_path / "rounds").exists()
+
+
+def test_a_failed_run_shows_the_logs_error_line(tmp_path):
+    from dpo_studio.app_config import FamilySource
+
+    (tmp_path / "not-a-model").mkdir()
+    registry = ModelRegistry({"gpt2": FamilySource("gpt2", "GPT-2", base=str(tmp_path / "b"),
+                                                   merged=str(tmp_path / "not-a-model"))})
+    plant_votes(tmp_path / "votes.jsonl", 16)
+    demo = ui.build_app(registry, votes_file=tmp_path / "votes.jsonl", example_prompts=[], owner_actions="train",
+                        train_output_dir=tmp_path / "rounds", train_settings=TINY)
+    assert demo.training.start("gpt2").startswith("Training GPT-2 round2")
+    status = wait_until(lambda: (s := demo.training.status())["state"] != "running" and s, timeout_s=300)
+    assert status["state"] == "failed" and status["error"].startswith("error: model ")
+    assert "cannot read its config" in status["message"] and "\n" not in status["message"]
+    assert registry.source("gpt2").model_names == ("base", "dpo")
+
+
+def test_the_progress_log_ends_with_how_the_run_ended(tmp_path):
+    from dpo_studio.progress_log import ProgressLog
+    from dpo_studio.signals import TrainingInterrupted
+
+    for error, status in ((RuntimeError("disk full\nmore detail"), "failed"), (TrainingInterrupted("x"), "cancelled"),
+                          (None, "finished")):
+        log = ProgressLog(tmp_path / "progress.jsonl")
+        with pytest.raises(type(error)) if error else contextlib.nullcontext():
+            with log.outcome():
+                if error:
+                    raise error
+        [last] = read_progress(log.path)  # a new run starts an empty file
+        assert last["event"] == "end" and last["status"] == status
+        assert last.get("error") == ("RuntimeError: disk full" if status == "failed" else None)

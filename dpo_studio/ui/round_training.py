@@ -10,6 +10,8 @@ without a restart. Pushing is the CLI's own `--push` to repo ids made from the s
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +33,7 @@ from dpo_studio.app_config import (
     ModelRegistry,
     RoundSource,
 )
-from dpo_studio.config import family_dir_name
-from dpo_studio.data import DataError, load_pairs, split_pairs
-from dpo_studio.pipeline import FINISHED_MARKER
+from dpo_studio.names import FINISHED_MARKER, family_dir_name
 from dpo_studio.progress_log import PROGRESS_FILE, read_progress
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 from dpo_studio.votes import VoteStore
@@ -113,6 +114,12 @@ def last_error_line(log_path: Path) -> str | None:
     return lines[-1][:300] if lines else None
 
 
+def _close_at_exit(ref: weakref.ref) -> None:
+    training = ref()
+    if training is not None:
+        training.close()
+
+
 class RoundTraining:
     """Trains the next round of a family from the app, one job at a time.
 
@@ -136,6 +143,7 @@ class RoundTraining:
         self.min_votes = min_votes
         self.job: TrainJob | None = None
         self._lock = threading.Lock()
+        atexit.register(_close_at_exit, weakref.ref(self))  # a run never outlives the app that started it
 
     @property
     def running(self) -> bool:
@@ -176,6 +184,8 @@ class RoundTraining:
     def _launch(self, family: str, push: bool) -> TrainJob:
         """Check the votes, write them, start the CLI; ValueError (one line) when there is nothing to train on."""
         source = self.registry.source(family)
+        if importlib.util.find_spec("trl") is None:  # an inference-only install (a Space's requirements)
+            raise ValueError("this server has no training stack installed (pip install -r requirements.txt)")
         decisive = decisive_votes(self.votes.records(), family)
         if len(decisive) < self.min_votes:
             raise ValueError(f"{source.label} has {len(decisive)} decisive votes (A/B picks); at least "
@@ -200,6 +210,10 @@ class RoundTraining:
             # Own session = own process group: a cancel signals the run and its children, never the app.
             process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:  # visitors first: the run takes what CPU the app leaves
+            os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+        except (AttributeError, OSError):  # not on this platform, or not allowed
+            pass
         logger.info("Training %s %s (pid %d): %s", family, round_name, process.pid, " ".join(cmd))
         return TrainJob(family, round_name, folder, output, process, push_repo)
 
@@ -220,6 +234,12 @@ class RoundTraining:
     def _check_split(self, votes_file: Path) -> None:
         """The CLI's own reader and held-out split, run here first so that a split with an empty side is refused
         at once rather than after the training process has started."""
+        from dpo_studio.data import (  # the training stack: imported on use
+            DataError,
+            load_pairs,
+            split_pairs,
+        )
+
         try:
             pairs, _ = load_pairs(str(votes_file))
             split_pairs(pairs, self.settings.eval_fraction, self.settings.seed)

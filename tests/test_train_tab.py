@@ -238,3 +238,46 @@ def test_the_progress_log_ends_with_how_the_run_ended(tmp_path):
         [last] = read_progress(log.path)  # a new run starts an empty file
         assert last["event"] == "end" and last["status"] == status
         assert last.get("error") == ("RuntimeError: disk full" if status == "failed" else None)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium is not installed")
+def test_the_train_tab_in_chromium(models_dir, tmp_path):
+    """Start in the page, the timer follows the run to the end, the Leaderboard then lists round2. With
+    DPO_STUDIO_UPDATE_SCREENSHOT=1 the screenshot is copied to docs/train.png."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
+    settings = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
+                             extra=("--max-steps", "8", "--learning-rate", "1e-2", "--bf16", "false"))
+    demo = app(models_dir, tmp_path, votes=16, settings=settings)
+    port = free_port()
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    errors: list[str] = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+                page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+                page.set_default_timeout(600_000)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.get_by_role("tab", name="Train").click()
+                page.locator("#train-start").click()
+                page.locator("#train-message").get_by_text("Training GPT-2 round2", exact=False).wait_for()
+                page.locator("#train-eta").get_by_text("added to the arena", exact=False).wait_for()
+                bar = page.locator("#train-progress").get_attribute("value")
+                shot = tmp_path / "train.png"
+                page.screenshot(path=str(shot), full_page=True)
+                page.get_by_role("tab", name="Leaderboard").click()
+                page.wait_for_function("() => document.querySelector('#leaderboard-table')?.innerText"
+                                       ".includes('round2')")
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert float(bar) == 1.0 and demo.training.status()["state"] == "finished"
+    if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "docs" / "train.png")
+    assert errors == []

@@ -161,9 +161,11 @@ class RoundTraining:
             logger.warning("Refused a visitor's training request: %s", exc)
             return f"Training refused: {exc}"  # our own text: no visitor input, never the secret
         if family not in self.registry.families:
-            return f"Training refused: unknown family {str(family)[:60]!r}; served: {', '.join(self.registry.families)}"
+            served = ", ".join(self.registry.families)
+            return f"Training refused: unknown family {str(family)[:60]!r}; served: {served}"
         if push and not self.hub_namespace:
-            return "Training refused: this server has no namespace to push rounds to (start it with --train-hub-namespace)"
+            return ("Training refused: this server has no namespace to push rounds to "
+                    "(start it with --train-hub-namespace)")
         with self._lock:
             if self.running:
                 job = self.job

@@ -281,3 +281,18 @@ def test_the_train_tab_in_chromium(models_dir, tmp_path):
     if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "docs" / "train.png")
     assert errors == []
+
+
+def test_a_round_pushed_from_the_train_tab_lands_in_the_servers_namespace(models_dir, tmp_path, local_hub):
+    from transformers import AutoModelForCausalLM
+
+    demo = app(models_dir, tmp_path, votes=16, owner_actions="train,push", train_hub_namespace=local_hub.user)
+    training = demo.training
+    repo = f"{local_hub.user}/gpt2-dpo-round2"
+    assert training.start("gpt2", push=True) == (f"Training GPT-2 round2 from its latest round on the votes, then "
+                                                 f"pushed to {repo}.")
+    status = wait_until(lambda: (s := training.status())["state"] != "running" and s)
+    assert status["state"] == "finished" and status["error"] is None, training.job.log_path.read_text()[-3000:]
+    assert status["message"] == f"GPT-2 round2 trained and added to the arena. Pushed to {repo}."
+    assert "model.safetensors" in local_hub.files(repo) and "adapter_config.json" in local_hub.files(f"{repo}-lora")
+    AutoModelForCausalLM.from_pretrained(repo)  # the pushed merged round loads on its own

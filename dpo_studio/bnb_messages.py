@@ -5,7 +5,9 @@ to fetch a faster 4-bit CPU matmul from the Hub through the `kernels` package an
 "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'" in every process. The
 library's fallback is its own kernel, which is correct, so a process that never quantizes has nothing to learn from
 it: the filter below turns the record into one debug line of ours, and `explain_missing_kernel` says it at info level
-when a 4-bit model is loaded on the CPU.
+when a 4-bit model is loaded on the CPU. Where `kernels` is installed (transformers 5 requires it) and the Hub is
+offline (`HF_HUB_OFFLINE=1`, as in the offline demo), `kernels` first warns that it skips the publisher check of that
+repo: the same filter drops that record too (bitsandbytes' own failure line follows and is the one explained).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import logging
 
 BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+KERNELS_HUB_LOGGER = "kernels._internals.hf_hub"
 KERNEL_WARNING_PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
+BNB_KERNEL_REPO = "kernels-community/quantization-bitsandbytes"
 logger = logging.getLogger("dpo_studio")
 
 
@@ -25,6 +29,11 @@ class MissingKernelFilter(logging.Filter):
         self.reason: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == KERNELS_HUB_LOGGER:  # `kernels` about bitsandbytes' kernel repo: part of the same story
+            if BNB_KERNEL_REPO not in record.getMessage():
+                return True
+            logger.debug("kernels: %s", record.getMessage())
+            return False
         if not str(record.msg).startswith(KERNEL_WARNING_PREFIX):
             return True
         self.reason = str(record.args[0]) if record.args else "unknown reason"
@@ -40,10 +49,12 @@ MISSING_KERNEL = MissingKernelFilter()
 
 
 def install_filter() -> None:
-    """Attach the filter to bitsandbytes' CPU-backend logger (idempotent); must run before bitsandbytes is imported."""
-    target = logging.getLogger(BNB_CPU_LOGGER)
-    if MISSING_KERNEL not in target.filters:
-        target.addFilter(MISSING_KERNEL)
+    """Attach the filter to bitsandbytes' CPU-backend logger and kernels' Hub logger (idempotent); must run before
+    bitsandbytes is imported."""
+    for name in (BNB_CPU_LOGGER, KERNELS_HUB_LOGGER):
+        target = logging.getLogger(name)
+        if MISSING_KERNEL not in target.filters:
+            target.addFilter(MISSING_KERNEL)
 
 
 def explain_missing_kernel() -> None:

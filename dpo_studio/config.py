@@ -12,7 +12,6 @@ both `--output_dir` and `--output-dir` spellings work):
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
 from .inherited_flags import FlagError, apply_inherited_flags, given_options
+from .names import family_dir_name  # noqa: F401  (its home is names.py; imported from here by the CLI and pipeline)
 from .precision import PrecisionError, choose_precision
 
 DEFAULT_DATASET = "HumanLLMs/Human-Like-DPO-Dataset"
@@ -267,9 +267,3 @@ def _paths_relative_to(config_file: Path, values: dict, script_args: ScriptArgum
         candidate = config_file.resolve().parent / value
         if candidate.exists():  # otherwise a Hub id (`user/data`) or a path the data loader reports as missing
             setattr(script_args, name, str(candidate))
-
-
-def family_dir_name(family: str) -> str:
-    """Output folder name for a family: `gpt2`, `t5`, or a filesystem-safe form of a repo id / path."""
-    name = family.rstrip("/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"

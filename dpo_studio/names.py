@@ -1,14 +1,24 @@
-"""Names several rooms must agree on: files training writes next to a model, PEFT's adapter names, family labels."""
+"""Names several rooms must agree on: files training writes next to a model, PEFT's adapter names, family labels,
+output folder names (light: the app reads them without the training stack)."""
 
 from __future__ import annotations
+
+import re
 
 DPO_CONFIG_FILE = "dpo_config.json"  # {"beta": ..., "base_model": ...} written next to the adapter / merged model
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 BASE_ADAPTER = "__base__"  # PEFT's adapter name for "adapters off" rows of a mixed batch
 DPO_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the loaded adapter
+FINISHED_MARKER = "metrics.json"  # written last into a family's output folder: a folder with it is complete
 FAMILY_LABELS = {"gpt2": "GPT-2", "t5": "T5"}  # display names of the short family names
 
 
 def family_label(family: str) -> str:
     """`gpt2` -> `GPT-2`; any other family name is its own label."""
     return FAMILY_LABELS.get(family.lower(), family)
+
+
+def family_dir_name(family: str) -> str:
+    """Output folder name for a family: `gpt2`, `t5`, or a filesystem-safe form of a repo id / path."""
+    name = family.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"

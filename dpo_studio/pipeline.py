@@ -42,8 +42,10 @@ from .json_files import write_json
 from .licenses import base_model_license
 from .names import (
     DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
+    FINISHED_MARKER,  # written last into the staging folder: a family folder with it is complete
 )
 from .precision import Precision, precision_of
+from .progress_log import PROGRESS_FILE, ProgressLog, carry
 from .prompt_format import PromptFormat
 from .public_refs import public_ref
 from .report import write_plots, write_report_html
@@ -53,7 +55,6 @@ from .training_data import PreparedData, prepare_data
 logger = logging.getLogger("dpo_studio")
 
 
-FINISHED_MARKER = "metrics.json"  # written last into the staging folder: a family folder with it is complete
 DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 
@@ -338,8 +339,10 @@ def load_base(
     prepare_tokenizer(job.tokenizer, job.arch)
 
 
-def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments) -> dict[str, Any]:
-    """Held-out metrics before, DPO (stoppable by a signal, resumable), held-out metrics after.
+def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments,
+          progress: ProgressLog | None = None) -> dict[str, Any]:
+    """Held-out metrics before, DPO (stoppable by a signal, resumable; its steps and logs in `progress`), held-out
+    metrics after.
 
     Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
     arch = job.arch
@@ -363,6 +366,8 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
     logger.info("[%s] DPO on %d pairs (%s)", job.family, len(train_ds), arch.kind)
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
+    if progress is not None:
+        trainer.add_callback(progress)
     started = time.perf_counter()
     with stopper.installed():
         train_output = trainer.train(resume_from_checkpoint=job.last_checkpoint)
@@ -431,6 +436,7 @@ def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_c
     base_dir = job.work / "base" if job.built_locally else None
     save_outputs(stage, model, job.tokenizer, job.arch, base_dir, job.base_model_id, args, metrics)
     write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
+    carry(job.final, stage)  # the live progress log goes on in the swapped-in folder
     publish_staging(stage, job.final)
     if not keep_checkpoints:
         shutil.rmtree(job.work, ignore_errors=True)
@@ -445,15 +451,26 @@ def train_family(
     model_args: ModelArguments,
     precision: Precision | None = None,
 ) -> FamilyResult:
-    """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save."""
+    """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save,
+    followed live in `DIR/F/progress.jsonl` (`progress_log`)."""
     job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
     if job is None:
         name = family_dir_name(family)
         return FamilyResult(family, Path(training_args.output_dir) / name, {}, skipped=True)
+    progress = ProgressLog(job.final / PROGRESS_FILE, append=script_args.resume, enabled=is_main_process())
+    with progress.outcome():  # its last line: finished (outputs saved), failed or cancelled
+        return _train_family(job, data, script_args, training_args, model_args, precision, progress)
+
+
+def _train_family(
+    job: FamilyRun, data: PreparedData, script_args: ScriptArguments, training_args: DPOConfig,
+    model_args: ModelArguments, precision: Precision | None, progress: ProgressLog,
+) -> FamilyResult:
+    family = job.family
     set_seed(training_args.seed)
     precision = precision or precision_of(training_args)
     load_base(job, data, script_args, model_args, training_args.seed, precision)
-    trained = train(job, data, training_args, model_args)
+    trained = train(job, data, training_args, model_args, progress)
     trainer = trained["trainer"]
     metrics = measure(job, data, trained, model_args, precision)
     if not trainer.is_world_process_zero():  # DDP: rank 0 alone generates and writes outputs

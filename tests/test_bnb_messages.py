@@ -17,7 +17,7 @@ from dpo_studio import bnb_messages, families
 
 FORCED_IMPORT = textwrap.dedent("""
     import importlib.abc, importlib.machinery, logging, sys
-    sys.modules["kernels"] = None  # `from kernels import get_kernel` fails, as without the package
+    {kernels}
 
     class ForceAvx512Bf16(importlib.abc.MetaPathFinder):
         # after bitsandbytes.functional loads, its CPU probe answers yes, so the CPU backend tries the Hub kernel
@@ -39,8 +39,23 @@ FORCED_IMPORT = textwrap.dedent("""
 """)
 
 
-def run_forced(before: str, after: str = "") -> str:
-    code = FORCED_IMPORT.format(before=before, after=after)
+WITHOUT_KERNELS = 'sys.modules["kernels"] = None  # `from kernels import get_kernel` fails, as without the package'
+# `kernels` installed (transformers 5 requires it) with the Hub offline: it warns that it skips the publisher check,
+# then finds no cached kernel (both messages as kernels 0.19 words them).
+OFFLINE_KERNELS = textwrap.dedent("""
+    import types
+    fake = types.ModuleType("kernels")
+    def get_kernel(repo_id, version=None):
+        logging.getLogger("kernels._internals.hf_hub").warning(
+            f"Skipping publisher trust check for '{repo_id}' because Hugging Face Hub is in offline mode.")
+        raise FileNotFoundError(f"Version 1 of '{repo_id}' is not available in the local cache")
+    fake.get_kernel = get_kernel
+    sys.modules["kernels"] = fake
+""")
+
+
+def run_forced(before: str, after: str = "", kernels: str = WITHOUT_KERNELS) -> str:
+    code = FORCED_IMPORT.format(before=before, after=after, kernels=kernels)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stderr
@@ -79,3 +94,15 @@ def test_a_4bit_cpu_load_says_it_when_the_kernel_was_missing(tmp_path, caplog, m
     with caplog.at_level(logging.INFO, logger="dpo_studio"):
         families.load_model(str(tmp_path), arch, quantization_config=quant)
     assert not [r for r in caplog.records if "kernels" in r.getMessage()]
+
+
+def test_offline_with_kernels_installed_is_quiet_too():
+    loud = run_forced("logging.basicConfig(level=logging.INFO)", kernels=OFFLINE_KERNELS)
+    assert "Skipping publisher trust check" in loud and "Failed to load CPU gemm_4bit_forward" in loud
+    setup = "import dpo_studio\nfrom dpo_studio.logs import setup_logging\nsetup_logging('info')"
+    quiet = run_forced(setup, kernels=OFFLINE_KERNELS)
+    assert "kernels" not in quiet and "gemm_4bit_forward" not in quiet
+    explained = run_forced(setup, "from dpo_studio.bnb_messages import explain_missing_kernel\nexplain_missing_kernel()",
+                           kernels=OFFLINE_KERNELS)
+    ours = [line for line in explained.splitlines() if "kernels" in line]
+    assert len(ours) == 1 and "not available in the local cache" in ours[0]

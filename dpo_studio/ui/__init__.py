@@ -10,9 +10,12 @@ loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export f
       scoring.py   implicit rewards of two replies
       blind_rounds.py  blind rounds and their one vote, the reveal
       tally.py     the votes file: count, scoreboard, Hub export
+    round_training.py  RoundTraining: the Train tab's service (the CLI in a subprocess on the votes, its
+                 progress log, cancel, the finished round added to the registry); built next to the Studio
     render.py    Markdown/HTML escaping, side-by-side columns
     tabs/        one module per tab (layout + events), controls.py the shared family/settings controls
-    api.py       the public gr.api endpoints (/compare, /compare_stream, /blind, /vote, /scoreboard, /score)
+    api.py       the public gr.api endpoints (/compare, /compare_stream, /blind, /vote, /scoreboard, /leaderboard,
+                 /score)
     events.py    concurrency groups; queueing.py the queue cap
     app.py       build_studio, build_app; server.py launch and `python app.py`'s command line
 """

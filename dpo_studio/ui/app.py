@@ -1,4 +1,5 @@
-"""`build_app`: the Gradio Blocks assembled from the Studio, the tabs (`ui.tabs`) and the API (`ui.api`)."""
+"""`build_app`: the Gradio Blocks assembled from the Studio, the round training service, the tabs (`ui.tabs`) and
+the API (`ui.api`)."""
 
 import random
 from collections.abc import Sequence
@@ -13,6 +14,11 @@ from dpo_studio.ui.events import Events
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.queueing import max_queue_from_env
+from dpo_studio.ui.round_training import (
+    DEFAULT_OUTPUT_DIR,
+    RoundTraining,
+    TrainSettings,
+)
 from dpo_studio.ui.studio import Studio
 from dpo_studio.ui.tabs import (
     blind,
@@ -22,6 +28,7 @@ from dpo_studio.ui.tabs import (
     models,
     score,
     scoreboard,
+    train,
 )
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 from dpo_studio.votes_hub import (
@@ -54,12 +61,14 @@ def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
             ranks_tab = leaderboard.layout(studio)
             score_tab = score.layout(studio)
             models_tab = models.layout(studio)
+            train_tab = train.layout(studio, studio.training)  # None unless the server enabled "train"
         compare.wire(compare_tab, shared, studio, events)
         blind.wire(blind_tab, shared, board_tab, studio, events)
         scoreboard.wire(board_tab, studio, events)
         leaderboard.wire(ranks_tab, studio, events)
         score.wire(score_tab, shared, studio, events)
         models.wire(models_tab, studio, events)
+        train.wire(train_tab, studio.training, events)
         demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view(), *studio.leaderboard_view()), None,
                   [blind_tab.status, *board_tab.outputs, *ranks_tab.outputs], api_name="ui_votes", api_visibility="private",
                   **events.light)
@@ -81,6 +90,9 @@ def build_studio(
     votes_every: float = DEFAULT_EVERY_MINUTES,
     owner_actions: str | Sequence[str] | None = None,
     export_repo: str | None = None,
+    train_output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    train_hub_namespace: str | None = None,
+    train_settings: TrainSettings | None = None,
 ) -> Studio:
     """The Studio behind the app. Models come from `registry`, else `models_dir`, else the config (see app_config).
 
@@ -90,12 +102,18 @@ def build_studio(
         owner_actions: owner-only actions to enable (None: $DPO_STUDIO_OWNER_ACTIONS); they need
             $DPO_STUDIO_OWNER_SECRET when it is set.
         export_repo: where an owner's export writes without a votes repo.
+        train_output_dir, train_hub_namespace, train_settings: with "train" enabled, the Train tab trains the next
+            round into `train_output_dir` with these training flags and, with "push", pushes it under
+            `train_hub_namespace` (`ui.round_training`).
     """
     if registry is None:
         registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
     votes = (HubVoteStore(votes_repo, votes_folder, every=votes_every) if votes_repo else VoteStore(votes_file))
+    owner = OwnerPolicy.from_env(owner_actions)
+    training = RoundTraining(registry, votes, owner, output_dir=train_output_dir, hub_namespace=train_hub_namespace,
+                             settings=train_settings)
     return Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
-                  rng=rng, owner=OwnerPolicy.from_env(owner_actions), export_repo=export_repo)
+                  rng=rng, owner=owner, export_repo=export_repo, training=training)
 
 
 def build_app(

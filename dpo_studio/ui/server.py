@@ -13,6 +13,7 @@ from dpo_studio.ui.app import build_app
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
+from dpo_studio.ui.round_training import DEFAULT_OUTPUT_DIR
 from dpo_studio.votes import DEFAULT_VOTES_FILE
 from dpo_studio.votes_hub import (
     DEFAULT_EVERY_MINUTES,
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
                              f"${OWNER_ACTIONS_ENV} or none); with ${OWNER_SECRET_ENV} set they need that secret")
     parser.add_argument("--export-repo", default=None,
                         help="dataset repo an owner's export writes to when there is no --votes-repo")
+    parser.add_argument("--train-output-dir", default=str(DEFAULT_OUTPUT_DIR),
+                        help=f"where the Train tab's rounds are written (owner action train; default: "
+                             f"{DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--train-hub-namespace", default=None,
+                        help="Hub user or organisation a trained round is pushed to (owner action push): "
+                             "<ns>/<family>-dpo-<round>")
     parser.add_argument("--max-new-tokens-cap", type=int, default=MAX_NEW_TOKENS_CAP,
                         help=f"server-side cap on max new tokens (default: {MAX_NEW_TOKENS_CAP})")
     parser.add_argument("--max-queue-size", type=int, default=None,
@@ -105,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,
                          max_new_tokens_cap=args.max_new_tokens_cap, max_queue_size=args.max_queue_size,
                          votes_repo=args.votes_repo, votes_folder=args.votes_folder, votes_every=args.votes_every,
-                         owner_actions=args.owner_actions, export_repo=args.export_repo)
+                         owner_actions=args.owner_actions, export_repo=args.export_repo,
+                         train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace)
     except (AppConfigError, VotesRepoError, ValueError) as exc:
         parser.exit(2, f"app.py: error: {exc}\n")
     launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)

@@ -26,6 +26,7 @@ from dpo_studio.ui.input_checks import (
     InputChecks,
 )
 from dpo_studio.ui.owner import OwnerPolicy
+from dpo_studio.ui.round_training import RoundTraining
 from dpo_studio.ui.scoring import Scoring
 from dpo_studio.ui.tally import VoteRecords
 from dpo_studio.votes import RoundStore, VoteStore
@@ -44,6 +45,7 @@ class Studio:
         rng: random.Random | None = None,
         owner: OwnerPolicy | None = None,
         export_repo: str | None = None,
+        training: RoundTraining | None = None,
     ) -> None:
         """Args:
             registry: the families and their models (loaded on first use).
@@ -52,6 +54,8 @@ class Studio:
             rng: draws blind pairs and their order (default: the OS's randomness, so no seed can predict them).
             owner: which owner-only actions are on (default: none).
             export_repo: where an owner's export writes, from the server's configuration only.
+            training: the Train tab's service (default: one over this registry and votes, writing to
+                `round_training.DEFAULT_OUTPUT_DIR`; it acts only when the owner policy enables "train").
         """
         self.registry = registry
         self.checks = InputChecks(registry.families, max_new_tokens_cap=max_new_tokens_cap,
@@ -59,7 +63,9 @@ class Studio:
         self.engine = Engine(registry)
         self.comparing = Comparing(self.checks, self.engine)
         self.scoring = Scoring(self.checks, self.engine)
-        self.records = VoteRecords(votes, registry, owner or OwnerPolicy(), export_repo)
+        owner = owner or OwnerPolicy()
+        self.records = VoteRecords(votes, registry, owner, export_repo)
+        self.training = training or RoundTraining(registry, votes, owner)
         # Open blind rounds: which side is which never leaves the server before the vote.
         self.blind_rounds = BlindRounds(self.checks, self.engine, self.records, rng or random.SystemRandom(),
                                         RoundStore())

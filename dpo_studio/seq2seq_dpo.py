@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +73,6 @@ __all__ = [
     "Seq2SeqDPOTrainer",
     "Seq2SeqPreferenceForward",
     "disable_functional_dropout",
-    "sequence_logps",
 ]
 
 # Every TRL 1.16 loss type only needs per-sequence log-probs, the completion masks and per-token log-probs (sft), all
@@ -426,33 +424,6 @@ def disable_functional_dropout(model: torch.nn.Module) -> None:
         for attr in _FUNCTIONAL_DROPOUT_ATTRS:
             if isinstance(getattr(module, attr, None), float):
                 setattr(module, attr, 0.0)
-
-
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the chosen and rejected completions (EOS included) of a collated seq2seq batch.
-
-    `batch` comes from `DataCollatorForSeq2SeqPreference`. Works on any encoder-decoder model, patched or not, PEFT
-    or not; wrap the call in `model.disable_adapter()` to score the reference. Runs under the caller's grad mode.
-    Implicit DPO reward = beta * (policy logps - reference logps).
-    """
-    base = _unwrap_peft(model)
-    if not getattr(base.config, "is_encoder_decoder", False):
-        raise ValueError(f"sequence_logps needs an encoder-decoder model, got {type(base).__name__}")
-    device = next(base.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items() if k not in {"ref_chosen_logps", "ref_rejected_logps"}}
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    out = _fused_seq2seq_forward(
-        base,
-        functools.partial(type(base).forward, base),
-        ("log_probs",),
-        input_ids=batch["input_ids"],
-        labels=labels,
-        encoder_input_ids=batch["encoder_input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        encoder_attention_mask=batch.get("encoder_attention_mask"),
-    )
-    chosen, rejected = out.log_probs.sum(dim=1).chunk(2, dim=0)
-    return chosen, rejected
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from dpo_studio.seq2seq_dpo import (
     DataCollatorForSeq2SeqPreference,
     Seq2SeqDPOTrainer,
     Seq2SeqPreferenceForward,
-    sequence_logps,
 )
 from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 
@@ -190,6 +189,17 @@ def perturbed(tmp_path_factory, tokenizer):
     assert len({len(r["chosen_ids"]) for r in rows} | {len(r["rejected_ids"]) for r in rows}) > 1  # padding happens
     assert (hand["pc"] - hand["rc"]).abs().min() > 1e-3  # the policy really differs from the reference
     return trainer, collate(trainer, rows), hand
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the chosen and rejected completions of a collated batch, through the public
+    `Seq2SeqPreferenceForward` on `model` as it stands (wrap in `disable_adapter()` for the reference)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    inputs = {k: v for k, v in batch.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
+    out = Seq2SeqPreferenceForward(model, base)(**inputs, labels=labels, use_cache=False, fused_lm_head=True)
+    chosen, rejected = out.log_probs.sum(dim=1).chunk(2, dim=0)
+    return chosen, rejected
 
 
 def test_sequence_logps_equal_manual_sums_of_token_log_probs(perturbed):

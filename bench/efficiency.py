@@ -26,8 +26,18 @@ import time
 
 import common  # noqa: F401
 import torch
-from common import (PRECISIONS, PRESETS, build_model, machine, make_pairs, matmul_peak_gflops, product_args,
-                    ran_precision, table, tokenizer_for)
+from common import (
+    PRECISIONS,
+    PRESETS,
+    build_model,
+    machine,
+    make_pairs,
+    matmul_peak_gflops,
+    product_args,
+    ran_precision,
+    table,
+    tokenizer_for,
+)
 
 from dpo_studio.data import to_dataset
 from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer

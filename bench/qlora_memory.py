@@ -48,7 +48,11 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
     from dpo_studio.config import PRODUCT_DEFAULTS, DPOTrainingArguments
     from dpo_studio.data import to_dataset
     from dpo_studio.families import (
-        Architecture, describe_quantization, load_model, prepare_tokenizer, quantization_config,
+        Architecture,
+        describe_quantization,
+        load_model,
+        prepare_tokenizer,
+        quantization_config,
     )
     from dpo_studio.pipeline import build_trainer
     from dpo_studio.precision import precision_of

@@ -14,12 +14,14 @@ import tempfile
 import time
 
 import common  # noqa: F401
-from common import build_model, make_pairs, tokenizer_for, product_args
 import torch
+from common import build_model, make_pairs, product_args, tokenizer_for
+
 from dpo_studio import speed
 from dpo_studio.data import to_dataset
 from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.pipeline import build_trainer
+
 prec = sys.argv[1]; rounds = int(sys.argv[2]); variants = sys.argv[3].split(",")
 speed.configure_threads()
 shape = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)

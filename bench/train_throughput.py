@@ -37,15 +37,15 @@ import time
 
 import common  # noqa: F401  (sets offline env)
 import torch
-from common import PRECISIONS, PRESETS, build_model, make_pairs, machine, product_args, table, tokenizer_for
+from common import PRECISIONS, PRESETS, build_model, machine, make_pairs, product_args, table, tokenizer_for
+from trl import DPOConfig, DPOTrainer
 
 from dpo_studio.data import to_dataset
 from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.pipeline import build_trainer
-from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
 from dpo_studio.precision import choose_precision, cpu_has_native_bf16, precision_of
+from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
 from dpo_studio.speed import configure_threads
-from trl import DPOConfig, DPOTrainer
 
 # Hyper-parameters shared by all variants. lr is above the product's 5e-5 so that a handful of steps move the loss
 # visibly (equal final loss is then a real check, not 0.693 everywhere).

@@ -15,6 +15,7 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
+from tiny_models import BETA, EOS, FAMILIES, build_family, free_port, load_plain, plain_generate
 from transformers import AutoTokenizer
 
 from dpo_studio import ui
@@ -30,7 +31,6 @@ from dpo_studio.app_config import (
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
 from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
-from tiny_models import BETA, EOS, FAMILIES, build_family, free_port, load_plain, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap in these tests
 MAX_CHARS = 200

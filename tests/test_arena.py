@@ -14,13 +14,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from tiny_models import FAMILIES, build_family, free_port, plain_generate
 
 from dpo_studio import ui
-from dpo_studio.ui import engine
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.generation import generate_pair_results, load_pair, stream_pair_results
+from dpo_studio.ui import engine
 from dpo_studio.votes import RoundError, RoundStore, VoteStore, make_vote, scoreboard, wilson_interval
-from tiny_models import FAMILIES, build_family, free_port, plain_generate
 
 CAP = 12
 PROMPT = "How was your morning?"

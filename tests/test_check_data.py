@@ -7,16 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import build_models_dir
+from toy_data import toy_rows
 from trl import DPOConfig
 
 from dpo_studio.config import parse_config
-from dpo_studio.data import load_pairs
+from dpo_studio.data import load_pairs, to_dataset
 from dpo_studio.data_check import check_data
-from dpo_studio.data import to_dataset
 from dpo_studio.families import load_model_and_tokenizer
 from dpo_studio.pipeline import build_trainer, count_truncation
-from tiny_models import build_models_dir
-from toy_data import toy_rows
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]

@@ -42,10 +42,10 @@ def test_planned_steps_counts_epochs_batches_and_max_steps(tmp_path):
 def test_unset_torch_compile_is_auto_and_the_trainer_records_what_ran(tmp_path, single_thread):
     """The CLI's unset flag reaches the trainer as None; the trainer resolves it (fp32 CPU here: off) and records it."""
     from peft import LoraConfig
-
-    from dpo_studio import speed
     from test_speed import rows, tiny_model
     from trainer_helpers import word_tokenizer
+
+    from dpo_studio import speed
 
     args = DPOTrainingArguments(output_dir=str(tmp_path), report_to=[], bf16=False, max_steps=1, save_strategy="no",
                                 per_device_train_batch_size=4, disable_tqdm=True)

@@ -27,12 +27,12 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from markdown_it import MarkdownIt
+from tiny_models import free_port
 
 from dpo_studio import ui
-from dpo_studio.ui import comparing, engine
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.generation import GenerationResult
-from tiny_models import free_port
+from dpo_studio.ui import comparing, engine
 
 PAYLOADS = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '"><b>bold</b>']
 ALL_IN_ONE = " ".join(PAYLOADS)

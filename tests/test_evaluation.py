@@ -10,6 +10,8 @@ import pytest
 import torch
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
+from tiny_models import BETA, build_family
+from toy_data import toy_rows
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from trl import DPOConfig
 
@@ -17,8 +19,6 @@ from dpo_studio.data import PreferencePair, to_dataset
 from dpo_studio.evaluation.held_out import evaluate_pairs
 from dpo_studio.families import architecture_of, prepare_tokenizer
 from dpo_studio.pipeline import build_trainer
-from tiny_models import BETA, build_family
-from toy_data import toy_rows
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_studio.cli import run_cli
@@ -12,7 +13,6 @@ from dpo_studio.config import parse_config
 from dpo_studio.generation import LoadedPair
 from dpo_studio.pipeline import generation_evidence, prepare_data, run
 from dpo_studio.prompt_format import PromptFormat
-from toy_data import write_toy_pairs
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = [

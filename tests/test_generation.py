@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import BETA, EOS, PAD, build_models_dir
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio.generation import (
@@ -24,7 +25,6 @@ from dpo_studio.generation import (
     split_generated,
 )
 from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
-from tiny_models import BETA, EOS, PAD, build_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

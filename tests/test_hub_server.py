@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx2  # huggingface_hub 2.4's HTTP client: its transport errors are httpx2's, not httpx's
 import pytest
 import torch
+from hub_server import git_blob_sha
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -14,11 +15,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-from hub_server import git_blob_sha
-
 from tiny_models import word_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 
 def _tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from toy_data import write_toy_pairs
 
 REPO = Path(__file__).resolve().parents[1]

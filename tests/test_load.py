@@ -7,10 +7,10 @@ generous (default cap 256), so a burst of 100 clients waits its turn instead of 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
-import inspect
 import statistics
 import threading
 import time
@@ -24,10 +24,10 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
+from tiny_models import FAMILIES, free_port, plain_generate
 
 from dpo_studio import ui
 from dpo_studio.app_config import AppConfigError, ModelRegistry, discover_models_dir
-from tiny_models import FAMILIES, free_port, plain_generate
 
 CAP = 12  # the app's server-side max_new_tokens cap here
 MAX_CHARS = 200

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_pipeline import TINY_DEMO
 from tiny_models import ask_compare, build_models_dir, free_port
 from toy_data import write_toy_pairs

@@ -12,12 +12,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import httpx
 import pytest
 from gradio_client import Client
+from tiny_models import free_port
 
 from dpo_studio import ui
 from dpo_studio.app_config import FamilySource, ModelRegistry
 from dpo_studio.ui.owner import OWNER_SECRET_ENV, OwnerOnly, OwnerPolicy
 from dpo_studio.votes import VoteStore, make_vote
-from tiny_models import free_port
 
 SECRET = "owner-secret-123"
 

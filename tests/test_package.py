@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_models import ask_compare, free_port
 
 REPO = Path(__file__).resolve().parents[1]

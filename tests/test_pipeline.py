@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_studio.config import parse_config
 from dpo_studio.pipeline import run
-from toy_data import write_toy_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEMO = [

@@ -7,13 +7,13 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from test_speed import rows, tiny_model
+from trainer_helpers import perturb_lora, word_tokenizer
 from trl import DPOTrainer
 
 from dpo_studio import precision, speed
 from dpo_studio.config import ConfigError, DPOTrainingArguments, parse_config
 from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer
-from test_speed import rows, tiny_model
-from trainer_helpers import perturb_lora, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

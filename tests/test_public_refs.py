@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import build_models_dir
 
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
 from dpo_studio.public_refs import public_ref, scrub
 from dpo_studio.ui import build_studio
-from tiny_models import build_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

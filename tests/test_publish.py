@@ -15,6 +15,8 @@ import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData, RepoCard
 from huggingface_hub.utils import _http as hf_http
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftModel
+from test_pipeline import TINY_DEMO
+from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from dpo_studio import publish
@@ -22,10 +24,16 @@ from dpo_studio.cards import RepoIds, render_card, write_model_cards
 from dpo_studio.cli import run_cli
 from dpo_studio.config import parse_config
 from dpo_studio.pipeline import run
-from dpo_studio.publish import PushAccessError, PushTarget, parse_repo_ids, push_outputs, push_requested, repo_ids_for, upload_repo
+from dpo_studio.publish import (
+    PushAccessError,
+    PushTarget,
+    parse_repo_ids,
+    push_outputs,
+    push_requested,
+    repo_ids_for,
+    upload_repo,
+)
 from dpo_studio.space import deploy_space
-from test_pipeline import TINY_DEMO
-from toy_data import write_toy_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 AUTO = {"gpt2": (AutoModelForCausalLM, AutoPeftModelForCausalLM), "t5": (AutoModelForSeq2SeqLM, AutoPeftModelForSeq2SeqLM)}

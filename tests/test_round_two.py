@@ -16,6 +16,8 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 from peft import PeftModel
+from test_pipeline import TINY_DEMO
+from toy_data import TOPICS, write_toy_pairs
 from transformers import AutoModelForCausalLM
 
 from dpo_studio import ui
@@ -24,8 +26,6 @@ from dpo_studio.cli import run_cli
 from dpo_studio.data import load_pairs
 from dpo_studio.prompt_format import PromptFormat
 from dpo_studio.votes import VoteStore, export_votes
-from test_pipeline import TINY_DEMO
-from toy_data import TOPICS, write_toy_pairs
 
 NEW_TOKENS = 12
 # Round two trains a Hub model (not a demo): the same tiny-run settings without the demo's own flags.

@@ -17,10 +17,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest
 import torch
 from gradio_client import Client
+from tiny_models import FAMILIES, free_port
 
 from dpo_studio import ui
 from dpo_studio.app_config import ModelRegistry, resolve_sources
-from tiny_models import FAMILIES, free_port
 
 CAP = 12
 PROMPT = "How was your morning?"

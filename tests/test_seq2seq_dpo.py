@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig
+from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig
 
@@ -27,7 +28,6 @@ from dpo_studio.seq2seq_dpo import (
     Seq2SeqDPOTrainer,
     Seq2SeqPreferenceForward,
 )
-from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

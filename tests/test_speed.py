@@ -15,10 +15,11 @@ from trl import DPOConfig, DPOTrainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer  # noqa: E402
+
 from dpo_studio import speed  # noqa: E402
 from dpo_studio.fused_output import policy_fields  # noqa: E402
 from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
-from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from test_pipeline import TINY_DEMO
+from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
 from dpo_studio import families
@@ -15,8 +17,6 @@ from dpo_studio.cli import run_cli
 from dpo_studio.config import parse_config
 from dpo_studio.generation import load_pair
 from dpo_studio.pipeline import run
-from test_pipeline import TINY_DEMO
-from toy_data import write_toy_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,9 +4,9 @@ tokenizer of the toy preference rows; LoRA perturbation comes from tiny_models (
 
 from __future__ import annotations
 
+from tiny_models import perturb_lora  # noqa: F401  (re-exported for the trainer tests)
+from tiny_models import word_tokenizer as _word_level
 from transformers import PreTrainedTokenizerFast
-
-from tiny_models import perturb_lora, word_tokenizer as _word_level  # noqa: F401  (re-exported for the trainer tests)
 
 # Prompt words p0..p9, chosen-reply words a0..a9, rejected-reply words b0..b9.
 WORDS = ["<pad>", "</s>", "<unk>"] + [f"{p}{i}" for p in "pab" for i in range(10)]

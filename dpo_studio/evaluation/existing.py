@@ -19,7 +19,7 @@ def evaluate_existing(script_args: ScriptArguments, training_args: DPOConfig) ->
     The judge is trained on the training split of --dataset and the prompts come from its held-out split (or
     --eval-dataset). Writes `evaluation.json` into --output-dir (atomically) and returns its path and content.
     """
-    from .generation import load_pair
+    from ..generation import load_pair
 
     if not (script_args.eval_adapter or script_args.eval_merged):
         raise ConfigError("--evaluate needs the DPO model: --eval-adapter DIR_OR_ID and/or --eval-merged DIR_OR_ID")

@@ -9,6 +9,7 @@ pictures); by default the test writes only under its tmp dir, so running the sui
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,9 +69,9 @@ def _value(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} textarea").input_value()
 
 
-def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
-    url, votes_file = app_url
-    errors: list[str] = []
+@contextlib.contextmanager
+def _page(url: str, errors: list[str]):
+    """A page of headless Debian chromium at `url`; console errors and page errors are appended to `errors`."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -80,70 +81,78 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
             page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
-
-            # Compare tab, one family: a screenshot while both columns are still growing.
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#compare-btn").click()
-            page.wait_for_function(  # a few tokens in (a 32-token reply is ~80 characters here)
-                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value.length "
-                ">= 15)")
-            partial = (_value(page, "base-out"), _value(page, "dpo-out"))
-            page.screenshot(path=str(tmp_path / "streaming.png"), full_page=True)
-            page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # the end: "What DPO changed" arrived
-            final = (_value(page, "base-out"), _value(page, "dpo-out"))
-            for part, whole in zip(partial, final):  # the screenshot caught both replies part-way
-                assert part and len(part) < len(whole) and whole.startswith(part.rstrip())
-
-            # Both families: one section each, each streamed in turn.
-            page.get_by_label("Both").check()
-            page.locator("#compare-btn").click()
-            page.wait_for_function(
-                "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value"
-                "?.includes('[T5]'))")
-            page.locator("#changes-t5").wait_for(state="visible")  # "What DPO changed" for both: the end
-            base, dpo = _value(page, "base-out"), _value(page, "dpo-out")
-            assert base.startswith("[GPT-2]\n") and "\n\n[T5]\n" in base
-            assert dpo.startswith("[GPT-2]\n") and "\n\n[T5]\n" in dpo
-            assert all(section.split("\n", 1)[1].strip() for section in (base + "\n\n" + dpo).split("\n\n"))
-            for family in ("gpt2", "t5"):  # one highlighted view per family, with its tokens
-                view = page.locator(f"#changes-{family}")
-                view.wait_for(state="visible")
-                assert view.inner_text().strip()
-            shot = tmp_path / "app.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
-                DOCS.mkdir(exist_ok=True)
-                shutil.copyfile(shot, DOCS / "app.png")
-                shutil.copyfile(tmp_path / "streaming.png", DOCS / "streaming.png")
-
-            # Scoreboard before any vote.
-            page.get_by_role("tab", name="Scoreboard").click()
-            table = page.locator("#scoreboard-table")
-            page.wait_for_function("() => document.querySelector('#scoreboard-table')?.innerText.includes('GPT-2')")
-            before = table.inner_text()
-
-            # Blind A/B tab: vote buttons wait for the complete round, one vote, the vote is in the dataset file.
-            page.get_by_role("tab", name="Blind A/B").click()
-            page.locator("#blind-prompt textarea").fill(PROMPT)
-            page.locator("#blind-btn").click()
-            page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
-            reply_a, reply_b = _value(page, "reply-a"), _value(page, "reply-b")
-            page.locator("#vote-a").click()
-            page.locator("#blind-status").get_by_text("Votes collected: 1", exact=False).wait_for()
-            page.locator("#blind-status").get_by_text("Reply A was the", exact=False).wait_for()
-            page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
-
-            # The scoreboard counted it (refreshed after the vote, no reload).
-            page.get_by_role("tab", name="Scoreboard").click()
-            page.wait_for_function("before => document.querySelector('#scoreboard-table').innerText !== before",
-                                   arg=before)
-            after = table.inner_text()
-            assert "100.0%" in after or "0.0%" in after  # one decisive vote: a win rate of 0 or 1 for its family
-            page.locator("#scoreboard-plot").wait_for(state="visible")
-            page.screenshot(path=str(tmp_path / "scoreboard.png"), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
+    url, votes_file = app_url
+    errors: list[str] = []
+    with _page(url, errors) as page:
+
+        # Compare tab, one family: a screenshot while both columns are still growing.
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#compare-btn").click()
+        page.wait_for_function(  # a few tokens in (a 32-token reply is ~80 characters here)
+            "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value.length "
+            ">= 15)")
+        partial = (_value(page, "base-out"), _value(page, "dpo-out"))
+        page.screenshot(path=str(tmp_path / "streaming.png"), full_page=True)
+        page.get_by_text("Σ log-ratio", exact=False).first.wait_for()  # the end: "What DPO changed" arrived
+        final = (_value(page, "base-out"), _value(page, "dpo-out"))
+        for part, whole in zip(partial, final):  # the screenshot caught both replies part-way
+            assert part and len(part) < len(whole) and whole.startswith(part.rstrip())
+
+        # Both families: one section each, each streamed in turn.
+        page.get_by_label("Both").check()
+        page.locator("#compare-btn").click()
+        page.wait_for_function(
+            "() => ['base-out', 'dpo-out'].every(id => document.querySelector(`#${id} textarea`)?.value"
+            "?.includes('[T5]'))")
+        page.locator("#changes-t5").wait_for(state="visible")  # "What DPO changed" for both: the end
+        base, dpo = _value(page, "base-out"), _value(page, "dpo-out")
+        assert base.startswith("[GPT-2]\n") and "\n\n[T5]\n" in base
+        assert dpo.startswith("[GPT-2]\n") and "\n\n[T5]\n" in dpo
+        assert all(section.split("\n", 1)[1].strip() for section in (base + "\n\n" + dpo).split("\n\n"))
+        for family in ("gpt2", "t5"):  # one highlighted view per family, with its tokens
+            view = page.locator(f"#changes-{family}")
+            view.wait_for(state="visible")
+            assert view.inner_text().strip()
+        shot = tmp_path / "app.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
+            DOCS.mkdir(exist_ok=True)
+            shutil.copyfile(shot, DOCS / "app.png")
+            shutil.copyfile(tmp_path / "streaming.png", DOCS / "streaming.png")
+
+        # Scoreboard before any vote.
+        page.get_by_role("tab", name="Scoreboard").click()
+        table = page.locator("#scoreboard-table")
+        page.wait_for_function("() => document.querySelector('#scoreboard-table')?.innerText.includes('GPT-2')")
+        before = table.inner_text()
+
+        # Blind A/B tab: vote buttons wait for the complete round, one vote, the vote is in the dataset file.
+        page.get_by_role("tab", name="Blind A/B").click()
+        page.locator("#blind-prompt textarea").fill(PROMPT)
+        page.locator("#blind-btn").click()
+        page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
+        reply_a, reply_b = _value(page, "reply-a"), _value(page, "reply-b")
+        page.locator("#vote-a").click()
+        page.locator("#blind-status").get_by_text("Votes collected: 1", exact=False).wait_for()
+        page.locator("#blind-status").get_by_text("Reply A was the", exact=False).wait_for()
+        page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
+
+        # The scoreboard counted it (refreshed after the vote, no reload).
+        page.get_by_role("tab", name="Scoreboard").click()
+        # The table is re-rendered: wait for its new rows, not for the first change (an empty body while redrawn).
+        page.wait_for_function("before => { const text = document.querySelector('#scoreboard-table').innerText; "
+                               "return text !== before && text.includes('GPT-2'); }", arg=before)
+        after = table.inner_text()
+        assert "100.0%" in after or "0.0%" in after  # one decisive vote: a win rate of 0 or 1 for its family
+        page.locator("#scoreboard-plot").wait_for(state="visible")
+        page.screenshot(path=str(tmp_path / "scoreboard.png"), full_page=True)
 
     [line] = votes_file.read_text(encoding="utf-8").splitlines()
     vote = json.loads(line)
@@ -185,33 +194,23 @@ def arena_url(models_dir: Path, tmp_path: Path):
 def test_leaderboard_ranks_base_and_two_rounds_in_chromium(arena_url, tmp_path):
     url, store = arena_url
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            # One more vote from the page: a blind round between two of the four models.
-            page.get_by_role("tab", name="Blind A/B").click()
-            page.locator("#blind-prompt textarea").fill(PROMPT)
-            page.locator("#blind-btn").click()
-            page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
-            page.locator("#vote-tie").click()
-            page.locator("#blind-status").get_by_text("Votes collected: 61", exact=False).wait_for()
-            page.get_by_role("tab", name="Leaderboard").click()
-            page.wait_for_function("() => document.querySelector('#head-to-head-table')?.innerText.includes('round3')")
-            page.wait_for_function("() => /\\b61\\b|\\b31\\b/.test(document.querySelector('#leaderboard-table')"
-                                   ".innerText)")  # the page's vote is counted (a model with 30 + 1 votes)
-            page.wait_for_function("() => !['#leaderboard-table', '#head-to-head-table'].some(id => "
-                                   "document.querySelector(id).innerText.includes('processing'))")  # refit shown
-            board = page.locator("#leaderboard-table").inner_text()
-            shot = tmp_path / "leaderboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with _page(url, errors) as page:
+        # One more vote from the page: a blind round between two of the four models.
+        page.get_by_role("tab", name="Blind A/B").click()
+        page.locator("#blind-prompt textarea").fill(PROMPT)
+        page.locator("#blind-btn").click()
+        page.locator("#blind-status").get_by_text("Which reply is better?", exact=False).wait_for()
+        page.locator("#vote-tie").click()
+        page.locator("#blind-status").get_by_text("Votes collected: 61", exact=False).wait_for()
+        page.get_by_role("tab", name="Leaderboard").click()
+        page.wait_for_function("() => document.querySelector('#head-to-head-table')?.innerText.includes('round3')")
+        page.wait_for_function("() => /\\b61\\b|\\b31\\b/.test(document.querySelector('#leaderboard-table')"
+                               ".innerText)")  # the page's vote is counted (a model with 30 + 1 votes)
+        page.wait_for_function("() => !['#leaderboard-table', '#head-to-head-table'].some(id => "
+                               "document.querySelector(id).innerText.includes('processing'))")  # refit shown
+        board = page.locator("#leaderboard-table").inner_text()
+        shot = tmp_path / "leaderboard.png"
+        page.screenshot(path=str(shot), full_page=True)
     names = ("round3", "round2", "dpo", "base")
     where = [re.search(rf"\b{m}\b", board) for m in names]
     assert all(where), board

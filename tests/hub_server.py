@@ -202,14 +202,15 @@ class LocalHub:
         """A Space's secrets: {key: value} (the HTTP API never answers them; tests may read them here)."""
         return dict(self.repos[("space", repo_id)].secrets)
 
-    def start(self) -> "LocalHub":
+    def start(self, port: int = 0) -> "LocalHub":
+        """Serve on 127.0.0.1:`port` (0: a free port) from a background thread; `url` says where."""
         hub = self
 
         class Handler(_Handler):
             pass
 
         Handler.hub = hub
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="local-hub", daemon=True).start()
         return self
@@ -595,3 +596,27 @@ def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Local
     finally:
         hub.stop()
         huggingface_hub.close_session()
+
+
+def main() -> None:
+    """`python tests/hub_server.py [--port N] [--root DIR]`: the server on its own, for trying the product's Hub
+    paths by hand (docs/arena.md's walk-through). State lives as long as the process; Ctrl-C stops it."""
+    import argparse
+    import tempfile
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8990)
+    parser.add_argument("--root", type=Path, default=None, help="blob store folder (default: a temporary one)")
+    args = parser.parse_args()
+    hub = LocalHub(args.root or Path(tempfile.mkdtemp(prefix="local-hub-"))).start(args.port)
+    print(f"export HF_ENDPOINT={hub.url} HF_TOKEN={hub.token} HF_HUB_OFFLINE=0  # user {hub.user!r}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        hub.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -559,11 +559,14 @@ def _completion_logits(model: torch.nn.Module, pair: LoadedPair, enc: EncodedPai
     """Logits predicting each completion token, shape (rows, n_completion, vocab), for `rows` copies of `enc`."""
     device = pair.device
     input_ids = torch.tensor([enc.input_ids] * rows, device=device)
+    # No padding here, but the trailing EOS may equal the pad id: an explicit all-ones mask says so (and keeps
+    # transformers from warning that padded input needs one).
+    attention_mask = torch.ones_like(input_ids)
     if pair.is_encoder_decoder:
         labels = torch.tensor([enc.completion_ids] * rows, device=device)
         # With labels, the model builds decoder inputs by shifting them right (teacher forcing).
-        return model(input_ids=input_ids, labels=labels, **extra).logits
-    logits = model(input_ids=input_ids, **extra).logits
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
     # Position t predicts token t+1: the completion tokens are predicted from prompt_length-1 to the next-to-last.
     return logits[:, enc.prompt_length - 1 : -1]
 

@@ -34,10 +34,12 @@ def test_train_and_push_logs_no_http_lines_by_default(local_hub, tmp_path):
     quiet = train_and_push(tmp_path, "quiet")
     assert quiet.count(HTTP_LINE) == 0
     assert "FutureWarning" not in quiet and "is_gradient_checkpointing" not in quiet
+    assert "loss_type=None" not in quiet  # transformers' notice at GPT-2's warm start: it picks the right loss
     assert "dpo_studio INFO" in quiet and "it/s]" in quiet  # our own lines and the progress bars stay
     loud = train_and_push(tmp_path, "loud", "--log-level", "debug")
     requests = loud.count(HTTP_LINE)
     assert requests >= 10, loud[-2000:]  # one per request: whoami, create, preupload, commit, ... x 3 repos
+    assert "`loss_type=None` was set in the config but it is unrecognized" in loud  # what the filter drops
     assert local_hub.count(path_contains="/api/") >= requests // 2
     env_loud = train_and_push(tmp_path, "envloud", env_extra={"LOG_LEVEL": "debug"})
     assert env_loud.count(HTTP_LINE) >= 10

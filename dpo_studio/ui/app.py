@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from dpo_studio.app_config import ModelRegistry, resolve_sources
-from dpo_studio.ui import api
+from dpo_studio.ui.api import register as register_api
 from dpo_studio.ui.events import Events
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
 from dpo_studio.ui.owner import OwnerPolicy
@@ -72,7 +72,7 @@ def _blocks(studio: Studio, prompts: list[str], events: Events) -> gr.Blocks:
         demo.load(lambda: (studio.votes_status(), *studio.scoreboard_view(), *studio.leaderboard_view()), None,
                   [blind_tab.status, *board_tab.outputs, *ranks_tab.outputs], api_name="ui_votes", api_visibility="private",
                   **events.light)
-        api.register(studio, first_family, events)
+        register_api(studio, first_family, events)
     return demo
 
 

@@ -119,7 +119,12 @@ def warm_start(
     learning_rate: float,
     seed: int,
 ) -> list[dict]:
-    """Supervised warm start on both the chosen and the rejected replies; returns the Trainer's log history."""
+    """Supervised warm start on both the chosen and the rejected replies; returns the Trainer's log history.
+
+    Args:
+        pairs: the training pairs; each prompt is rendered with `prompt_format` as DPO training will see it.
+        epochs, learning_rate, seed: of the supervised run (`--demo-sft-epochs`, `--demo-sft-learning-rate`).
+    """
     arch = architecture_of(model.config)
     features = []
     for pair in pairs:

@@ -222,8 +222,14 @@ def load_pair(
 
     With `adapter`: one base model + `PeftModel.from_pretrained(base, adapter)` (weights shared). Without: two
     plain models, `base` and `merged`. `base` may be None when the adapter records its base model.
-    `revision` applies to the adapter and merged repos (our published ones), `base_revision` to the base repo.
     Only safetensors are loaded. Tokenizer and prompt format come from the adapter, else merged, else base.
+
+    Args:
+        base, adapter, merged: local directories or Hub repo ids (see above for which combinations work).
+        revision: branch, tag or commit of the adapter and merged repos (our published ones).
+        base_revision: the same for the base repo.
+        token: Hub token; None uses the login, False sends none.
+        device, dtype: where and in which dtype to load (default: CPU unless CUDA; the checkpoint's dtype).
     """
     base, adapter, merged = _checked_sources(base, adapter, merged, revision, token)
     hub = {"token": token, "trust_remote_code": trust_remote_code}
@@ -444,6 +450,11 @@ def generate_pair_results(
     seeded once with `seed` before the first call, so runs are reproducible, but each row still draws its own
     random numbers (base and DPO do not see the same draws). Fallback (two models): each model generates with
     the RNG reseeded to `seed` (+ the chunk's offset), so sampled fallback outputs differ from shared ones.
+
+    Args:
+        max_new_tokens: tokens to generate per reply at most.
+        temperature: 0 is greedy; above 0 samples (with `top_p` nucleus filtering).
+        seed: seeds torch's generator for this call only (its previous state is restored).
     """
     gen_kwargs = _generation_kwargs(pair, max_new_tokens, temperature, top_p)
     texts = [render_prompt(pair.prompt_format, p) for p in prompts]

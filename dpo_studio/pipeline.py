@@ -128,7 +128,15 @@ def save_outputs(
     training_args: DPOConfig,
     metrics: dict[str, Any],
 ) -> None:
-    """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder."""
+    """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder.
+
+    Args:
+        stage: the staging folder that is moved into place once complete.
+        model: the trained model (a PeftModel, or the full model with `--use-peft false`).
+        base_dir: the locally built base (demo) to copy into base/, else None.
+        base_model_id: the base's public ref (Hub id), recorded in the adapter config and the cards.
+        metrics: metrics.json's content, written last.
+    """
     prompt_format: PromptFormat = arch.prompt_format
     dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
     adapter_dir, merged_dir = stage / "adapter", stage / "merged"
@@ -238,6 +246,11 @@ def build_trainer(
     `speed.FastSeq2SeqDPOTrainer` for encoder-decoders), with every speed feature of `speed.SpeedSettings` on.
 
     The reference model is the base with the LoRA adapter disabled (no second copy of the weights).
+
+    Args:
+        train_ds, eval_ds: preference datasets (`prompt`, `chosen`, `rejected`) as `data.PreparedData` holds them.
+        args: TRL's `DPOConfig` as the CLI resolved it (precision, compile and product defaults applied).
+        lora_config: PEFT's `LoraConfig`, or None for full-parameter DPO.
     """
     trainer = arch.trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,

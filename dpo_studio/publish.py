@@ -190,6 +190,11 @@ def upload_repo(api: HfApi, repo_id: str, folder: Path, target: PushTarget, repo
 
     huggingface_hub already retries single requests; this retries the whole idempotent step (an unchanged file is
     skipped on the next try) with exponential backoff, for 5xx/429 answers and connection errors only.
+
+    Args:
+        target: branch, privacy and commit message of the push.
+        attempts, base_delay: tries in all, and the first wait in seconds (doubled after each failure).
+        create_kwargs: passed to `create_repo` (e.g. `space_sdk` for a Space).
     """
     for attempt in range(attempts):
         try:

@@ -124,7 +124,7 @@ def run(opts: argparse.Namespace, precision: str) -> dict:
     for kind in ("fp32", "bf16"):
         print(f"# {kind} matmul peak ({threads} threads): before {peak_before[kind]:.1f} GFLOP/s, "
               f"after {peak_after[kind]:.1f} GFLOP/s")
-    target = "40%" if ran == "bf16" else "70%"
+    target = "25%" if ran == "bf16" else "60%"  # issue 18: of the bf16 peak on native-bf16 CPUs, else the fp32 peak
     print(f"ratio efficiency ({ran}): useful GFLOP/s / {ran} matmul peak = {achieved:.1f} / {peak[ran]:.1f} = "
           f"{achieved / peak[ran]:.1%} (target >= {target})")
     return dict(precision=precision, ran=ran, described=ran_precision(trainer), seconds=total_s, useful=achieved,

@@ -44,14 +44,23 @@ def setup_logging(level: str | None = None) -> int:
         warnings.filterwarnings("ignore", message=r".*(gradient_checkpointing|activation_checkpointing).*",
                                 category=FutureWarning)
         _add_filter_once(logging.getLogger("bitsandbytes.autograd._functions"), _drop_int8_cast_notice)
-        _add_filter_once(logging.getLogger("transformers.modeling_utils"), _drop_default_loss_notice)
+        _add_filter_once(logging.getLogger("transformers.modeling_utils"), _drop_transformers_false_alarms)
     return resolved
 
 
-def _drop_default_loss_notice(record: logging.LogRecord) -> bool:
-    # transformers names a model's loss from its class name; `GPT2LMHeadModel` has no "ForCausalLM" in it, so its
-    # first loss with labels (the demo's warm start) says "unrecognized" and uses ForCausalLMLoss: the right one
-    return not str(record.msg).startswith("`loss_type=None` was set in the config but it is unrecognized")
+# transformers notices that are wrong about our calls, by how they start:
+TRANSFORMERS_FALSE_ALARMS = (
+    # it names a model's loss from its class name; `GPT2LMHeadModel` has no "ForCausalLM" in it, so its first loss
+    # with labels (the demo's warm start) says "unrecognized" and then uses ForCausalLMLoss: the right one
+    "`loss_type=None` was set in the config but it is unrecognized",
+    # `generate` drops an all-ones mask (one unpadded prompt), then warns itself once a finished row feeds the pad
+    # token (= EOS in GPT-2's tokenizers); every call of ours passes its mask (padded batches included)
+    "We strongly recommend passing in an `attention_mask`",
+)
+
+
+def _drop_transformers_false_alarms(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(TRANSFORMERS_FALSE_ALARMS)
 
 
 def _drop_int8_cast_notice(record: logging.LogRecord) -> bool:

@@ -66,3 +66,34 @@ def test_app_log_is_quiet_by_default(tmp_path, level):
         assert "Loading" in output  # our INFO lines stay
     else:
         assert output.count(HTTP_LINE) > 0, output
+
+
+@pytest.mark.parametrize("level, shown", [(None, False), ("debug", True)])
+def test_app_stream_has_no_attention_mask_false_alarm(tmp_path, level, shown):
+    """One unpadded prompt: transformers' `generate` drops the all-ones mask, then warns when a finished row feeds the
+    pad token (= EOS here). The sampled stream of the demo-like model ends a row early, which triggers it."""
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from dpo_studio.logs import setup_logging\n"
+        "from dpo_studio.generation import load_pair, stream_pair_results\n"
+        "from tiny_models import build_models_dir\n"
+        f"setup_logging({level!r})\n"
+        "build_models_dir(Path(sys.argv[1]), ('gpt2',), suppress_eos=False)\n"
+        "root = Path(sys.argv[1])\n"
+        "pair = load_pair(str(root / 'gpt2' / 'base'), str(root / 'gpt2' / 'adapter'))\n"
+        "assert pair.tokenizer.pad_token_id == pair.tokenizer.eos_token_id\n"
+        "pair.model.config.pad_token_id = pair.tokenizer.pad_token_id  # as the demo's models record it\n"
+        "ended = False\n"
+        "for seed in range(40):\n"
+        "    *_, (base, dpo) = stream_pair_results(pair, 'Hi there', max_new_tokens=24, temperature=1.0, seed=seed)\n"
+        "    ended = base.ended_with_eos != dpo.ended_with_eos or (base.ended_with_eos and len(base.token_ids) < 23)\n"
+        "    if ended:\n"
+        "        break\n"
+        "print('ENDED', ended)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "models")], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ENDED True" in proc.stdout  # a row finished before the other: the case transformers warns about
+    assert ("We strongly recommend passing in an `attention_mask`" in proc.stderr) is shown, proc.stderr[-2000:]

@@ -40,14 +40,14 @@ import torch
 from common import PRECISIONS, PRESETS, build_model, machine, make_pairs, product_args, table, tokenizer_for
 from trl import DPOConfig, DPOTrainer
 
-TARGETS = {"gpt2": "3.0x", "t5": "2.0x"}  # issue 18: GPT-2 vs stock TRL, T5 vs naive seq2seq DPO
-
 from dpo_studio.data import to_dataset
 from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.pipeline import build_trainer
 from dpo_studio.precision import choose_precision, cpu_has_native_bf16, precision_of
 from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
 from dpo_studio.speed import configure_threads
+
+TARGETS = {"gpt2": "3.0x", "t5": "2.0x"}  # issue 18: GPT-2 vs stock TRL, T5 vs naive seq2seq DPO
 
 # Hyper-parameters shared by all variants. lr is above the product's 5e-5 so that a handful of steps move the loss
 # visibly (equal final loss is then a real check, not 0.693 everywhere).

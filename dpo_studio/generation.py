@@ -570,8 +570,7 @@ def _completion_logits(model: torch.nn.Module, pair: LoadedPair, enc: EncodedPai
     """Logits predicting each completion token, shape (rows, n_completion, vocab), for `rows` copies of `enc`."""
     device = pair.device
     input_ids = torch.tensor([enc.input_ids] * rows, device=device)
-    # No padding here, but the trailing EOS may equal the pad id: an explicit all-ones mask says so (and keeps
-    # transformers from warning that padded input needs one).
+    # No padding here, though the trailing EOS may equal the pad id: the all-ones mask says so explicitly.
     attention_mask = torch.ones_like(input_ids)
     if pair.is_encoder_decoder:
         labels = torch.tensor([enc.completion_ids] * rows, device=device)

@@ -43,29 +43,35 @@ def setup_logging(level: str | None = None) -> int:
         # transformers emits some deprecations with stacklevel pointing at the caller (TRL, our code): by message
         warnings.filterwarnings("ignore", message=r".*(gradient_checkpointing|activation_checkpointing).*",
                                 category=FutureWarning)
-        _add_filter_once(logging.getLogger("bitsandbytes.autograd._functions"), _drop_int8_cast_notice)
-        _add_filter_once(logging.getLogger("transformers.modeling_utils"), _drop_transformers_false_alarms)
+        for name, drop in LIBRARY_NOTICE_FILTERS.items():
+            _add_filter_once(logging.getLogger(name), drop)
     return resolved
 
 
-# transformers notices that are wrong about our calls, by how they start:
-TRANSFORMERS_FALSE_ALARMS = (
-    # it names a model's loss from its class name; `GPT2LMHeadModel` has no "ForCausalLM" in it, so its first loss
-    # with labels (the demo's warm start) says "unrecognized" and then uses ForCausalLMLoss: the right one
-    "`loss_type=None` was set in the config but it is unrecognized",
-    # `generate` drops an all-ones mask (one unpadded prompt), then warns itself once a finished row feeds the pad
-    # token (= EOS in GPT-2's tokenizers); every call of ours passes its mask (padded batches included)
-    "We strongly recommend passing in an `attention_mask`",
-)
+class _DropStartingWith(logging.Filter):
+    """Drops the records whose message starts with one of `prefixes` (library notices that are noise for us)."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
 
 
-def _drop_transformers_false_alarms(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(TRANSFORMERS_FALSE_ALARMS)
-
-
-def _drop_int8_cast_notice(record: logging.LogRecord) -> bool:
+# Library notices that are wrong about our calls or not actionable, per logger, by how they start:
+LIBRARY_NOTICE_FILTERS = {
     # 8-bit QLoRA: bitsandbytes logs this at every matmul; casting inputs to fp16 is how LLM.int8 works
-    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+    "bitsandbytes.autograd._functions": _DropStartingWith("MatMul8bitLt: inputs will be cast"),
+    "transformers.modeling_utils": _DropStartingWith(
+        # transformers names a model's loss from its class name; `GPT2LMHeadModel` has no "ForCausalLM" in it, so
+        # its first loss with labels (the demo's warm start) says "unrecognized", then uses ForCausalLMLoss: right
+        "`loss_type=None` was set in the config but it is unrecognized",
+        # `generate` drops an all-ones mask (one unpadded prompt), then warns itself once a finished row feeds the
+        # pad token (= EOS in GPT-2's tokenizers); every call of ours passes its mask (padded batches included)
+        "We strongly recommend passing in an `attention_mask`",
+    ),
+}
 
 
 def _add_filter_once(logger: logging.Logger, function) -> None:

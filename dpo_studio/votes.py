@@ -293,8 +293,14 @@ def read_votes_file(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+class VotesClosed(RuntimeError):
+    """The server is shutting down and takes no more votes."""
+
+
 class VoteStore:
     """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start.
+
+    `shutdown()` (the app's SIGTERM/SIGINT handler calls it) closes the store: later appends raise `VotesClosed`.
 
     Args:
         path: the JSONL file votes are appended to.
@@ -305,6 +311,19 @@ class VoteStore:
         self.path = Path(path).expanduser()
         self._lock = lock or threading.Lock()
         self._count = len(self.records())
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """False once `shutdown` has run: the server is stopping and takes no more votes."""
+        return self._accepting
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop taking votes. Every acknowledged vote is already fsync'ed, so a local file has nothing to flush;
+        returns True (everything is kept). A Hub store also commits what the Hub lacks (`HubVoteStore`)."""
+        with self._lock:  # an append in progress finishes first
+            self._accepting = False
+        return True
 
     @property
     def count(self) -> int:
@@ -324,6 +343,8 @@ class VoteStore:
         record.setdefault("vote_id", uuid.uuid4().hex)
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
+            if not self._accepting:
+                raise VotesClosed("The server is restarting and takes no votes now; vote again in a minute.")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as handle:
                 handle.seek(0, os.SEEK_END)

@@ -22,10 +22,11 @@ from dpo_studio.ui.input_checks import (
 )
 from dpo_studio.ui.render import html_text, md_text
 from dpo_studio.ui.tally import VoteRecords
-from dpo_studio.votes import RoundError, RoundStore, make_vote
+from dpo_studio.votes import RoundError, RoundStore, VotesClosed, make_vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 MODEL_NAMES = {BASE: "base", FIRST_ROUND: "DPO"}  # later rounds show their own names ("round2")
+VOTES_CLOSED = "The server is restarting and takes no votes now; vote again in a minute."
 BlindStep = tuple[str, str, str | None, str]  # (reply A, reply B, round id once complete else None, status)
 
 
@@ -108,13 +109,18 @@ class BlindRounds:
         `choice`: "A", "B", "tie" or "both_bad". An unknown or already-voted round id is a gr.Error.
         """
         choice = check_choice(choice)
+        if not self.records.votes.accepting:  # shutting down: the round stays open for nobody, but is not spent
+            raise user_error(VOTES_CLOSED)
         try:
             round_ = self.rounds.close(round_id)
         except RoundError as exc:
             raise user_error(html_text(str(exc))) from None
         record = make_vote(prompt=round_.prompt, replies=round_.replies, sides=round_.sides, choice=choice,
                            family=round_.family, settings=round_.settings, models=round_.models)
-        count = self.records.votes.append(record)
+        try:
+            count = self.records.votes.append(record)
+        except VotesClosed:
+            raise user_error(VOTES_CLOSED) from None
         return {"round_id": round_.round_id, "vote": record["vote"], "outcome": record["outcome"],
                 "family": round_.family, "A": round_.sides["A"], "B": round_.sides["B"],
                 "preference_pair": record["chosen"] is not None, "votes": count}

@@ -1,7 +1,9 @@
 """Serving the app: `launch` with the app's theme and CSS, and the command line of `python app.py`."""
 
 import argparse
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -9,12 +11,12 @@ import gradio as gr
 
 from dpo_studio.app_config import AppConfigError
 from dpo_studio.logs import LEVELS, setup_logging
-from dpo_studio.ui.app import build_app
+from dpo_studio.ui.app import build_app, build_studio
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.ui.round_training import DEFAULT_OUTPUT_DIR
-from dpo_studio.votes import DEFAULT_VOTES_FILE
+from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 from dpo_studio.votes_hub import (
     DEFAULT_EVERY_MINUTES,
     DEFAULT_VOTES_FOLDER,
@@ -22,6 +24,9 @@ from dpo_studio.votes_hub import (
     VOTES_REPO_ENV,
     VotesRepoError,
 )
+
+logger = logging.getLogger(__name__)
+SHUTDOWN_TIMEOUT_S = 20.0  # the final commit's wait; a Space sends SIGKILL about 30 s after SIGTERM
 
 # Gradio 6 takes theme/css at launch. Soft uses fonts served by Gradio itself (no Google Fonts on a closed network).
 THEME = gr.themes.Soft()
@@ -33,6 +38,26 @@ def launch(demo: gr.Blocks, *, server_name: str | None = None, server_port: int 
     """`demo.launch` with the app's theme and CSS (Gradio 6 takes them at launch)."""
     demo.launch(server_name=server_name, server_port=server_port, prevent_thread_lock=prevent_thread_lock,
                 quiet=quiet, theme=THEME, css=CSS)
+
+
+def stop_on_signals(votes: VoteStore, *, timeout: float = SHUTDOWN_TIMEOUT_S,
+                    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """On SIGTERM (a Space restart, rebuild or sleep) or SIGINT: stop taking votes, commit what the Hub lacks
+    (`votes.shutdown`, bounded by `timeout`), then exit (status 0 when every vote is kept). A second signal during
+    the commit exits at once. Python's default SIGTERM ends the process without atexit hooks, so CommitScheduler's
+    own final commit would never run: hence this handler. Call from the main thread."""
+    stopping = []
+
+    def handler(signum: int, frame: object) -> None:
+        if stopping:
+            os._exit(128 + signum)
+        stopping.append(signum)
+        logger.info("%s: no more votes; committing what the Hub lacks, then exiting", signal.Signals(signum).name)
+        kept = votes.shutdown(timeout)
+        raise SystemExit(0 if kept else 1)  # out of Gradio's block_thread; its server threads are daemons
+
+    for each in signals:
+        signal.signal(each, handler)
 
 
 def _port_from_env() -> int:
@@ -109,13 +134,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level)
     try:
         port = args.port if args.port is not None else _port_from_env()
-        demo = build_app(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,
-                         max_new_tokens_cap=args.max_new_tokens_cap, max_queue_size=args.max_queue_size,
-                         votes_repo=args.votes_repo, votes_folder=args.votes_folder, votes_every=args.votes_every,
-                         owner_actions=args.owner_actions, export_repo=args.export_repo,
-                         train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace)
+        studio = build_studio(config=args.config, models_dir=args.models_dir, votes_file=args.votes_file,
+                              max_new_tokens_cap=args.max_new_tokens_cap, votes_repo=args.votes_repo,
+                              votes_folder=args.votes_folder, votes_every=args.votes_every,
+                              owner_actions=args.owner_actions, export_repo=args.export_repo,
+                              train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace)
+        demo = build_app(studio=studio, max_queue_size=args.max_queue_size)
     except (AppConfigError, VotesRepoError, ValueError) as exc:
         parser.exit(2, f"app.py: error: {exc}\n")
+    stop_on_signals(studio.votes)
     launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from dpo_studio.visitor_text import clean_text, shown
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOTES_FILE = Path("votes") / "votes.jsonl"
@@ -68,6 +70,8 @@ def make_vote(
     if (set(replies) != set(SIDES) or set(sides) != set(SIDES) or sides["A"] == sides["B"]
             or not all(isinstance(name, str) and name for name in sides.values())):
         raise ValueError("replies and sides must map both 'A' and 'B' (sides to two different model names)")
+    # Control characters never reach the votes file (it is training data): removed, as from prompts.
+    prompt, replies = clean_text(prompt), {side: clean_text(text) for side, text in replies.items()}
     if choice in SIDES and replies["A"] == replies["B"]:
         choice = "tie"
     stamp = (timestamp or datetime.now(timezone.utc)).isoformat()
@@ -195,8 +199,8 @@ class RoundStore:
             round_ = self._open.pop(key, None)
             if round_ is None:
                 if key in self._closed:
-                    raise RoundError(f"Round {key!r} already has its vote; start a new round.")
-                raise RoundError(f"Unknown round id {key!r}: it never existed, was re-drawn, or the app restarted; "
+                    raise RoundError(f"Round {shown(key)} already has its vote; start a new round.")
+                raise RoundError(f"Unknown round id {shown(key)}: it never existed, was re-drawn, or the app restarted; "
                                  "start a new round.")
             self._closed[key] = None
             while len(self._closed) > 10 * self.max_open:
@@ -389,7 +393,7 @@ def export_votes(
     data = store.snapshot()
     count = sum(1 for line in data.splitlines() if line.strip())
     if count == 0:
-        raise ValueError(f"no votes to export yet ({store.path} is empty or missing)")
+        raise ValueError(f"no votes to export yet ({store.location()} is empty or missing)")
     api = HfApi(endpoint=endpoint, token=token)
     repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_file(

@@ -18,6 +18,7 @@ from dpo_studio.ui.input_checks import (
     DEFAULT_TOP_P,
     InputChecks,
     check_choice,
+    check_text,
     user_error,
 )
 from dpo_studio.ui.render import html_text, md_text
@@ -109,6 +110,8 @@ class BlindRounds:
         `choice`: "A", "B", "tie" or "both_bad". An unknown or already-voted round id is a gr.Error.
         """
         choice = check_choice(choice)
+        round_id = check_text(round_id if round_id is None or isinstance(round_id, str) else str(round_id),
+                              "round id")
         if not self.records.votes.accepting:  # shutting down: the round stays open for nobody, but is not spent
             raise user_error(VOTES_CLOSED)
         try:

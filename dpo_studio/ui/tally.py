@@ -10,6 +10,7 @@ from dpo_studio.app_config import ModelRegistry, one_line
 from dpo_studio.ratings import rate
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 from dpo_studio.ui.render import md_text
+from dpo_studio.visitor_text import without_paths
 from dpo_studio.votes import VoteStore, comparisons, export_votes, scoreboard
 from dpo_studio.votes_hub import HubVoteStore
 
@@ -106,5 +107,5 @@ class VoteRecords:
             url = export_votes(self.votes, self.export_repo, private=True)
         except Exception as exc:  # network, auth, bad repo id: shown as one line, the server keeps running
             logger.warning("Export of votes failed: %s", one_line(exc))
-            return f"Export failed: {md_text(one_line(exc))}"
+            return f"Export failed: {md_text(without_paths(one_line(exc)))}"  # no server folder shown
         return f"Exported {self.votes.count} votes to {md_text(url)} (file `data/train.jsonl`)."

@@ -13,6 +13,15 @@ from dpo_studio.app_config import AppConfigError
 from dpo_studio.logs import LEVELS, setup_logging
 from dpo_studio.ui.app import build_app, build_studio
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP
+from dpo_studio.ui.limits import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TTL_S,
+    MAX_REQUEST_ENV,
+    MAX_SESSIONS_ENV,
+    SESSION_TTL_ENV,
+    ServerLimits,
+)
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.ui.round_training import DEFAULT_OUTPUT_DIR
@@ -34,10 +43,12 @@ CSS = ".reply textarea {font-size: 0.95rem}"
 
 
 def launch(demo: gr.Blocks, *, server_name: str | None = None, server_port: int | None = None,
-           prevent_thread_lock: bool = False, quiet: bool = False) -> None:
-    """`demo.launch` with the app's theme and CSS (Gradio 6 takes them at launch)."""
+           prevent_thread_lock: bool = False, quiet: bool = False, limits: ServerLimits | None = None) -> None:
+    """`demo.launch` with the app's theme and CSS (Gradio 6 takes them at launch) and the server's bounds on request
+    bodies, uploads and sessions (`limits`, default: `ServerLimits.from_env()`)."""
+    limits = limits or ServerLimits.from_env()
     demo.launch(server_name=server_name, server_port=server_port, prevent_thread_lock=prevent_thread_lock,
-                quiet=quiet, theme=THEME, css=CSS)
+                quiet=quiet, theme=THEME, css=CSS, **limits.launch_kwargs())
 
 
 def stop_on_signals(votes: VoteStore, *, timeout: float = SHUTDOWN_TIMEOUT_S,
@@ -77,6 +88,29 @@ def _every_from_env() -> float:
         raise AppConfigError(f"{VOTES_EVERY_ENV}={value!r} is not a number of minutes") from None
 
 
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits for a public server (flags override the Space variables)")
+    group.add_argument("--max-request-bytes", type=int, default=None,
+                       help=f"larger request bodies (and uploads) are refused with 413 before they are read "
+                            f"(default: ${MAX_REQUEST_ENV} or {DEFAULT_MAX_REQUEST_BYTES})")
+    group.add_argument("--max-sessions", type=int, default=None,
+                       help=f"Gradio sessions kept in memory; the oldest go first (default: ${MAX_SESSIONS_ENV} or "
+                            f"{DEFAULT_MAX_SESSIONS})")
+    group.add_argument("--session-ttl-minutes", type=float, default=None,
+                       help=f"sessions idle this long are dropped (default: ${SESSION_TTL_ENV} or "
+                            f"{DEFAULT_SESSION_TTL_S / 60:g})")
+
+
+def _limits(args: argparse.Namespace) -> ServerLimits:
+    """The server's bounds: each flag given, else its Space variable, else the default."""
+    env = ServerLimits.from_env()
+    ttl = args.session_ttl_minutes
+    return ServerLimits(
+        max_request_bytes=env.max_request_bytes if args.max_request_bytes is None else args.max_request_bytes,
+        max_sessions=env.max_sessions if args.max_sessions is None else args.max_sessions,
+        session_ttl_s=env.session_ttl_s if ttl is None else 60.0 * ttl)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py", description="Serve the DPO Studio comparison app (base vs DPO, blind A/B votes).")
@@ -114,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue-size", type=int, default=None,
                         help=f"requests that may wait in the queue before new ones are refused (default: "
                              f"${MAX_QUEUE_ENV} or {DEFAULT_MAX_QUEUE}); waiting visitors see their position")
+    _limit_flags(parser)
     parser.add_argument("--log-level", default=None, choices=sorted(LEVELS),
                         help="log level (default: $LOG_LEVEL or info); debug also shows HTTP requests and "
                              "library deprecation warnings")
@@ -140,10 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                               owner_actions=args.owner_actions, export_repo=args.export_repo,
                               train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace)
         demo = build_app(studio=studio, max_queue_size=args.max_queue_size)
+        limits = _limits(args)
     except (AppConfigError, VotesRepoError, ValueError) as exc:
         parser.exit(2, f"app.py: error: {exc}\n")
     stop_on_signals(studio.votes)
-    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
+    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port, limits=limits)
 
 
 if __name__ == "__main__":  # pragma: no cover

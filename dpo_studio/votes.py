@@ -34,6 +34,7 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from dpo_studio.ratings import rate_length_controlled
 from dpo_studio.visitor_text import clean_text, shown
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def make_vote(
         "chosen_model": sides[choice] if decided else None,
         "models": dict(models or {}),
         "pair": dict(sides),
+        "lengths": {side: len(replies[side]) for side in SIDES},  # characters: length-controlled ratings
         "settings": dict(settings),
         "timestamp": stamp,
     }
@@ -130,6 +132,45 @@ def comparisons(records: Iterable[dict[str, Any]], family: str) -> list[tuple[st
         score = 0.5 if outcome in NO_PREFERENCE else 1.0 if outcome == pair["A"] else 0.0
         out.append((pair["A"], pair["B"], score))
     return out
+
+
+def lengths_of(record: dict[str, Any]) -> dict[str, int] | None:
+    """Characters of replies A and B of a stored vote: its `lengths`, else (lines from before `lengths` existed) the
+    lengths of `chosen`/`rejected` of a decisive vote; None when unknown (an old tie)."""
+    lengths = record.get("lengths")
+    if isinstance(lengths, dict) and all(isinstance(lengths.get(side), int) and lengths[side] >= 0
+                                         for side in SIDES):
+        return {side: lengths[side] for side in SIDES}
+    side, chosen, rejected = record.get("winner_side"), record.get("chosen"), record.get("rejected")
+    if side in SIDES and isinstance(chosen, str) and isinstance(rejected, str):
+        return {side: len(chosen), SIDES[1 - SIDES.index(side)]: len(rejected)}
+    return None
+
+
+def length_comparisons(records: Iterable[dict[str, Any]], family: str) -> list[tuple[str, str, float, float]]:
+    """`comparisons` with the log length ratio `log(1 + len_a) − log(1 + len_b)` (characters) for
+    `ratings.rate_length_controlled`; votes whose lengths are unknown are left out."""
+    out = []
+    for record in records:
+        outcome, pair, lengths = outcome_of(record), pair_of(record), lengths_of(record)
+        if outcome is None or lengths is None or str(record.get("family") or "unknown") != family:
+            continue
+        score = 0.5 if outcome in NO_PREFERENCE else 1.0 if outcome == pair["A"] else 0.0
+        out.append((pair["A"], pair["B"], score, math.log1p(lengths["A"]) - math.log1p(lengths["B"])))
+    return out
+
+
+def mean_lengths(records: Iterable[dict[str, Any]], family: str) -> dict[str, float]:
+    """Each model's mean reply length in characters over a family's votes with known lengths."""
+    total: dict[str, list[int]] = {}
+    for record in records:
+        pair, lengths = pair_of(record), lengths_of(record)
+        if pair is None or lengths is None or outcome_of(record) is None or str(record.get("family") or
+                                                                                 "unknown") != family:
+            continue
+        for side in SIDES:
+            total.setdefault(pair[side], []).append(lengths[side])
+    return {model: sum(values) / len(values) for model, values in total.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,8 +275,12 @@ def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) 
     (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes). Only base
     vs dpo votes count here; votes involving later rounds are on the leaderboard (`ratings`).
 
+    Beside them, the length-controlled figures (`length_controlled_win_rate`): `dpo_win_rate_lc`, `lc_ci_low`,
+    `lc_ci_high`, `lc_votes`, `mean_length_base`, `mean_length_dpo`.
+
     `families` are listed first (with zeros when they have no votes yet), then any other family in the records.
     """
+    records = list(records)
     board: dict[str, dict[str, Any]] = {}
 
     def row(family: str) -> dict[str, Any]:
@@ -251,14 +296,29 @@ def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) 
         entry = row(str(record.get("family") or "unknown"))
         entry["votes"] += 1
         entry[keys[outcome]] += 1
-    for entry in board.values():
+    for family, entry in board.items():
         decisive = entry["dpo_wins"] + entry["base_wins"]
         if decisive:
             low, high = wilson_interval(entry["dpo_wins"], decisive)
             entry |= {"dpo_win_rate": entry["dpo_wins"] / decisive, "ci_low": low, "ci_high": high}
         else:
             entry |= {"dpo_win_rate": None, "ci_low": None, "ci_high": None}
+        entry |= length_controlled_win_rate(records, family)
     return board
+
+
+def length_controlled_win_rate(records: list[dict[str, Any]], family: str) -> dict[str, Any]:
+    """The DPO win rate at equal reply length (AlpacaEval's length-controlled win rate): σ(θ_dpo − θ_base) of a
+    Bradley–Terry fit on the decisive base-vs-dpo votes with the log length ratio as a covariate, its 95 % bootstrap
+    interval, the votes it used (those with known lengths) and each side's mean reply length in characters."""
+    found = [c for c in length_comparisons(records, family) if set(c[:2]) == set(MODELS) and c[2] != 0.5]
+    means = mean_lengths([r for r in records if set((pair_of(r) or {}).values()) == set(MODELS)], family)
+    out: dict[str, Any] = {"lc_votes": len(found), "dpo_win_rate_lc": None, "lc_ci_low": None, "lc_ci_high": None,
+                           "mean_length_base": means.get("base"), "mean_length_dpo": means.get("dpo")}
+    if found:
+        pair = rate_length_controlled(list(MODELS), found)["pairs"][0]  # a = base, b = dpo
+        out |= {"dpo_win_rate_lc": pair["p_b_beats_a"], "lc_ci_low": pair["ci_low"], "lc_ci_high": pair["ci_high"]}
+    return out
 
 
 def vote_key(record: dict[str, Any]) -> str:

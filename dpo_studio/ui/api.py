@@ -66,13 +66,17 @@ def _vote_endpoints(studio: Studio, first_family: str, events: Events) -> None:
 
     def scoreboard_api() -> dict:
         """Per family: votes, dpo_wins, base_wins, ties, both_bad, dpo_win_rate (over DPO + base wins) and its
-        95 % Wilson interval ci_low / ci_high (None before any decisive vote)."""
+        95 % Wilson interval ci_low / ci_high (None before any decisive vote); beside them dpo_win_rate_lc (at
+        equal reply length), lc_ci_low / lc_ci_high (bootstrap), lc_votes, mean_length_base / mean_length_dpo
+        (characters)."""
         return studio.scoreboard()
 
     def leaderboard_api() -> dict:
         """Per family: {"votes", "models": [{model, rating, ci_low, ci_high, rank, votes}], "pairs": [{a, b,
         a_wins, b_wins, ties, p_b_beats_a, ci_low, ci_high}]}; Bradley–Terry ratings (Elo scale, base = 1000)
-        with 95 % bootstrap intervals, ties as half a win; None for a model without votes."""
+        with 95 % bootstrap intervals, ties as half a win; None for a model without votes. "length_controlled": the
+        same at equal reply length ({"votes", "length_coef", "models", "pairs"}); "mean_length": characters per
+        model."""
         return studio.leaderboard()
 
     gr.api(blind, api_name="blind", **events.model)

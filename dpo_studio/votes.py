@@ -111,9 +111,20 @@ def pair_of(record: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
+def mark_duplicate(record: dict[str, Any]) -> dict[str, Any]:
+    """Flag a vote as a duplicate (the same visitor, prompt and pair voted before): kept, with its texts under
+    `duplicate_of_pair`, but `chosen`/`rejected` null, so no rating, export or training pair counts it."""
+    record["duplicate"] = True
+    record["duplicate_of_pair"] = {"chosen": record.get("chosen"), "rejected": record.get("rejected")}
+    record["chosen"] = record["rejected"] = None
+    return record
+
+
 def outcome_of(record: dict[str, Any]) -> str | None:
     """The winning model's name, "tie" or "both_bad" for a stored vote (lines from before `outcome` existed:
-    their `chosen_model`); None for a line that is not a vote."""
+    their `chosen_model`); None for a line that is not a vote, or a vote flagged as a duplicate."""
+    if record.get("duplicate"):
+        return None
     outcome = record.get("outcome") or record.get("chosen_model")
     pair = pair_of(record)
     if pair is None or not isinstance(outcome, str):
@@ -271,7 +282,8 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
 
 
 def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """Per family: votes, dpo_wins, base_wins, ties, both_bad, and the DPO win rate over decisive votes
+    """Per family: votes, dpo_wins, base_wins, ties, both_bad, duplicates (flagged votes of any pair, left out of
+    everything else), and the DPO win rate over decisive votes
     (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes). Only base
     vs dpo votes count here; votes involving later rounds are on the leaderboard (`ratings`).
 
@@ -284,12 +296,16 @@ def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) 
     board: dict[str, dict[str, Any]] = {}
 
     def row(family: str) -> dict[str, Any]:
-        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0})
+        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0,
+                                         "duplicates": 0})
 
     for family in families:
         row(family)
     keys = {"dpo": "dpo_wins", "base": "base_wins", "tie": "ties", "both_bad": "both_bad"}
     for record in records:
+        if record.get("duplicate"):  # kept and counted, left out of every figure
+            row(str(record.get("family") or "unknown"))["duplicates"] += 1
+            continue
         outcome = outcome_of(record)
         if outcome is None or set(pair_of(record).values()) != set(MODELS):  # type: ignore[union-attr]
             continue
@@ -336,6 +352,11 @@ def unique_votes(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(record)
     return out
+
+
+def json_lines(data: bytes) -> list[dict[str, Any]]:
+    """The records of JSONL bytes (a snapshot)."""
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def read_votes_file(path: Path) -> list[dict[str, Any]]:
@@ -450,8 +471,9 @@ def export_votes(
     repo_id = repo_id.strip()
     if not repo_id:
         raise ValueError("export needs a dataset repo id such as 'your-name/dpo-studio-votes'")
-    data = store.snapshot()
-    count = sum(1 for line in data.splitlines() if line.strip())
+    kept = [r for r in json_lines(store.snapshot()) if not r.get("duplicate")]  # duplicates are not exported
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8")
+    count = len(kept)
     if count == 0:
         raise ValueError(f"no votes to export yet ({store.location()} is empty or missing)")
     api = HfApi(endpoint=endpoint, token=token)

@@ -128,7 +128,7 @@ class SessionExpiry:
             task.cancel()
 
 
-def _env_number(environ: MutableMapping[str, str] | os._Environ, name: str, default: float, minimum: float) -> float:
+def _env_number(environ: MutableMapping[str, str], name: str, default: float, minimum: float) -> float:
     value = environ.get(name, "").strip()
     if not value:
         return default
@@ -169,3 +169,22 @@ class ServerLimits:
         return {"app_kwargs": {"middleware": [Middleware(BodyLimit, max_bytes=self.max_request_bytes)],
                                "lifespan": SessionExpiry(self.session_ttl_s).lifespan},
                 "max_file_size": self.max_request_bytes, "state_session_capacity": self.max_sessions}
+
+
+def visitor_of(request: Any) -> tuple[str, ...]:
+    """The keys a visitor is limited by: its Gradio session and its client address. Behind a Space's proxy the
+    address is the last one in `X-Forwarded-For` (the one the proxy appended: a client can prepend anything, but not
+    that); without the header, the connection's peer. None (a direct call, a test) gives no keys."""
+    if request is None:
+        return ()
+    keys = []
+    session = getattr(request, "session_hash", None)
+    if session:
+        keys.append(f"session:{str(session)[:64]}")
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
+    client = getattr(request, "client", None)
+    address = forwarded.split(",")[-1].strip() if forwarded else getattr(client, "host", None)
+    if address:
+        keys.append(f"address:{str(address)[:64]}")
+    return tuple(keys)

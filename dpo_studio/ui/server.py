@@ -25,6 +25,13 @@ from dpo_studio.ui.limits import (
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.ui.round_training import DEFAULT_OUTPUT_DIR
+from dpo_studio.visitor_limits import (
+    DEFAULT_GENERATIONS_PER_MINUTE,
+    DEFAULT_VOTES_PER_DAY,
+    GENERATIONS_ENV,
+    VOTES_ENV,
+    RateLimits,
+)
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 from dpo_studio.votes_hub import (
     DEFAULT_EVERY_MINUTES,
@@ -60,8 +67,10 @@ def stop_on_signals(votes: VoteStore, *, timeout: float = SHUTDOWN_TIMEOUT_S,
     stopping = []
 
     def handler(signum: int, frame: object) -> None:
-        if stopping:
-            os._exit(128 + signum)
+        if stopping:  # a second signal: the default action, now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         stopping.append(signum)
         logger.info("%s: no more votes; committing what the Hub lacks, then exiting", signal.Signals(signum).name)
         kept = votes.shutdown(timeout)
@@ -93,6 +102,12 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-request-bytes", type=int, default=None,
                        help=f"larger request bodies (and uploads) are refused with 413 before they are read "
                             f"(default: ${MAX_REQUEST_ENV} or {DEFAULT_MAX_REQUEST_BYTES})")
+    group.add_argument("--rate-limit-generations-per-minute", type=int, default=None, metavar="N",
+                       help=f"generations (compare, blind rounds, scoring) per visitor per minute, 0 = off "
+                            f"(default: ${GENERATIONS_ENV} or {DEFAULT_GENERATIONS_PER_MINUTE})")
+    group.add_argument("--rate-limit-votes-per-day", type=int, default=None, metavar="N",
+                       help=f"votes per visitor per day, 0 = off (default: ${VOTES_ENV} or {DEFAULT_VOTES_PER_DAY}); "
+                            "a visitor is its session and its address (the Space proxy's X-Forwarded-For)")
     group.add_argument("--max-sessions", type=int, default=None,
                        help=f"Gradio sessions kept in memory; the oldest go first (default: ${MAX_SESSIONS_ENV} or "
                             f"{DEFAULT_MAX_SESSIONS})")
@@ -109,6 +124,14 @@ def _limits(args: argparse.Namespace) -> ServerLimits:
         max_request_bytes=env.max_request_bytes if args.max_request_bytes is None else args.max_request_bytes,
         max_sessions=env.max_sessions if args.max_sessions is None else args.max_sessions,
         session_ttl_s=env.session_ttl_s if ttl is None else 60.0 * ttl)
+
+
+def _rate_limits(args: argparse.Namespace) -> RateLimits:
+    """Per-visitor limits: each flag given, else its Space variable, else the default."""
+    env = RateLimits.from_env()
+    per_minute, per_day = args.rate_limit_generations_per_minute, args.rate_limit_votes_per_day
+    return RateLimits(env.generations_per_minute if per_minute is None else per_minute,
+                      env.votes_per_day if per_day is None else per_day)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               max_new_tokens_cap=args.max_new_tokens_cap, votes_repo=args.votes_repo,
                               votes_folder=args.votes_folder, votes_every=args.votes_every,
                               owner_actions=args.owner_actions, export_repo=args.export_repo,
-                              train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace)
+                              train_output_dir=args.train_output_dir, train_hub_namespace=args.train_hub_namespace,
+                              rate_limits=_rate_limits(args))
         demo = build_app(studio=studio, max_queue_size=args.max_queue_size)
         limits = _limits(args)
     except (AppConfigError, VotesRepoError, ValueError) as exc:

@@ -57,7 +57,9 @@ class VoteRecords:
 
     def votes_status(self) -> str:
         # The file's name only: the server's directories are nobody else's business.
-        return (f"Votes collected: **{self.votes.count}** (saved on the server as "
+        duplicates = sum(1 for record in self.votes.records() if record.get("duplicate"))
+        flagged = f", {duplicates} flagged as duplicates and not counted" if duplicates else ""
+        return (f"Votes collected: **{self.votes.count}**{flagged} (saved on the server as "
                 f"<code>{md_text(self.votes.location())}</code>).")
 
     def scoreboard(self) -> dict[str, dict[str, Any]]:

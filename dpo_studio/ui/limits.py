@@ -164,7 +164,7 @@ class ServerLimits:
 
     def launch_kwargs(self) -> dict[str, Any]:
         """What `Blocks.launch` takes: the body-limit middleware, the upload cap, the session cap."""
-        from starlette.middleware import Middleware
+        from fastapi.middleware import Middleware  # Starlette's, re-exported by FastAPI (Gradio's server)
 
         return {"app_kwargs": {"middleware": [Middleware(BodyLimit, max_bytes=self.max_request_bytes)],
                                "lifespan": SessionExpiry(self.session_ttl_s).lifespan},

@@ -15,7 +15,7 @@ import pytest
 
 from dpo_studio import ui
 from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.data import read_rows
+from dpo_studio.data import load_pairs
 from dpo_studio.ui.limits import visitor_of
 from dpo_studio.visitor_limits import RateLimited, RateLimits, VisitorLimits
 from dpo_studio.votes import export_votes, read_votes_file, scoreboard
@@ -112,6 +112,6 @@ def test_duplicate_votes_are_kept_flagged_and_left_out(models_dir, tmp_path, loc
     exported = [json.loads(line) for line in local_hub.files(repo, repo_type="dataset")["data/train.jsonl"]
                 .decode().splitlines()]
     assert len(exported) == 2 and not any(r.get("duplicate") for r in exported)
-    # Training from the raw votes file: the duplicate has no pair (skipped like a tie).
-    rows = [r for r in read_rows(str(Path(studio.votes.path))) if r.get("chosen")]
-    assert len(rows) == 2
+    # Training from the raw votes file: the duplicate has no pair (skipped and counted like a tie).
+    pairs, report = load_pairs(str(Path(studio.votes.path)))
+    assert len(pairs) == 2 and report.votes_without_preference == 1

@@ -280,9 +280,11 @@ def validate_row(row: dict[str, Any], where: str) -> PreferencePair:
 
 
 def is_vote_without_preference(row: dict[str, Any]) -> bool:
-    """A line of the app's votes file that picked no side ("tie", "both_bad"): it has no chosen/rejected, so it is
-    not a preference pair; `load_pairs` skips and counts it (whatever `skip_invalid` says)."""
-    return row.get("vote") in VOTES_WITHOUT_PREFERENCE and row.get("chosen") is None and row.get("rejected") is None
+    """A line of the app's votes file that picked no side ("tie", "both_bad"), or a vote flagged as a duplicate (the
+    same visitor, prompt and pair again): it has no chosen/rejected, so it is not a preference pair; `load_pairs`
+    skips and counts it (whatever `skip_invalid` says)."""
+    no_pair = row.get("chosen") is None and row.get("rejected") is None
+    return no_pair and (row.get("vote") in VOTES_WITHOUT_PREFERENCE or row.get("duplicate") is True)
 
 
 def load_pairs(source: str, split: str = "train", skip_invalid: bool = False) -> tuple[list[PreferencePair], LoadReport]:

@@ -34,6 +34,9 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from dpo_studio.ratings import rate_length_controlled
+from dpo_studio.visitor_text import clean_text, shown
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOTES_FILE = Path("votes") / "votes.jsonl"
@@ -68,6 +71,8 @@ def make_vote(
     if (set(replies) != set(SIDES) or set(sides) != set(SIDES) or sides["A"] == sides["B"]
             or not all(isinstance(name, str) and name for name in sides.values())):
         raise ValueError("replies and sides must map both 'A' and 'B' (sides to two different model names)")
+    # Control characters never reach the votes file (it is training data): removed, as from prompts.
+    prompt, replies = clean_text(prompt), {side: clean_text(text) for side, text in replies.items()}
     if choice in SIDES and replies["A"] == replies["B"]:
         choice = "tie"
     stamp = (timestamp or datetime.now(timezone.utc)).isoformat()
@@ -84,6 +89,7 @@ def make_vote(
         "chosen_model": sides[choice] if decided else None,
         "models": dict(models or {}),
         "pair": dict(sides),
+        "lengths": {side: len(replies[side]) for side in SIDES},  # characters: length-controlled ratings
         "settings": dict(settings),
         "timestamp": stamp,
     }
@@ -105,9 +111,20 @@ def pair_of(record: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
+def mark_duplicate(record: dict[str, Any]) -> dict[str, Any]:
+    """Flag a vote as a duplicate (the same visitor, prompt and pair voted before): kept, with its texts under
+    `duplicate_of_pair`, but `chosen`/`rejected` null, so no rating, export or training pair counts it."""
+    record["duplicate"] = True
+    record["duplicate_of_pair"] = {"chosen": record.get("chosen"), "rejected": record.get("rejected")}
+    record["chosen"] = record["rejected"] = None
+    return record
+
+
 def outcome_of(record: dict[str, Any]) -> str | None:
     """The winning model's name, "tie" or "both_bad" for a stored vote (lines from before `outcome` existed:
-    their `chosen_model`); None for a line that is not a vote."""
+    their `chosen_model`); None for a line that is not a vote, or a vote flagged as a duplicate."""
+    if record.get("duplicate"):
+        return None
     outcome = record.get("outcome") or record.get("chosen_model")
     pair = pair_of(record)
     if pair is None or not isinstance(outcome, str):
@@ -126,6 +143,45 @@ def comparisons(records: Iterable[dict[str, Any]], family: str) -> list[tuple[st
         score = 0.5 if outcome in NO_PREFERENCE else 1.0 if outcome == pair["A"] else 0.0
         out.append((pair["A"], pair["B"], score))
     return out
+
+
+def lengths_of(record: dict[str, Any]) -> dict[str, int] | None:
+    """Characters of replies A and B of a stored vote: its `lengths`, else (lines from before `lengths` existed) the
+    lengths of `chosen`/`rejected` of a decisive vote; None when unknown (an old tie)."""
+    lengths = record.get("lengths")
+    if isinstance(lengths, dict) and all(isinstance(lengths.get(side), int) and lengths[side] >= 0
+                                         for side in SIDES):
+        return {side: lengths[side] for side in SIDES}
+    side, chosen, rejected = record.get("winner_side"), record.get("chosen"), record.get("rejected")
+    if side in SIDES and isinstance(chosen, str) and isinstance(rejected, str):
+        return {side: len(chosen), SIDES[1 - SIDES.index(side)]: len(rejected)}
+    return None
+
+
+def length_comparisons(records: Iterable[dict[str, Any]], family: str) -> list[tuple[str, str, float, float]]:
+    """`comparisons` with the log length ratio `log(1 + len_a) − log(1 + len_b)` (characters) for
+    `ratings.rate_length_controlled`; votes whose lengths are unknown are left out."""
+    out = []
+    for record in records:
+        outcome, pair, lengths = outcome_of(record), pair_of(record), lengths_of(record)
+        if outcome is None or lengths is None or str(record.get("family") or "unknown") != family:
+            continue
+        score = 0.5 if outcome in NO_PREFERENCE else 1.0 if outcome == pair["A"] else 0.0
+        out.append((pair["A"], pair["B"], score, math.log1p(lengths["A"]) - math.log1p(lengths["B"])))
+    return out
+
+
+def mean_lengths(records: Iterable[dict[str, Any]], family: str) -> dict[str, float]:
+    """Each model's mean reply length in characters over a family's votes with known lengths."""
+    total: dict[str, list[int]] = {}
+    for record in records:
+        pair, lengths = pair_of(record), lengths_of(record)
+        if pair is None or lengths is None or outcome_of(record) is None or str(record.get("family") or
+                                                                                 "unknown") != family:
+            continue
+        for side in SIDES:
+            total.setdefault(pair[side], []).append(lengths[side])
+    return {model: sum(values) / len(values) for model, values in total.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,8 +251,8 @@ class RoundStore:
             round_ = self._open.pop(key, None)
             if round_ is None:
                 if key in self._closed:
-                    raise RoundError(f"Round {key!r} already has its vote; start a new round.")
-                raise RoundError(f"Unknown round id {key!r}: it never existed, was re-drawn, or the app restarted; "
+                    raise RoundError(f"Round {shown(key)} already has its vote; start a new round.")
+                raise RoundError(f"Unknown round id {shown(key)}: it never existed, was re-drawn, or the app restarted; "
                                  "start a new round.")
             self._closed[key] = None
             while len(self._closed) > 10 * self.max_open:
@@ -226,35 +282,59 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
 
 
 def scoreboard(records: Iterable[dict[str, Any]], families: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """Per family: votes, dpo_wins, base_wins, ties, both_bad, and the DPO win rate over decisive votes
+    """Per family: votes, dpo_wins, base_wins, ties, both_bad, duplicates (flagged votes of any pair, left out of
+    everything else), and the DPO win rate over decisive votes
     (DPO wins / (DPO wins + base wins)) with its 95 % Wilson interval (None without decisive votes). Only base
     vs dpo votes count here; votes involving later rounds are on the leaderboard (`ratings`).
 
+    Beside them, the length-controlled figures (`length_controlled_win_rate`): `dpo_win_rate_lc`, `lc_ci_low`,
+    `lc_ci_high`, `lc_votes`, `mean_length_base`, `mean_length_dpo`.
+
     `families` are listed first (with zeros when they have no votes yet), then any other family in the records.
     """
+    records = list(records)
     board: dict[str, dict[str, Any]] = {}
 
     def row(family: str) -> dict[str, Any]:
-        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0})
+        return board.setdefault(family, {"votes": 0, "dpo_wins": 0, "base_wins": 0, "ties": 0, "both_bad": 0,
+                                         "duplicates": 0})
 
     for family in families:
         row(family)
     keys = {"dpo": "dpo_wins", "base": "base_wins", "tie": "ties", "both_bad": "both_bad"}
     for record in records:
+        if record.get("duplicate"):  # kept and counted, left out of every figure
+            row(str(record.get("family") or "unknown"))["duplicates"] += 1
+            continue
         outcome = outcome_of(record)
         if outcome is None or set(pair_of(record).values()) != set(MODELS):  # type: ignore[union-attr]
             continue
         entry = row(str(record.get("family") or "unknown"))
         entry["votes"] += 1
         entry[keys[outcome]] += 1
-    for entry in board.values():
+    for family, entry in board.items():
         decisive = entry["dpo_wins"] + entry["base_wins"]
         if decisive:
             low, high = wilson_interval(entry["dpo_wins"], decisive)
             entry |= {"dpo_win_rate": entry["dpo_wins"] / decisive, "ci_low": low, "ci_high": high}
         else:
             entry |= {"dpo_win_rate": None, "ci_low": None, "ci_high": None}
+        entry |= length_controlled_win_rate(records, family)
     return board
+
+
+def length_controlled_win_rate(records: list[dict[str, Any]], family: str) -> dict[str, Any]:
+    """The DPO win rate at equal reply length (AlpacaEval's length-controlled win rate): σ(θ_dpo − θ_base) of a
+    Bradley–Terry fit on the decisive base-vs-dpo votes with the log length ratio as a covariate, its 95 % bootstrap
+    interval, the votes it used (those with known lengths) and each side's mean reply length in characters."""
+    found = [c for c in length_comparisons(records, family) if set(c[:2]) == set(MODELS) and c[2] != 0.5]
+    means = mean_lengths([r for r in records if set((pair_of(r) or {}).values()) == set(MODELS)], family)
+    out: dict[str, Any] = {"lc_votes": len(found), "dpo_win_rate_lc": None, "lc_ci_low": None, "lc_ci_high": None,
+                           "mean_length_base": means.get("base"), "mean_length_dpo": means.get("dpo")}
+    if found:
+        pair = rate_length_controlled(list(MODELS), found)["pairs"][0]  # a = base, b = dpo
+        out |= {"dpo_win_rate_lc": pair["p_b_beats_a"], "lc_ci_low": pair["ci_low"], "lc_ci_high": pair["ci_high"]}
+    return out
 
 
 def vote_key(record: dict[str, Any]) -> str:
@@ -272,6 +352,11 @@ def unique_votes(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(record)
     return out
+
+
+def json_lines(data: bytes) -> list[dict[str, Any]]:
+    """The records of JSONL bytes (a snapshot)."""
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def read_votes_file(path: Path) -> list[dict[str, Any]]:
@@ -293,8 +378,14 @@ def read_votes_file(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+class VotesClosed(RuntimeError):
+    """The server is shutting down and takes no more votes."""
+
+
 class VoteStore:
     """Append-only JSONL file of votes (the scoreboard's source of truth); counts what is already there on start.
+
+    `shutdown()` (the app's SIGTERM/SIGINT handler calls it) closes the store: later appends raise `VotesClosed`.
 
     Args:
         path: the JSONL file votes are appended to.
@@ -305,6 +396,19 @@ class VoteStore:
         self.path = Path(path).expanduser()
         self._lock = lock or threading.Lock()
         self._count = len(self.records())
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """False once `shutdown` has run: the server is stopping and takes no more votes."""
+        return self._accepting
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop taking votes. Every acknowledged vote is already fsync'ed, so a local file has nothing to flush;
+        returns True (everything is kept). A Hub store also commits what the Hub lacks (`HubVoteStore`)."""
+        with self._lock:  # an append in progress finishes first
+            self._accepting = False
+        return True
 
     @property
     def count(self) -> int:
@@ -324,6 +428,8 @@ class VoteStore:
         record.setdefault("vote_id", uuid.uuid4().hex)
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
+            if not self._accepting:
+                raise VotesClosed("The server is restarting and takes no votes now; vote again in a minute.")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -365,10 +471,11 @@ def export_votes(
     repo_id = repo_id.strip()
     if not repo_id:
         raise ValueError("export needs a dataset repo id such as 'your-name/dpo-studio-votes'")
-    data = store.snapshot()
-    count = sum(1 for line in data.splitlines() if line.strip())
+    kept = [r for r in json_lines(store.snapshot()) if not r.get("duplicate")]  # duplicates are not exported
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8")
+    count = len(kept)
     if count == 0:
-        raise ValueError(f"no votes to export yet ({store.path} is empty or missing)")
+        raise ValueError(f"no votes to export yet ({store.location()} is empty or missing)")
     api = HfApi(endpoint=endpoint, token=token)
     repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_file(

@@ -4,7 +4,9 @@ A Space's disk is ephemeral, so the votes live in a dataset repo (`--votes-repo`
 
 * this replica appends to `<folder>/votes-<replica id>.jsonl` (fsync'ed per vote, under the scheduler's lock, so a
   commit never reads half a line) and huggingface_hub's `CommitScheduler` commits the folder to `data/` of the repo
-  every `every` minutes and once more at exit. A failed commit is logged by the scheduler and retried at the next
+  every `every` minutes. On SIGTERM/SIGINT (a Space restart, rebuild or sleep) the app calls `shutdown`: no more
+  votes are taken, what the Hub lacks is committed, waited for (bounded), then the process exits; CommitScheduler's
+  own atexit commit covers a normal interpreter exit. A failed commit is logged by the scheduler and retried at the next
   interval (the file is append-only, so the retry carries every vote since the last good commit); serving goes on.
 * at start every `data/*.jsonl` already in the repo is downloaded (into the Hub cache, not the folder) and read, so
   the scoreboard survives a restart on an empty disk; votes are counted once by `vote_id`.
@@ -14,6 +16,7 @@ A Space's disk is ephemeral, so the votes live in a dataset repo (`--votes-repo`
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import uuid
 from pathlib import Path
@@ -92,6 +95,28 @@ class HubVoteStore(VoteStore):
             self.commit_now()
         finally:
             self.scheduler.stop()
+
+    def shutdown(self, timeout: float = 20.0) -> bool:
+        """Stop taking votes, commit what the Hub lacks and wait up to `timeout` seconds; then stop the scheduler.
+
+        True when the Hub has every vote. On a failure or timeout the votes stay in this replica's file (fsync'ed)
+        and the reason is logged: a restart on the same disk commits them, a restart on an empty disk lacks them.
+        """
+        super().shutdown(timeout)
+        try:
+            self.scheduler.trigger().result(timeout=timeout)
+            logger.info("Votes: %d on dataset %s; final commit done", self.count, self.repo_id)
+            return True
+        except concurrent.futures.TimeoutError:
+            logger.error("Votes: final commit to %s did not finish in %g s; the last votes are only in %s",
+                         self.repo_id, timeout, self.path.name)
+        except Exception as exc:  # network, auth: the scheduler logged the cause
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            logger.error("Votes: final commit to %s failed (%s); the last votes are only in %s", self.repo_id,
+                         first, self.path.name)
+        finally:
+            self.scheduler.stop()
+        return False
 
     def location(self) -> str:
         return f"dataset {self.repo_id}"

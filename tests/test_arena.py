@@ -387,7 +387,10 @@ def test_leaderboard_ranks_base_and_two_rounds_through_the_api(rounds_dirs, tmp_
     ranked = sorted(board["models"], key=lambda r: -r["rating"])
     assert [r["model"] for r in ranked] == ["round3", "round2", "dpo", "base"]
     assert all(r["ci_low"] < r["rating"] < r["ci_high"] for r in ranked)
-    assert board == json.loads(json.dumps(rate(["base", "dpo", "round2", "round3"], comparisons(records, "gpt2"))))
+    raw = {key: board[key] for key in ("votes", "models", "pairs")}
+    assert raw == json.loads(json.dumps(rate(["base", "dpo", "round2", "round3"], comparisons(records, "gpt2"))))
+    assert [r["model"] for r in board["length_controlled"]["models"]] == ["base", "dpo", "round2", "round3"]
+    assert set(board["mean_length"]) == {"base", "dpo", "round2", "round3"}
     counts = {(p["a"], p["b"]): (p["a_wins"], p["b_wins"], p["ties"]) for p in board["pairs"]}
     assert counts[("base", "dpo")] == (2, 10, 1)  # 12 planted + the old line
     assert counts[("round2", "round3")] == (2, 9, 1)

@@ -30,6 +30,7 @@ from dpo_studio.ui.tabs import (
     scoreboard,
     train,
 )
+from dpo_studio.visitor_limits import RateLimits, VisitorLimits
 from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
 from dpo_studio.votes_hub import (
     DEFAULT_EVERY_MINUTES,
@@ -93,6 +94,7 @@ def build_studio(
     train_output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     train_hub_namespace: str | None = None,
     train_settings: TrainSettings | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> Studio:
     """The Studio behind the app. Models come from `registry`, else `models_dir`, else the config (see app_config).
 
@@ -105,6 +107,8 @@ def build_studio(
         train_output_dir, train_hub_namespace, train_settings: with "train" enabled, the Train tab trains the next
             round into `train_output_dir` with these training flags and, with "push", pushes it under
             `train_hub_namespace` (`ui.round_training`).
+        rate_limits: generations per minute and votes per day per visitor, and duplicate votes flagged
+            (`visitor_limits`); None: no per-visitor limits (`app.py` turns them on by default).
     """
     if registry is None:
         registry = ModelRegistry(resolve_sources(config=config, models_dir=models_dir))
@@ -113,7 +117,8 @@ def build_studio(
     training = RoundTraining(registry, votes, owner, output_dir=train_output_dir, hub_namespace=train_hub_namespace,
                              settings=train_settings)
     return Studio(registry, votes, max_new_tokens_cap=max_new_tokens_cap, max_prompt_chars=max_prompt_chars,
-                  rng=rng, owner=owner, export_repo=export_repo, training=training)
+                  rng=rng, owner=owner, export_repo=export_repo, training=training,
+                  visitors=VisitorLimits(rate_limits) if rate_limits is not None else None)
 
 
 def build_app(

@@ -18,14 +18,17 @@ from dpo_studio.ui.input_checks import (
     DEFAULT_TOP_P,
     InputChecks,
     check_choice,
+    check_text,
     user_error,
 )
 from dpo_studio.ui.render import html_text, md_text
 from dpo_studio.ui.tally import VoteRecords
-from dpo_studio.votes import RoundError, RoundStore, make_vote
+from dpo_studio.visitor_limits import VisitorLimits
+from dpo_studio.votes import RoundError, RoundStore, VotesClosed, make_vote, mark_duplicate
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 MODEL_NAMES = {BASE: "base", FIRST_ROUND: "DPO"}  # later rounds show their own names ("round2")
+VOTES_CLOSED = "The server is restarting and takes no votes now; vote again in a minute."
 BlindStep = tuple[str, str, str | None, str]  # (reply A, reply B, round id once complete else None, status)
 
 
@@ -39,13 +42,14 @@ class BlindRounds:
     models and their order, `rounds` holds open rounds until their one vote."""
 
     def __init__(self, checks: InputChecks, engine: Engine, records: VoteRecords, rng: random.Random,
-                 rounds: RoundStore) -> None:
+                 rounds: RoundStore, visitors: VisitorLimits | None = None) -> None:
         self.checks = checks
         self.engine = engine
         self.records = records
         self.registry = engine.registry
         self.rng = rng
         self.rounds = rounds
+        self.visitors = visitors
 
     def _blind_setup(self, prompt: Any, family: Any, max_new_tokens: Any, temperature: Any, top_p: Any,
                      seed: Any) -> tuple[str, str, dict[str, Any], dict[str, str]]:
@@ -102,34 +106,49 @@ class BlindRounds:
         self.rounds.discard(round_id)
         yield from self.blind_stream(prompt, family, max_new_tokens, temperature, top_p, self.rng.randrange(2**31))
 
-    def vote(self, round_id: str, choice: str) -> dict[str, Any]:
+    def vote(self, round_id: str, choice: str, visitor: tuple[str, ...] = ()) -> dict[str, Any]:
         """Record the one vote of a round and reveal it: which model wrote A and B, and who won.
 
-        `choice`: "A", "B", "tie" or "both_bad". An unknown or already-voted round id is a gr.Error.
+        `choice`: "A", "B", "tie" or "both_bad". An unknown or already-voted round id is a gr.Error. `visitor`: the
+        voter's keys (`ui.limits.visitor_of`); a second vote of theirs on the same prompt and pair is kept but flagged
+        as a duplicate (`votes.mark_duplicate`).
         """
         choice = check_choice(choice)
+        round_id = check_text(round_id if round_id is None or isinstance(round_id, str) else str(round_id),
+                              "round id")
+        if not self.records.votes.accepting:  # shutting down: the round stays open for nobody, but is not spent
+            raise user_error(VOTES_CLOSED)
         try:
             round_ = self.rounds.close(round_id)
         except RoundError as exc:
             raise user_error(html_text(str(exc))) from None
         record = make_vote(prompt=round_.prompt, replies=round_.replies, sides=round_.sides, choice=choice,
                            family=round_.family, settings=round_.settings, models=round_.models)
-        count = self.records.votes.append(record)
+        if self.visitors is not None and visitor and self.visitors.is_duplicate(
+                visitor, round_.family, round_.prompt, round_.sides.values()):
+            mark_duplicate(record)
+        try:
+            count = self.records.votes.append(record)
+        except VotesClosed:
+            raise user_error(VOTES_CLOSED) from None
         return {"round_id": round_.round_id, "vote": record["vote"], "outcome": record["outcome"],
                 "family": round_.family, "A": round_.sides["A"], "B": round_.sides["B"],
-                "preference_pair": record["chosen"] is not None, "votes": count}
+                "preference_pair": record["chosen"] is not None, "duplicate": bool(record.get("duplicate")),
+                "votes": count}
 
-    def vote_message(self, round_id: str | None, choice: str) -> tuple[str, None]:
+    def vote_message(self, round_id: str | None, choice: str, visitor: tuple[str, ...] = ()) -> tuple[str, None]:
         """The UI's vote: (reveal message, cleared round id)."""
         if not round_id:
             return "Generate a pair of replies first. " + self.records.votes_status(), None
         try:
-            reveal = self.vote(round_id, choice)
+            reveal = self.vote(round_id, choice, visitor)
         except gr.Error as exc:
             return f"{exc.message} " + self.records.votes_status(), None
         shown = (f"Reply A was the **{md_text(model_title(reveal['A']))}** model, reply B the "
                  f"**{md_text(model_title(reveal['B']))}** model ({md_text(self.engine.label(reveal['family']))}).")
-        if reveal["vote"] in ("A", "B") and reveal["vote"] == choice:
+        if reveal["duplicate"]:
+            head = "Saved, but not counted: you voted on this prompt and these two models before."
+        elif reveal["vote"] in ("A", "B") and reveal["vote"] == choice:
             head = f"Saved: you preferred reply {choice}."
         elif reveal["vote"] == "tie" and choice in ("A", "B"):
             head = "Both replies are identical: saved as a tie (no preference pair)."

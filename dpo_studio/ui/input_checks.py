@@ -1,7 +1,9 @@
 """Input checks for every value a client sends (UI or API): prompt, family, generation settings, vote choice.
 
 The API endpoints are typed from Python signatures (no slider bounds), so out-of-range numbers are capped or refused
-here with one-line messages; family names and labels both work.
+here with one-line messages; family names and labels both work. Text with a lone surrogate (invalid Unicode) is
+refused naming its field; control characters in a prompt are removed (`visitor_text.clean_text`); a message quotes
+at most `visitor_text.QUOTE_CHARS` characters of any input; integer settings refuse non-integers (3.5, "3.5").
 """
 
 import html
@@ -13,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from dpo_studio.app_config import FamilySource
+from dpo_studio.visitor_text import clean_text, invalid_unicode, shown
 from dpo_studio.votes import CHOICES
 
 MAX_NEW_TOKENS_CAP = 256  # server-side cap, whatever a client sends
@@ -27,6 +30,31 @@ ALL_FAMILIES = "both"
 def user_error(message: str) -> gr.Error:
     """A refusal of the user's input: not a server fault, so no traceback in the log."""
     return gr.Error(message, print_exception=False)
+
+
+def check_text(value: Any, field: str) -> str:
+    """`value` as text ("" for None); refused in one line naming `field` when it is not text or not valid Unicode."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise user_error(f"The {field} must be text, got {type(value).__name__}.")
+    bad = invalid_unicode(value)
+    if bad is not None:
+        raise user_error(f"The {field} is not valid Unicode (a lone surrogate at character {bad + 1}).")
+    return value
+
+
+def whole_number(value: Any, field: str, default: int) -> int:
+    """An integer setting: ints, integral floats (3.0) and digit strings; 3.5, "3.5", true and text are refused."""
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and invalid_unicode(value) is None and re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value):
+        return int(value)
+    raise user_error(f"{field} must be a whole number, got {html.escape(shown(value), quote=False)}.")
 
 
 def _squashed(text: str) -> str:
@@ -60,19 +88,19 @@ class InputChecks:
 
     def families_for(self, family: str | None) -> list[str]:
         """Family names for a selector value: a name ("gpt2"), a label ("GPT-2") or "both"."""
-        key = str(family or "").strip().lower()
+        key = check_text(family if family is None or isinstance(family, str) else str(family), "family")
+        key = key.strip().lower()
         names = self._aliases.get(key) or self._aliases.get(_squashed(key))
         if not names:
             options = ", ".join(value for _, value in self.family_choices)
-            shown = html.escape(repr(family), quote=False)
-            raise user_error(f"Unknown model family {shown}; choose one of: {options}.")
+            quoted = html.escape(shown(family), quote=False)
+            raise user_error(f"Unknown model family {quoted}; choose one of: {options}.")
         return names
 
     def check_prompt(self, prompt: str | None, what: str = "prompt") -> str:
-        """The stripped text; refused when it is not text, empty or over the length limit."""
-        if prompt is not None and not isinstance(prompt, str):
-            raise user_error(f"The {what} must be text, got {type(prompt).__name__}.")
-        text = (prompt or "").strip()
+        """The stripped text, control characters removed; refused when it is not text, not valid Unicode, empty or
+        over the length limit."""
+        text = clean_text(check_text(prompt, what)).strip()
         if not text:
             raise user_error(f"Please enter a {what}: it is empty.")
         if len(text) > self.max_prompt_chars:
@@ -81,13 +109,15 @@ class InputChecks:
 
     def settings(self, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any) -> dict[str, Any]:
         """Validated generation settings; max_new_tokens is capped server-side."""
+        max_new = whole_number(max_new_tokens, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        seed_value = whole_number(seed, "seed", DEFAULT_SEED)
         try:
-            max_new = int(DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens)
+            if isinstance(temperature, bool) or isinstance(top_p, bool):
+                raise TypeError
             temp = float(DEFAULT_TEMPERATURE if temperature is None else temperature)
             top = float(DEFAULT_TOP_P if top_p is None else top_p)
-            seed_value = int(DEFAULT_SEED if seed is None else seed)
-        except (TypeError, ValueError, OverflowError):
-            raise user_error("Generation settings must be numbers (max_new_tokens, temperature, top_p, seed).")
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+            raise user_error("temperature and top_p must be numbers.") from None
         if max_new < 1:
             raise user_error(f"max_new_tokens must be at least 1, got {max_new}.")
         if not (math.isfinite(temp) and math.isfinite(top)):
@@ -110,9 +140,10 @@ class InputChecks:
 
 def check_choice(choice: Any) -> str:
     """A vote choice: "A", "B", "tie" or "both_bad" (case, spaces and dashes forgiven)."""
-    key = re.sub(r"[\s-]+", "_", str(choice or "").strip().lower())
+    text = check_text(choice if choice is None or isinstance(choice, str) else str(choice), "vote choice")
+    key = re.sub(r"[\s-]+", "_", text.strip().lower())
     choice = {"a": "A", "b": "B"}.get(key, key)
     if choice not in CHOICES:
-        shown = html.escape(repr(choice), quote=False)
-        raise user_error(f"Unknown vote {shown}; choose one of: {', '.join(CHOICES)}.")
+        quoted = html.escape(shown(choice), quote=False)
+        raise user_error(f"Unknown vote {quoted}; choose one of: {', '.join(CHOICES)}.")
     return choice

@@ -24,11 +24,14 @@ from dpo_studio.ui.input_checks import (
     MAX_NEW_TOKENS_CAP,
     MAX_PROMPT_CHARS,
     InputChecks,
+    user_error,
 )
+from dpo_studio.ui.limits import visitor_of
 from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.round_training import RoundTraining
 from dpo_studio.ui.scoring import Scoring
 from dpo_studio.ui.tally import VoteRecords
+from dpo_studio.visitor_limits import RateLimited, VisitorLimits
 from dpo_studio.votes import RoundStore, VoteStore
 
 
@@ -46,6 +49,7 @@ class Studio:
         owner: OwnerPolicy | None = None,
         export_repo: str | None = None,
         training: RoundTraining | None = None,
+        visitors: VisitorLimits | None = None,
     ) -> None:
         """Args:
             registry: the families and their models (loaded on first use).
@@ -56,6 +60,7 @@ class Studio:
             export_repo: where an owner's export writes, from the server's configuration only.
             training: the Train tab's service (default: one over this registry and votes, writing to
                 `round_training.DEFAULT_OUTPUT_DIR`; it acts only when the owner policy enables "train").
+            visitors: per-visitor limits and duplicate-vote memory (None: no limits, e.g. a local session).
         """
         self.registry = registry
         self.checks = InputChecks(registry.families, max_new_tokens_cap=max_new_tokens_cap,
@@ -67,8 +72,21 @@ class Studio:
         self.records = VoteRecords(votes, registry, owner, export_repo)
         self.training = training or RoundTraining(registry, votes, owner)
         # Open blind rounds: which side is which never leaves the server before the vote.
+        self.visitors = visitors
         self.blind_rounds = BlindRounds(self.checks, self.engine, self.records, rng or random.SystemRandom(),
-                                        RoundStore())
+                                        RoundStore(), visitors)
+
+    # -- per-visitor limits
+    def admit(self, kind: str, request: Any) -> tuple[str, ...]:
+        """Count a "generation" or "vote" of the visitor behind `request` (a gr.Request) against its limits; the
+        visitor's keys, or a one-line gr.Error saying when to retry."""
+        keys = visitor_of(request)
+        if self.visitors is not None:
+            try:
+                self.visitors.check(kind, keys)
+            except RateLimited as exc:
+                raise user_error(str(exc)) from None
+        return keys
 
     # -- what the records hold
     @property
@@ -129,11 +147,11 @@ class Studio:
                    top_p: Any) -> Iterator[BlindStep]:
         yield from self.blind_rounds.regenerate(round_id, prompt, family, max_new_tokens, temperature, top_p)
 
-    def vote(self, round_id: str, choice: str) -> dict[str, Any]:
-        return self.blind_rounds.vote(round_id, choice)
+    def vote(self, round_id: str, choice: str, visitor: tuple[str, ...] = ()) -> dict[str, Any]:
+        return self.blind_rounds.vote(round_id, choice, visitor)
 
-    def vote_message(self, round_id: str | None, choice: str) -> tuple[str, None]:
-        return self.blind_rounds.vote_message(round_id, choice)
+    def vote_message(self, round_id: str | None, choice: str, visitor: tuple[str, ...] = ()) -> tuple[str, None]:
+        return self.blind_rounds.vote_message(round_id, choice, visitor)
 
     # -- tallies and export
     def votes_status(self) -> str:

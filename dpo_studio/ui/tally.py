@@ -7,17 +7,27 @@ from typing import Any
 import pandas as pd
 
 from dpo_studio.app_config import ModelRegistry, one_line
-from dpo_studio.ratings import rate
+from dpo_studio.ratings import rate, rate_length_controlled
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 from dpo_studio.ui.render import md_text
-from dpo_studio.votes import VoteStore, comparisons, export_votes, scoreboard
+from dpo_studio.visitor_text import without_paths
+from dpo_studio.votes import (
+    VoteStore,
+    comparisons,
+    export_votes,
+    length_comparisons,
+    mean_lengths,
+    scoreboard,
+)
 from dpo_studio.votes_hub import HubVoteStore
 
 logger = logging.getLogger(__name__)
 
 SCOREBOARD_HEADERS = ["Family", "Votes", "DPO wins", "Base wins", "Ties", "Both bad", "DPO win rate",
-                      "95% interval (Wilson)"]
-LEADERBOARD_HEADERS = ["Family", "Rank", "Model", "Rating (Bradley–Terry)", "95% interval (bootstrap)", "Votes"]
+                      "95% interval (Wilson)", "DPO win rate, length-controlled", "95% interval (bootstrap)",
+                      "Mean length base / DPO (chars)"]
+LEADERBOARD_HEADERS = ["Family", "Rank", "Model", "Rating (Bradley–Terry)", "95% interval (bootstrap)",
+                       "Rating, length-controlled", "95% interval (LC, bootstrap)", "Mean length (chars)", "Votes"]
 HEAD_TO_HEAD_HEADERS = ["Family", "Model A", "Model B", "A wins", "B wins", "Ties", "P(B beats A)",
                         "95% interval (bootstrap)"]
 OUTCOME_BARS = (("DPO wins", "dpo_wins"), ("Base wins", "base_wins"), ("Tie", "ties"), ("Both bad", "both_bad"))
@@ -25,6 +35,13 @@ OUTCOME_BARS = (("DPO wins", "dpo_wins"), ("Base wins", "base_wins"), ("Tie", "t
 
 def _percent_or_dash(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
+
+
+def _rating_cells(row: dict[str, Any]) -> list[str]:
+    """A rating and its interval as table cells (dashes for a model without votes)."""
+    if row["rating"] is None:
+        return ["—", "—"]
+    return [f"{row['rating']:.0f}", f"{row['ci_low']:.0f} – {row['ci_high']:.0f}"]
 
 
 class VoteRecords:
@@ -40,7 +57,9 @@ class VoteRecords:
 
     def votes_status(self) -> str:
         # The file's name only: the server's directories are nobody else's business.
-        return (f"Votes collected: **{self.votes.count}** (saved on the server as "
+        duplicates = sum(1 for record in self.votes.records() if record.get("duplicate"))
+        flagged = f", {duplicates} flagged as duplicates and not counted" if duplicates else ""
+        return (f"Votes collected: **{self.votes.count}**{flagged} (saved on the server as "
                 f"<code>{md_text(self.votes.location())}</code>).")
 
     def scoreboard(self) -> dict[str, dict[str, Any]]:
@@ -53,22 +72,29 @@ class VoteRecords:
         for family, entry in self.scoreboard().items():
             label = self.registry.source(family).label if family in self.registry.families else family
             interval = "—" if entry["ci_low"] is None else f"{entry['ci_low']:.1%} – {entry['ci_high']:.1%}"
+            lc = ("—" if entry["lc_ci_low"] is None else f"{entry['lc_ci_low']:.1%} – {entry['lc_ci_high']:.1%}")
+            lengths = " / ".join("—" if entry[k] is None else f"{entry[k]:.0f}"
+                                 for k in ("mean_length_base", "mean_length_dpo"))
             rows.append([label, entry["votes"], entry["dpo_wins"], entry["base_wins"], entry["ties"],
-                         entry["both_bad"], _percent_or_dash(entry["dpo_win_rate"]), interval])
+                         entry["both_bad"], _percent_or_dash(entry["dpo_win_rate"]), interval,
+                         _percent_or_dash(entry["dpo_win_rate_lc"]), lc, lengths])
             bars.extend({"family": label, "outcome": outcome, "votes": entry[key]} for outcome, key in OUTCOME_BARS)
         return rows, pd.DataFrame(bars, columns=["family", "outcome", "votes"])
 
     def leaderboard(self) -> dict[str, dict[str, Any]]:
         """Per family: Bradley–Terry ratings of every served model (base, dpo, later rounds) with 95 % bootstrap
-        intervals and rank, and each pair's head-to-head counts (`ratings.rate`); a model voted on that is no
-        longer served is still rated."""
+        intervals and rank, and each pair's head-to-head counts (`ratings.rate`); beside them `length_controlled`,
+        the same at equal reply length (`ratings.rate_length_controlled`), and `mean_length`, each model's mean
+        reply length in characters; a model voted on that is no longer served is still rated."""
         records = self.votes.records()
         board = {}
         for family, source in self.registry.families.items():
             found = comparisons(records, family)
             names = list(source.model_names)
             names += sorted({m for a, b, _ in found for m in (a, b)} - set(names))
-            board[family] = rate(names, found)
+            board[family] = rate(names, found) | {
+                "length_controlled": rate_length_controlled(names, length_comparisons(records, family)),
+                "mean_length": mean_lengths(records, family)}
         return board
 
     def leaderboard_view(self) -> tuple[list[list[Any]], list[list[Any]]]:
@@ -78,11 +104,12 @@ class VoteRecords:
             label = self.registry.source(family).label
             ranked = sorted(entry["models"], key=lambda r: (r["rank"] is None, r["rank"] or 0,
                                                             -(r["rating"] or 0.0)))
+            controlled = {row["model"]: row for row in entry["length_controlled"]["models"]}
             for row in ranked:
-                rated = row["rating"] is not None
-                ratings.append([label, row["rank"] if rated else "—", row["model"],
-                                f"{row['rating']:.0f}" if rated else "—",
-                                f"{row['ci_low']:.0f} – {row['ci_high']:.0f}" if rated else "—", row["votes"]])
+                lc, length = controlled[row["model"]], entry["mean_length"].get(row["model"])
+                ratings.append([label, "—" if row["rating"] is None else row["rank"], row["model"],
+                                *_rating_cells(row), *_rating_cells(lc),
+                                "—" if length is None else f"{length:.0f}", row["votes"]])
             for pair in entry["pairs"]:
                 pairs.append([label, pair["a"], pair["b"], pair["a_wins"], pair["b_wins"], pair["ties"],
                               f"{pair['p_b_beats_a']:.1%}", f"{pair['ci_low']:.1%} – {pair['ci_high']:.1%}"])
@@ -106,5 +133,5 @@ class VoteRecords:
             url = export_votes(self.votes, self.export_repo, private=True)
         except Exception as exc:  # network, auth, bad repo id: shown as one line, the server keeps running
             logger.warning("Export of votes failed: %s", one_line(exc))
-            return f"Export failed: {md_text(one_line(exc))}"
+            return f"Export failed: {md_text(without_paths(one_line(exc)))}"  # no server folder shown
         return f"Exported {self.votes.count} votes to {md_text(url)} (file `data/train.jsonl`)."

@@ -66,28 +66,44 @@ def layout(studio: Studio, prompts: list[str]) -> Blind:
         return Blind(prompt, button, regenerate, reply_a, reply_b, votes, status, gr.State(None), _export_layout(studio))
 
 
+def _vote_as(ui_vote, choice: str):
+    """The click handler of one vote button (a def, not a lambda: Gradio finds gr.Request by its type hint)."""
+    def ui_vote_choice(round_id, request: gr.Request = None):
+        return ui_vote(round_id, choice, request)
+
+    return ui_vote_choice
+
+
 def wire(tab: Blind, controls: Controls, board: Scoreboard, studio: Studio, events: Events) -> None:
     def with_vote_buttons(steps: Iterable[BlindStep]):
         for text_a, text_b, round_id, status in steps:
             yield text_a, text_b, round_id, status, *[gr.update(interactive=round_id is not None)] * len(tab.votes)
 
-    def ui_blind(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value):
+    def ui_blind(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value,
+                 request: gr.Request = None):
+        studio.admit("generation", request)
         yield from with_vote_buttons(studio.blind_stream(prompt_text, family_value, max_new_value, temp_value,
                                                          top_p_value, seed_value))
 
-    def ui_regenerate(round_id, prompt_text, family_value, max_new_value, temp_value, top_p_value):
+    def ui_regenerate(round_id, prompt_text, family_value, max_new_value, temp_value, top_p_value,
+                      request: gr.Request = None):
+        studio.admit("generation", request)
         yield from with_vote_buttons(studio.regenerate(round_id, prompt_text, family_value, max_new_value,
                                                        temp_value, top_p_value))
 
-    def ui_vote(round_id, choice):
-        return *studio.vote_message(round_id, choice), *[gr.update(interactive=False)] * len(tab.votes)
+    def ui_vote(round_id, choice, request: gr.Request = None):
+        try:
+            visitor = studio.admit("vote", request)
+        except gr.Error as exc:  # over the limit: said in the status line, the round stays open
+            return exc.message, round_id, *[gr.update()] * len(tab.votes)
+        return *studio.vote_message(round_id, choice, visitor), *[gr.update(interactive=False)] * len(tab.votes)
 
     gr.on([tab.button.click, tab.prompt.submit], ui_blind, [tab.prompt, controls.family, *controls.settings],
           tab.outputs, api_name="ui_blind", api_visibility="private", **events.model)
     tab.regenerate.click(ui_regenerate, [tab.round_id, tab.prompt, controls.family, *controls.settings[:3]],
                          tab.outputs, api_name="ui_regenerate", api_visibility="private", **events.model)
     for choice, button in tab.votes.items():
-        button.click(lambda round_id, c=choice: ui_vote(round_id, c), [tab.round_id],
+        button.click(_vote_as(ui_vote, choice), [tab.round_id],
                      [tab.status, tab.round_id, *tab.votes.values()], api_name=f"ui_vote_{choice}",
                      api_visibility="private", **events.vote).then(
             studio.scoreboard_view, None, board.outputs, api_name=f"ui_scoreboard_{choice}",

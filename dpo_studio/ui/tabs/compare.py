@@ -37,7 +37,8 @@ def layout(studio: Studio, prompts: list[str]) -> Compare:
 
 def wire(tab: Compare, controls: Controls, studio: Studio, events: Events) -> None:
     def ui_compare(prompt_text, family_value, max_new_value, temp_value, top_p_value, seed_value,
-                   progress=gr.Progress()):
+                   progress=gr.Progress(), request: gr.Request = None):
+        studio.admit("generation", request)
         yield from studio.compare_stream(prompt_text, family_value, max_new_value, temp_value, top_p_value,
                                          seed_value, progress=progress)
 

@@ -27,7 +27,10 @@ def layout(studio: Studio) -> Leaderboard:
         gr.Markdown("Every model of a family (base, DPO round 1 = `dpo`, later rounds) rated from the blind votes "
                     "with a Bradley–Terry fit, as Chatbot Arena does: ties and both-bad count as half a win each, "
                     "ratings on the Elo scale with base = 1000, 95 % intervals from 1000 bootstrap resamples of "
-                    "the votes. Rank = 1 + the number of models whose interval lies wholly above.")
+                    "the votes. Rank = 1 + the number of models whose interval lies wholly above. Beside it, the "
+                    "length-controlled rating: the same fit with the log length ratio of the two replies as a "
+                    "covariate (as Chatbot Arena's style control), i.e. each model's strength at equal reply "
+                    "length. DPO often wins by writing longer: a raw lead that vanishes here was length.")
         ratings, pairs = studio.leaderboard_view()
         table = gr.Dataframe(value=ratings, headers=LEADERBOARD_HEADERS, interactive=False,
                              elem_id="leaderboard-table")

@@ -36,5 +36,9 @@ def layout(studio: Studio) -> Score:
 
 
 def wire(tab: Score, controls: Controls, studio: Studio, events: Events) -> None:
-    tab.button.click(studio.score, [tab.prompt, tab.reply_a, tab.reply_b, controls.family], [tab.table, tab.verdict],
+    def ui_score(prompt_text, reply_a, reply_b, family_value, request: gr.Request = None):
+        studio.admit("generation", request)
+        return studio.score(prompt_text, reply_a, reply_b, family_value)
+
+    tab.button.click(ui_score, [tab.prompt, tab.reply_a, tab.reply_b, controls.family], [tab.table, tab.verdict],
                      api_name="ui_score", api_visibility="private", **events.model)

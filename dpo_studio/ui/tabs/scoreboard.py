@@ -25,7 +25,9 @@ def layout(studio: Studio) -> Scoreboard:
     with gr.Tab("Scoreboard", id="scoreboard"):
         gr.Markdown("Blind A/B votes per family, from the votes file. DPO win rate = DPO wins / (DPO wins + "
                     "base wins); ties and both-bad votes are counted but not in the rate. The interval is "
-                    "the 95 % Wilson score interval.")
+                    "the 95 % Wilson score interval. The length-controlled win rate is P(DPO beats base at equal reply "
+                    "length) from a Bradley–Terry fit with the log length ratio as a covariate (AlpacaEval's "
+                    "length-controlled win rate), with a 95 % bootstrap interval; mean lengths are in characters.")
         rows, bars = studio.scoreboard_view()
         table = gr.Dataframe(value=rows, headers=SCOREBOARD_HEADERS, interactive=False, elem_id="scoreboard-table")
         plot = gr.BarPlot(bars, x="family", y="votes", color="outcome", title="Votes by outcome",

@@ -91,6 +91,9 @@ class LoadedPair:
     def __post_init__(self) -> None:
         if self.model is None and (self.base_model is None or self.dpo_model is None):
             raise ValueError("LoadedPair needs either a PeftModel or both base_model and dpo_model")
+        if self.model is None and self.base_model.device != self.dpo_model.device:  # type: ignore[union-attr]
+            raise ValueError(f"LoadedPair: base on {self.base_model.device}, DPO on {self.dpo_model.device}: "  # type: ignore[union-attr]
+                             "both sides must live on one device")
 
     @property
     def shares_weights(self) -> bool:
@@ -99,8 +102,13 @@ class LoadedPair:
 
     @property
     def device(self) -> torch.device:
+        """The one device of both sides (checked at construction); prompts are encoded onto it."""
         model = self.model if self.model is not None else self.base_model
         return model.device  # type: ignore[union-attr]
+
+    def inputs(self, texts: Sequence[str]):
+        """Rendered prompts as a padded batch on the pair's device."""
+        return self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
 
 
 def _expand(source: str | None) -> str | None:
@@ -378,8 +386,7 @@ def _generate_chunk(
     are the same as without it. The RNG is seeded by the caller in the shared case (once per call), here in the
     two-model case (before each model, so both start from the same state).
     """
-    tokenizer = pair.tokenizer
-    enc = tokenizer(list(chunk), padding=True, return_tensors="pt").to(pair.device)
+    enc = pair.inputs(chunk)
     width = enc["input_ids"].shape[1]
     n = len(chunk)
     extra: dict[str, Any] = {}

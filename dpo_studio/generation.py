@@ -178,8 +178,11 @@ def _load_models(
         config = PeftConfig.from_pretrained(adapter, revision=revision, token=load_kwargs["token"])
         if isinstance(config, LoraConfig):  # the base row + DPO row of one batch in one LoRA pass: see cpu_decode
             serving_lora_config(config)
+        # Adapter weights read onto the CPU like the base's, then both moved to `device` once (PEFT would otherwise
+        # pick "cuda" itself whenever torch reports a GPU, e.g. in a ZeroGPU Space's main process).
         peft_model = PeftModel.from_pretrained(base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision,
-                                               token=load_kwargs["token"], is_trainable=False, config=config)
+                                               token=load_kwargs["token"], is_trainable=False, config=config,
+                                               torch_device="cpu")
         peft_model.to(device).eval()
         return peft_model, None, None
     dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)

@@ -3,15 +3,12 @@ and answers /compare (its start-up time is printed, not asserted), the card's mo
 dataset and Space variable the deploy sets up (idempotently), generation under `spaces.GPU` where `spaces` is
 installed (a fake one here) and untouched where it is not, and the cold-start bench on tiny outputs."""
 
-import inspect
 import os
-import pickle
 import re
 import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest

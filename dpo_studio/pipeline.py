@@ -103,7 +103,7 @@ def prepare_base(
     logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))
     history = warm_start(
         model, tokenizer, data.train, arch.prompt_format, script_args.demo_sft_epochs,
-        script_args.demo_sft_learning_rate, seed,
+        script_args.demo_sft_learning_rate, seed, use_cpu=device == "cpu",
     )
     if is_main_process():
         tmp = base_dir.with_name("base.tmp")

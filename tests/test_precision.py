@@ -118,6 +118,31 @@ def test_use_cpu_on_a_gpu_host_is_a_cpu_run(fake_cuda, cpu_host, tmp_path):
     assert (recorded.device, args.use_cpu, args.bf16, args.fp16, args.dataloader_pin_memory) == ("cpu", True, False, False, False)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's device state is process-wide: a run built on a faked GPU must not leak into the next test."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def test_parsed_options_on_a_t4_train_gpt2_in_fp16_with_pinned_memory(fake_cuda, tmp_path, fresh_accelerate_state):
+    """The options as train_dpo.py builds them on a T4: fp16 mixed precision (auto), pinned memory on, a CUDA run
+    (so the CPU-only thread/malloc tuning and speed features stay off: `speed.trainer.cpu_training`), nothing
+    allocated on the GPU by the precision probe."""
+    from dpo_studio.speed.trainer import cpu_training
+
+    fake = fake_cuda((7, 5))
+    _, args, _ = parse_config(["--output-dir", str(tmp_path), "--models", "gpt2"])
+    chosen = precision.precision_of(args)
+    assert (chosen.compute, chosen.device, chosen.requested) == ("fp16", "cuda", "auto")
+    assert "Tesla T4, capability 7.5" in chosen.describe()
+    assert (args.fp16, args.bf16, args.use_cpu, args.dataloader_pin_memory) == (True, False, False, True)
+    assert cpu_training(args) is False and fake.allocations == []
+
+
 @pytest.mark.parametrize("capability", [(7, 5), (8, 6)], ids=["t4", "a10g"])
 def test_qlora_computes_in_the_familys_precision(fake_cuda, capability):
     from dpo_studio.families import describe_quantization, quantization_config
@@ -258,3 +283,25 @@ def test_held_out_metrics_run_in_the_precision_of_the_reference(tmp_path, t5):
     before = evaluate_pairs(trainer)
     assert before["rewards/margins"] == before["rewards/chosen"] == before["rewards/accuracies"] == 0.0
     assert before["loss"] == pytest.approx(0.693147, abs=1e-6)
+
+
+def test_each_family_gets_its_precision_before_anything_loads(fake_cuda, caplog):
+    """On a T4 the demo trains GPT-2 in fp16 and T5 in fp32 (one log line says why); --fp16 true on T5 stops the run
+    in one line naming the family, before any data or model is read."""
+    import logging
+
+    from dpo_studio.config import ModelArguments, ScriptArguments
+    from dpo_studio.pipeline import family_precisions
+
+    fake_cuda((7, 5))
+    script_args = ScriptArguments(demo=True)
+    with caplog.at_level(logging.INFO, logger="dpo_studio"):
+        chosen = family_precisions(["gpt2", "t5"], precision.choose_precision(None, False), script_args,
+                                   ModelArguments())
+    assert (chosen["gpt2"].compute, chosen["t5"].compute) == ("fp16", "fp32")
+    assert "[t5] precision: fp32 on CUDA (Tesla T4, capability 7.5) (auto: t5 overflows in fp16" in caplog.text
+    with pytest.raises(ConfigError, match=r"^\[t5\] --fp16 true: t5 models overflow in fp16 .*--allow-fp16-t5"):
+        family_precisions(["gpt2", "t5"], precision.choose_precision(None, True), script_args, ModelArguments())
+    allowed = family_precisions(["t5"], precision.choose_precision(None, True), ScriptArguments(demo=True, allow_fp16_t5=True),
+                                ModelArguments())
+    assert allowed["t5"].compute == "fp16"

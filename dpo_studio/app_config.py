@@ -388,6 +388,18 @@ class ModelRegistry:
                 self._pairs[family] = pair
         return pair
 
+    def load_all(self) -> None:
+        """Load every family's pair and every pair its arena serves, now. A ZeroGPU Space calls this at start-up in
+        the main thread (GPU workers are forked from it and inherit the models); a model that fails to load is logged
+        and reported to the visitor on use, as when loading lazily."""
+        for family, source in self.families.items():
+            try:
+                self.get(family)
+                for a, b in source.arena_pairs():
+                    self.get_models(family, a, b)
+            except ModelLoadError as exc:
+                logger.warning("%s", exc)
+
     def _load_models(self, source: FamilySource, a: str, b: str) -> LoadedPair:
         """`a` in the pair's base row, `b` in its DPO row (a canonical pair of `source.arena_pairs()`)."""
         if a == BASE:

@@ -37,9 +37,10 @@ class DPOTrainingArguments(DPOConfig):
     bf16: bool | None = field(
         default=None,
         metadata={
-            "help": "bf16 mixed precision. Unset (auto): on with a bf16-capable GPU or a CPU with native bf16 "
-            "(AVX512-BF16/AMX), fp32 elsewhere. true/false force it on any machine (bf16 on other CPUs is emulated: "
-            "slow, but it works)."
+            "help": "bf16 mixed precision. Unset (auto): on where the device computes bf16 natively (a GPU of compute "
+            "capability 8.0+, a CPU with AVX512-BF16/AMX); on fp16-only GPUs (capability 7.x, e.g. a T4) fp16 mixed "
+            "precision for causal LMs and fp32 for T5; fp32 elsewhere. true/false force it on any machine (emulated "
+            "bf16 is slow, but it works)."
         },
     )
 
@@ -55,17 +56,19 @@ class DPOTrainingArguments(DPOConfig):
     def __post_init__(self):
         # TRL would turn an unset bf16 into True, and transformers refuses bf16 on a CPU unless use_cpu is set.
         try:
-            self.precision = choose_precision(self.bf16, bool(self.fp16))
+            self.precision = choose_precision(self.bf16, bool(self.fp16), bool(self.use_cpu))
         except PrecisionError as exc:
             raise ConfigError(str(exc)) from None
-        self.bf16 = self.precision.bf16
+        self.bf16, self.fp16 = self.precision.bf16, self.precision.fp16  # auto may pick fp16 on a capability-7.x GPU
         if self.precision.device == "cpu":
             self.use_cpu = True
+            self.dataloader_pin_memory = False  # pinned host memory only speeds copies to an accelerator
         super().__post_init__()
 
 # Our defaults where TRL's are tuned for full fine-tuning of large models on GPUs: LoRA wants a much larger learning
-# rate than TRL's 1e-6; CPU runs are faster without gradient checkpointing; reference log-probs are computed once and
-# reused every epoch. Precision is chosen by `precision.choose_precision` (bf16 left unset = auto).
+# rate than TRL's 1e-6; small models train faster without gradient checkpointing; reference log-probs are computed
+# once and reused every epoch. Precision is chosen by `precision.choose_precision` (bf16 left unset = auto); pinned
+# memory stays on (transformers' default) for CUDA runs and is switched off for CPU runs in DPOTrainingArguments.
 PRODUCT_DEFAULTS: dict[str, object] = {
     "learning_rate": 5e-5,
     "num_train_epochs": 1.0,
@@ -83,7 +86,6 @@ PRODUCT_DEFAULTS: dict[str, object] = {
     "lr_scheduler_type": "linear",
     "warmup_steps": 0,
     "dataloader_num_workers": 0,
-    "dataloader_pin_memory": False,
 }
 
 
@@ -179,6 +181,10 @@ class ScriptArguments:
     private: bool = field(default=False, metadata={"help": "Create private repos."})
     commit_message: str = field(default="Upload DPO model trained with dpo_studio", metadata={"help": "Hub commit message."})
     revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    allow_fp16_t5: bool = field(
+        default=False,
+        metadata={"help": "Let --fp16 true train T5-family models (their activations overflow fp16; refused otherwise)."},
+    )
     trust_remote_code_models: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub (off: only built-in architectures)."}
     )

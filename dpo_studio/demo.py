@@ -118,8 +118,10 @@ def warm_start(
     epochs: float,
     learning_rate: float,
     seed: int,
+    use_cpu: bool | None = None,
 ) -> list[dict]:
     """Supervised warm start on both the chosen and the rejected replies; returns the Trainer's log history.
+    `use_cpu`: train on the CPU (None: unless there is a GPU), as the DPO run that follows does.
 
     Args:
         pairs: the training pairs; each prompt is rendered with `prompt_format` as DPO training will see it.
@@ -137,7 +139,7 @@ def warm_start(
         args = TrainingArguments(
             output_dir=scratch, num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=16,
             lr_scheduler_type="cosine", warmup_steps=10, logging_steps=20, save_strategy="no", report_to=[],
-            seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+            seed=seed, use_cpu=not torch.cuda.is_available() if use_cpu is None else use_cpu, disable_tqdm=False,
             train_sampling_strategy="group_by_length",  # replies vary in length: batch similar ones, pad less
         )
         collator = DataCollatorForSeq2Seq(tokenizer, model=model if arch.is_encoder_decoder else None, padding=True)

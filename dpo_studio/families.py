@@ -114,27 +114,39 @@ def load_architecture(model_id: str, revision: str | None = None, trust_remote_c
 
 def load_model(
     model_id: str, arch: Architecture, revision: str | None = None, trust_remote_code: bool = False,
-    quantization_config=None,
+    quantization_config=None, device: torch.device | str | None = None,
 ) -> PreTrainedModel:
-    """The one place a base model is loaded for training or merging (safetensors only; bitsandbytes when asked)."""
+    """The one place a base model is loaded for training or merging (safetensors only; bitsandbytes when asked).
+
+    `device`: where the weights go. A GPU is filled directly (no full-precision copy in host memory); None leaves a
+    full-precision model on the CPU for the Trainer to place, and quantized weights on this rank's GPU when there is one.
+    """
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    target = torch.device(device) if device is not None else None
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = quantized_device_map()
-        if getattr(quantization_config, "load_in_4bit", False) and not torch.cuda.is_available():
+        kwargs["device_map"] = quantized_device_map(target.type if target is not None else None)
+        if getattr(quantization_config, "load_in_4bit", False) and kwargs["device_map"] == {"": "cpu"}:
             explain_missing_kernel()
+    elif target is not None and target.type == "cuda":
+        kwargs["device_map"] = {"": target}
     model = arch.auto_model_class.from_pretrained(model_id, **kwargs)
     if quantization_config is not None:
         keep_4bit_weights_trainable(model)
+    elif target is not None and target.type not in ("cpu", "cuda"):
+        model.to(target)  # any other device (accelerators; `meta` in the tests' stand-in for a GPU)
     return model
 
 
 def load_model_and_tokenizer(
-    model_id: str, revision: str | None = None, trust_remote_code: bool = False, quantization_config=None
+    model_id: str, revision: str | None = None, trust_remote_code: bool = False, quantization_config=None,
+    device: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture]:
-    """Load a base model (safetensors only) and its tokenizer; the architecture decides the AutoModel class."""
+    """Load a base model (safetensors only) and its tokenizer; the architecture decides the AutoModel class.
+    `device`: the run's device ("cuda"/"cpu"), used for quantized weights (the Trainer places the others)."""
     arch = load_architecture(model_id, revision, trust_remote_code)
-    model = load_model(model_id, arch, revision, trust_remote_code, quantization_config)
+    model = load_model(model_id, arch, revision, trust_remote_code, quantization_config,
+                       device if quantization_config is not None else None)
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
     saved = resolve_file(model_id, PROMPT_FORMAT_FILE, revision=revision)
     if saved is not None:  # a model this tool trained (round two from round one): keep the format it learnt
@@ -227,9 +239,12 @@ def keep_4bit_weights_trainable(model: torch.nn.Module) -> int:
     return changed
 
 
-def quantized_device_map() -> dict[str, Any]:
-    """bitsandbytes places quantized weights at load time: this process's GPU under torchrun, else the CPU."""
-    if torch.cuda.is_available():
+def quantized_device_map(device: str | None = None) -> dict[str, Any]:
+    """bitsandbytes places quantized weights at load time: this process's GPU (LOCAL_RANK under torchrun) on a CUDA run,
+    the CPU on a CPU run (`--use_cpu true` on a GPU host included). None: CUDA when there is a GPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
         import os
 
         return {"": int(os.environ.get("LOCAL_RANK", "0"))}

@@ -91,6 +91,9 @@ class LoadedPair:
     def __post_init__(self) -> None:
         if self.model is None and (self.base_model is None or self.dpo_model is None):
             raise ValueError("LoadedPair needs either a PeftModel or both base_model and dpo_model")
+        if self.model is None and self.base_model.device != self.dpo_model.device:  # type: ignore[union-attr]
+            raise ValueError(f"LoadedPair: base on {self.base_model.device}, DPO on {self.dpo_model.device}: "  # type: ignore[union-attr]
+                             "both sides must live on one device")
 
     @property
     def shares_weights(self) -> bool:
@@ -99,8 +102,13 @@ class LoadedPair:
 
     @property
     def device(self) -> torch.device:
+        """The one device of both sides (checked at construction); prompts are encoded onto it."""
         model = self.model if self.model is not None else self.base_model
         return model.device  # type: ignore[union-attr]
+
+    def inputs(self, texts: Sequence[str]):
+        """Rendered prompts as a padded batch on the pair's device."""
+        return self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
 
 
 def _expand(source: str | None) -> str | None:
@@ -170,8 +178,11 @@ def _load_models(
         config = PeftConfig.from_pretrained(adapter, revision=revision, token=load_kwargs["token"])
         if isinstance(config, LoraConfig):  # the base row + DPO row of one batch in one LoRA pass: see cpu_decode
             serving_lora_config(config)
+        # Adapter weights read onto the CPU like the base's, then both moved to `device` once (PEFT would otherwise
+        # pick "cuda" itself whenever torch reports a GPU, e.g. in a ZeroGPU Space's main process).
         peft_model = PeftModel.from_pretrained(base_model, adapter, adapter_name=DPO_ADAPTER, revision=revision,
-                                               token=load_kwargs["token"], is_trainable=False, config=config)
+                                               token=load_kwargs["token"], is_trainable=False, config=config,
+                                               torch_device="cpu")
         peft_model.to(device).eval()
         return peft_model, None, None
     dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
@@ -378,8 +389,7 @@ def _generate_chunk(
     are the same as without it. The RNG is seeded by the caller in the shared case (once per call), here in the
     two-model case (before each model, so both start from the same state).
     """
-    tokenizer = pair.tokenizer
-    enc = tokenizer(list(chunk), padding=True, return_tensors="pt").to(pair.device)
+    enc = pair.inputs(chunk)
     width = enc["input_ids"].shape[1]
     n = len(chunk)
     extra: dict[str, Any] = {}

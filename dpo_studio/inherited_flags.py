@@ -48,8 +48,23 @@ REFUSED: dict[str, str] = {
     "bnb_4bit_quant_storage": "4-bit storage is bitsandbytes' default; use --load-in-4bit, --bnb-4bit-quant-type",
     "use_liger_kernel": "dpo_studio's trainers use their own fused output head (dpo_studio/fused_output.py), not Liger",
     "liger_kernel_config": "dpo_studio's trainers use their own fused output head (dpo_studio/fused_output.py), not Liger",
-    "padding_free": "TRL 1.16's DPO collator ignores it; dpo_studio batches by length instead (see docs/training.md)",
+    "padding_free": "TRL 1.16's DPO collator ignores it",  # completed per device by `refusal`
 }
+
+# What stands in for padding-free batching, per device (speed.trainer.cpu_training decides which path a run takes).
+PADDING_FREE_INSTEAD = {
+    "cpu": "this CPU run trims each batch into length buckets instead (exact, on by default; see docs/training.md)",
+    "cuda": "this CUDA run pads each batch to its longest pair (TRL's collator); --train_sampling_strategy "
+            "group_by_length batches pairs of similar length",
+}
+
+
+def refusal(name: str, training_args: Any) -> str:
+    """The one-line reason `--name` is refused, true for the device this run trains on."""
+    if name == "padding_free":
+        device = getattr(getattr(training_args, "precision", None), "device", "cpu")
+        return f"{REFUSED[name]}; {PADDING_FREE_INSTEAD.get(device, PADDING_FREE_INSTEAD['cuda'])}"
+    return REFUSED[name]
 
 # Passed unchanged to DPOTrainer / Trainer (`--output_dir` is our `--output-dir`: the same option).
 HONOURED: frozenset[str] = frozenset("""
@@ -98,7 +113,7 @@ def apply_inherited_flags(given: set[str], script_args: Any, training_args: Any,
         dir_name: a family's output folder name (config.family_dir_name), the key of --hub-repo-ids.
     """
     for name in sorted(given & REFUSED.keys()):
-        raise FlagError(f"--{name} is not supported: {REFUSED[name]}")
+        raise FlagError(f"--{name} is not supported: {refusal(name, training_args)}")
     if "model_name_or_path" in given and model_args.model_name_or_path:
         _one_model(given, script_args, model_args.model_name_or_path)
     if training_args.resume_from_checkpoint not in (None, "", "false", "False"):

@@ -32,6 +32,7 @@ from .families import (
     architecture_of,
     check_quantization,
     describe_quantization,
+    load_architecture,
     load_model,
     load_model_and_tokenizer,
     prepare_tokenizer,
@@ -44,7 +45,7 @@ from .names import (
     DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
     FINISHED_MARKER,  # written last into the staging folder: a family folder with it is complete
 )
-from .precision import Precision, precision_of
+from .precision import Precision, PrecisionError, for_family, precision_of
 from .progress_log import PROGRESS_FILE, ProgressLog, carry
 from .prompt_format import PromptFormat
 from .public_refs import public_ref
@@ -77,14 +78,15 @@ def is_main_process() -> bool:
 # ------------------------------------------------------------------------------------------------------------ models
 def prepare_base(
     family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int,
-    quant=None,
+    quant=None, device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture, str, bool]:
     """Returns (model, tokenizer, architecture, base model id, built_locally). With `quant` (bitsandbytes settings)
-    the model is loaded quantized; the demo quantizes its warm-started base, reloaded from `work/base`."""
+    the model is loaded quantized onto the run's `device` ("cuda" or "cpu"); the demo quantizes its warm-started base,
+    reloaded from `work/base`."""
     if not script_args.demo:
         model_id = resolve_model_id(family)
         model, tokenizer, arch = load_model_and_tokenizer(
-            model_id, model_args.model_revision, script_args.trust_remote_code_models, quant
+            model_id, model_args.model_revision, script_args.trust_remote_code_models, quant, device=device
         )
         return model, tokenizer, arch, model_id, False
 
@@ -93,7 +95,7 @@ def prepare_base(
     encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
     base_dir = work / "base"
     if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
-        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant)
+        model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant, device=device)
         return model, tokenizer, arch, str(base_dir), True
     tokenizer = train_tokenizer(tokenizer_texts(data.train), script_args.demo_vocab_size, encoder_decoder)
     model = build_model(tokenizer, encoder_decoder, script_args.demo_hidden_size, script_args.demo_layers, seed)
@@ -101,7 +103,7 @@ def prepare_base(
     logger.info("[%s] demo warm start: %d pairs x 2 replies", family, len(data.train))
     history = warm_start(
         model, tokenizer, data.train, arch.prompt_format, script_args.demo_sft_epochs,
-        script_args.demo_sft_learning_rate, seed,
+        script_args.demo_sft_learning_rate, seed, use_cpu=device == "cpu",
     )
     if is_main_process():
         tmp = base_dir.with_name("base.tmp")
@@ -112,9 +114,18 @@ def prepare_base(
         write_json(tmp / FINISHED_MARKER, {"warm_start_log_history": history})
         shutil.rmtree(base_dir, ignore_errors=True)
         os.replace(tmp, base_dir)
+    wait_for_every_rank()  # under torchrun no rank reads work/base before rank 0 has written it
     if quant is not None:  # QLoRA on the demo: DPO runs on the quantized warm-started base
-        model = load_model(str(base_dir), arch, quantization_config=quant)
+        model = load_model(str(base_dir), arch, quantization_config=quant, device=device)
     return model, tokenizer, arch, str(base_dir), True
+
+
+def wait_for_every_rank() -> None:
+    """A barrier across torchrun's ranks (accelerate's distributed state); nothing in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------------------------------------- saving
@@ -177,9 +188,15 @@ def publish_staging(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device a (trained) model's weights live on: everything else built for its family goes there."""
+    return next(model.parameters()).device
+
+
 def published_model(trained, load_full_precision_base, quantized: bool):
     """What is saved, merged and served: the trained model, except after QLoRA, where the trained adapter is put on
-    the full-precision base (so merged/ is adapter + full-precision weights and loads without bitsandbytes)."""
+    the full-precision base (so merged/ is adapter + full-precision weights and loads without bitsandbytes). That base
+    is loaded onto the trained model's device, so the merge and the evidence run where training ran."""
     if not quantized:
         return trained
     from peft import (
@@ -188,21 +205,21 @@ def published_model(trained, load_full_precision_base, quantized: bool):
         set_peft_model_state_dict,
     )
 
-    model = get_peft_model(load_full_precision_base(), trained.peft_config["default"])
+    model = get_peft_model(load_full_precision_base(device_of(trained)), trained.peft_config["default"])
     set_peft_model_state_dict(model, get_peft_model_state_dict(trained))
     return model
 
 
 def serving_pair(model, load_full_precision_base, tokenizer: PreTrainedTokenizerBase, arch: Architecture):
     """Base vs DPO for the evidence generations: one set of weights with the adapter on/off (LoRA), or the frozen
-    base and the trained model as two models (full DPO)."""
+    base, loaded onto the trained model's device, and the trained model as two models (full DPO)."""
     from .generation import LoadedPair
 
     model.eval()  # PEFT's mixed-adapter generation needs eval mode
     common = {"tokenizer": tokenizer, "prompt_format": arch.prompt_format, "is_encoder_decoder": arch.is_encoder_decoder}
     if hasattr(model, "peft_config"):
         return LoadedPair(model=model, **common)
-    return LoadedPair(model=None, base_model=load_full_precision_base().eval(), dpo_model=model, **common)
+    return LoadedPair(model=None, base_model=load_full_precision_base(device_of(model)).eval(), dpo_model=model, **common)
 
 
 # --------------------------------------------------------------------------------------------------------- training
@@ -308,9 +325,10 @@ class FamilyRun:
     def checkpoints(self) -> Path:
         return self.work / "checkpoints"
 
-    def load_full_precision_base(self, trust_remote_code: bool) -> PreTrainedModel:
-        """The full-precision base, reloaded for a QLoRA merge and as the frozen side of full-DPO comparisons."""
-        return load_model(self.base_source, self.arch, self.base_revision, trust_remote_code)
+    def load_full_precision_base(self, trust_remote_code: bool, device: torch.device | str = "cpu") -> PreTrainedModel:
+        """The full-precision base, reloaded onto `device` for a QLoRA merge and as the frozen side of full-DPO
+        comparisons."""
+        return load_model(self.base_source, self.arch, self.base_revision, trust_remote_code, device=device)
 
 
 def claim_output(family: str, script_args: ScriptArguments, out_root: Path,
@@ -342,7 +360,7 @@ def load_base(
     job.quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
                                     model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
     job.model, job.tokenizer, job.arch, job.base_model_id, job.built_locally = prepare_base(
-        job.family, data, script_args, model_args, job.work, seed, job.quant
+        job.family, data, script_args, model_args, job.work, seed, job.quant, precision.device
     )
     job.base_source, job.base_revision = (
         (str(job.work / "base"), None) if job.built_locally else (job.base_model_id, model_args.model_revision)
@@ -352,16 +370,27 @@ def load_base(
     prepare_tokenizer(job.tokenizer, job.arch)
 
 
+def family_args(training_args: DPOConfig, precision: Precision | None, **changes) -> DPOConfig:
+    """The run's arguments for one family, in the family's precision (`precision.for_family`: T5 on an fp16-only GPU
+    trains in fp32 while GPT-2 trains in fp16)."""
+    if precision is not None and (precision.bf16, precision.fp16) != (bool(training_args.bf16), bool(training_args.fp16)):
+        changes.update(bf16=precision.bf16, fp16=precision.fp16)
+    args = dataclasses.replace(training_args, **changes)
+    if precision is not None:
+        args.precision = precision  # what ran, as chosen (auto stays auto in metrics.json)
+    return args
+
+
 def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments,
-          progress: ProgressLog | None = None) -> dict[str, Any]:
+          progress: ProgressLog | None = None, precision: Precision | None = None) -> dict[str, Any]:
     """Held-out metrics before, DPO (stoppable by a signal, resumable; its steps and logs in `progress`), held-out
-    metrics after.
+    metrics after, in the family's `precision`.
 
     Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
     arch = job.arch
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
-    args = dataclasses.replace(training_args, output_dir=str(job.checkpoints))
+    args = family_args(training_args, precision, output_dir=str(job.checkpoints))
     if args.world_size > 1:
         train_ds = shared_on_disk(train_ds, job.work / "data" / "train", args)
         eval_ds = shared_on_disk(eval_ds, job.work / "data" / "eval", args)
@@ -456,6 +485,62 @@ def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_c
     logger.info("[%s] outputs written to %s", job.family, job.final)
 
 
+TRAINED_DIR = "trained"  # DIR/.work/F/trained: the trained adapter (or model), saved before anything can fail
+
+
+def save_trained(job: FamilyRun, trainer) -> Path:
+    """Save what training produced, on every rank, before evidence, merging or publishing can fail.
+
+    `Trainer.save_model` is called by all ranks: under FSDP/DeepSpeed it gathers the full state dict (accelerate's
+    `get_state_dict`) collectively and rank 0 writes it; under DDP or one process, rank 0 writes the adapter."""
+    path = job.work / TRAINED_DIR
+    trainer.save_model(str(path))
+    if trainer.is_world_process_zero():
+        logger.info("[%s] trained %s saved in %s", job.family, "adapter" if hasattr(trainer.model, "peft_config") else "model", path)
+    return path
+
+
+def sharded(trainer) -> bool:
+    """Whether the trained weights are split across ranks (FSDP, DeepSpeed ZeRO), so no rank holds the whole model."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+
+
+def reload_trained(job: FamilyRun, saved: Path, load_full_precision_base, device: torch.device):
+    """The trained model rebuilt from `save_trained`'s folder on `device` (after sharded training, rank 0 has only its
+    shard in memory): the adapter on the full-precision base, or the full model itself."""
+    if (saved / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_full_precision_base(device), str(saved))
+    return load_model(str(saved), job.arch, device=device)
+
+
+def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData, script_args: ScriptArguments,
+                        metrics: dict[str, Any]) -> None:
+    """Merge (QLoRA: onto the full-precision base), generate the evidence and write the outputs, all on the trained
+    model's device. Whatever fails here, the trained adapter stays in `saved` and the error says so."""
+
+    def load_full_precision_base(device: torch.device | str = "cpu") -> PreTrainedModel:
+        return job.load_full_precision_base(script_args.trust_remote_code_models, device)
+
+    try:
+        if sharded(trainer):
+            model = reload_trained(job, saved, load_full_precision_base, trainer.args.device)
+        else:
+            model = published_model(trainer.model, load_full_precision_base, job.quant is not None)
+        if script_args.eval_generations > 0:
+            logger.info("[%s] generating from base and DPO on %d held-out prompts", job.family,
+                        script_args.eval_generations)
+            pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
+            metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
+            for warning in metrics["generation_warnings"]:
+                logger.warning("[%s] %s", job.family, warning)
+        save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
+    except BaseException:
+        logger.error("[%s] the trained weights are kept in %s (nothing was published)", job.family, saved)
+        raise
+
+
 def train_family(
     family: str,
     data: PreparedData,
@@ -464,8 +549,9 @@ def train_family(
     model_args: ModelArguments,
     precision: Precision | None = None,
 ) -> FamilyResult:
-    """One family: claim the output folder -> load the base -> train -> measure (+ generation evidence) -> save,
-    followed live in `DIR/F/progress.jsonl` (`progress_log`)."""
+    """One family: claim the output folder -> load the base -> train -> save the trained weights -> measure
+    (+ generation evidence) -> save the outputs, followed live in `DIR/F/progress.jsonl` (`progress_log`).
+    `precision`: the family's own (`precision.for_family`), else the one its arguments carry."""
     job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
     if job is None:
         name = family_dir_name(family)
@@ -479,28 +565,17 @@ def _train_family(
     job: FamilyRun, data: PreparedData, script_args: ScriptArguments, training_args: DPOConfig,
     model_args: ModelArguments, precision: Precision | None, progress: ProgressLog,
 ) -> FamilyResult:
-    family = job.family
     set_seed(training_args.seed)
     precision = precision or precision_of(training_args)
     load_base(job, data, script_args, model_args, training_args.seed, precision)
-    trained = train(job, data, training_args, model_args, progress)
+    trained = train(job, data, training_args, model_args, progress, precision)
     trainer = trained["trainer"]
     metrics = measure(job, data, trained, model_args, precision)
-    if not trainer.is_world_process_zero():  # DDP: rank 0 alone generates and writes outputs
-        return FamilyResult(family, job.final, metrics)
-
-    def load_full_precision_base() -> PreTrainedModel:
-        return job.load_full_precision_base(script_args.trust_remote_code_models)
-
-    model = published_model(trainer.model, load_full_precision_base, job.quant is not None)
-    if script_args.eval_generations > 0:
-        logger.info("[%s] generating from base and DPO on %d held-out prompts", family, script_args.eval_generations)
-        pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
-        metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
-        for warning in metrics["generation_warnings"]:
-            logger.warning("[%s] %s", family, warning)
-    save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
-    return FamilyResult(family, job.final, metrics)
+    saved = save_trained(job, trainer)  # every rank (sharded weights are gathered collectively)
+    if trainer.is_world_process_zero():
+        finish_on_rank_zero(job, trainer, saved, data, script_args, metrics)
+    trainer.accelerator.wait_for_everyone()  # DDP: the other ranks wait here while rank 0 writes
+    return FamilyResult(job.family, job.final, metrics)
 
 
 def _versions() -> dict[str, str]:
@@ -524,5 +599,29 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
             raise ConfigError(f"--demo builds 'gpt2' and 't5' architectures only, got family '{unknown[0]}'")
     precision = precision_of(training_args)
     logger.info("precision: %s", precision.describe())
+    per_family = family_precisions(families, precision, script_args, model_args)
     data = prepare_data(script_args, training_args.seed)
-    return [train_family(family, data, script_args, training_args, model_args, precision) for family in families]
+    return [train_family(family, data, script_args, training_args, model_args, per_family[family]) for family in families]
+
+
+def family_precisions(families: list[str], precision: Precision, script_args: ScriptArguments,
+                      model_args: ModelArguments) -> dict[str, Precision]:
+    """Each family's precision (`precision.for_family`), decided before any data or weights are loaded: fp16 on a
+    T5-family model is refused here, and on an fp16-only GPU T5 trains in fp32 (one log line says why)."""
+    out = {}
+    for family in families:
+        out[family] = precision
+        if not precision.fp16:
+            continue
+        if script_args.demo:
+            model_type = "t5" if family == "t5" else "gpt2"
+        else:
+            model_type = load_architecture(resolve_model_id(family), model_args.model_revision,
+                                           script_args.trust_remote_code_models).model_type
+        try:
+            out[family] = for_family(precision, model_type, script_args.allow_fp16_t5)
+        except PrecisionError as exc:
+            raise ConfigError(f"[{family}] {exc}") from None
+        if out[family] is not precision:
+            logger.info("[%s] precision: %s", family, out[family].describe())
+    return out

@@ -1,14 +1,23 @@
-"""The comparison app as a Gradio Space: `app.py`, the `dpo_studio/` package, `requirements.txt` (from
-`requirements-space.txt`: inference only), `examples/prompts.txt`, `app_config.yaml` (the pushed repos, per family)
-and a README rendered from `model_cards/space.md`, whose metadata (huggingface_hub's `SpaceCardData`) names every
-model the Space serves (`models:`) and its votes dataset (`datasets:`), so the Hub links them.
+"""The comparison app as a Gradio Space: `app.py`, the `dpo_studio/` package, `requirements.txt` (inference only:
+torch's CPU wheels on CPU hardware, PyPI's CUDA torch on ZeroGPU), `examples/prompts.txt`, `app_config.yaml` (the
+pushed repos, per family) and a README rendered from `model_cards/space.md`, whose metadata (huggingface_hub's
+`SpaceCardData`) names every model the Space serves (`models:`), its votes dataset (`datasets:`) and the hardware
+asked for, so the Hub links them.
+
+Every file comes from the installed package (`dpo_studio/space_files/` and the package itself, shipped as package
+data), so the deploy works the same from a `pip install .` copy in any folder as from a checkout.
+
+`--hardware` (huggingface_hub's `SpaceHardware` names: `cpu-basic`, the default, or `zero-a10g` for ZeroGPU, ...)
+picks the requirements and asks the Hub for that hardware; the app runs every GPU forward inside `spaces.GPU`
+(`dpo_studio.ui.engine`).
 
 The deploy also sets up the votes: it creates the dataset repo (private; default `<space id>-votes`) and sets the
 Space variable `DPO_STUDIO_VOTES_REPO` the app reads; the Space writes with its secret `HF_TOKEN`, which the owner
 sets on the Hub (or `--token-secret` copies the deployer's token there). Re-deploying changes nothing that is the same.
 
 `dpo-studio space --space-id NS/dpo-compare --from DIR [--hub-namespace NS] [--hub-repo-ids ...] [--revision BRANCH]
-[--private] [--votes-repo NS/NAME | --no-votes-repo] [--token-secret]` (or `python -m dpo_studio.space ...`).
+[--private] [--hardware cpu-basic|zero-a10g|...] [--votes-repo NS/NAME | --no-votes-repo] [--token-secret]`
+(or `python -m dpo_studio.space ...`).
 """
 
 from __future__ import annotations
@@ -25,10 +34,10 @@ from typing import Any
 
 import httpx2  # huggingface_hub 2.x's HTTP client
 import yaml
-from huggingface_hub import HfApi, SpaceCard, SpaceCardData, constants
+from huggingface_hub import HfApi, SpaceCard, SpaceCardData, SpaceHardware, constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from .cards import PROJECT_ROOT, TEMPLATES
+from .cards import TEMPLATES
 from .licenses import PROJECT_LICENSE
 from .names import family_label
 from .publish import (
@@ -44,7 +53,18 @@ from .publish import (
 )
 from .votes_hub import VOTES_REPO_ENV
 
-SPACE_REQUIREMENTS = "requirements-space.txt"  # inference-only: uploaded as the Space's requirements.txt
+PACKAGE_DIR = Path(__file__).resolve().parent  # the installed dpo_studio (site-packages or a checkout)
+SPACE_FILES = PACKAGE_DIR / "space_files"  # package data: the Space's app.py and its requirements per hardware
+CPU_HARDWARE = SpaceHardware.CPU_BASIC.value
+ZERO_GPU_HARDWARE = (SpaceHardware.ZERO_A10G.value,)  # ZeroGPU: GPU work inside spaces.GPU, CUDA torch
+HARDWARE = tuple(h.value for h in SpaceHardware)
+
+
+def space_requirements(hardware: str) -> Path:
+    """The requirements a Space on `hardware` installs: CPU wheels on CPU hardware, PyPI's CUDA torch elsewhere."""
+    return SPACE_FILES / ("requirements-cpu.txt" if hardware.startswith("cpu") else "requirements-zerogpu.txt")
+
+
 TOKEN_SECRET = "HF_TOKEN"  # the Space secret the app's huggingface_hub logs in with (votes commits)
 ROLES = ("base", "adapter", "merged")
 
@@ -58,6 +78,7 @@ class SpaceDeployment:
     commit: str
     votes_repo: str | None
     token_secret: bool
+    hardware: str = CPU_HARDWARE
 
 
 def default_votes_repo(space_id: str) -> str:
@@ -79,29 +100,33 @@ def _family_config(from_dir: Path, target: PushTarget) -> dict[str, dict[str, st
     return config
 
 
-def space_card(space_id: str, config: dict[str, dict[str, str]], votes_repo: str | None) -> SpaceCard:
-    """The Space's README: metadata through `SpaceCardData` (models served, votes dataset), body from the template."""
+def space_card(space_id: str, config: dict[str, dict[str, str]], votes_repo: str | None,
+               hardware: str = CPU_HARDWARE) -> SpaceCard:
+    """The Space's README: metadata through `SpaceCardData` (models served, votes dataset, suggested hardware), body
+    from the template."""
     card_data = SpaceCardData(
         title="DPO: base vs tuned", sdk="gradio", sdk_version=version("gradio"), app_file="app.py",
         license=PROJECT_LICENSE, models=sorted({fam[role] for fam in config.values() for role in ROLES}),
-        datasets=[votes_repo] if votes_repo else None,
+        datasets=[votes_repo] if votes_repo else None, suggested_hardware=hardware,
         tags=["dpo", "trl", "peft", "lora"], emoji="⚖️", colorFrom="indigo", colorTo="pink", pinned=False,
     )
     return SpaceCard.from_template(card_data, template_path=str(TEMPLATES / "space.md"), title=card_data.title,
                                    space_id=space_id, hub_url=constants.ENDPOINT, votes_repo=votes_repo,
-                                   family_rows=list(config.values()))
+                                   family_rows=list(config.values()), hardware=hardware,
+                                   zero_gpu=hardware in ZERO_GPU_HARDWARE)
 
 
-def _stage(stage: Path, project_root: Path, config: dict[str, dict[str, str]], card: SpaceCard) -> None:
-    """The Space's files in `stage`."""
-    # (file in the project, path in the Space): the Space gets the inference-only requirements as its own
-    for rel, dest in (("app.py", "app.py"), (SPACE_REQUIREMENTS, "requirements.txt"),
+def _stage(stage: Path, package: Path, config: dict[str, dict[str, str]], card: SpaceCard, hardware: str) -> None:
+    """The Space's files in `stage`, all from the installed package `package` (no checkout needed)."""
+    requirements = space_requirements(hardware).relative_to(PACKAGE_DIR)
+    # (file in the package, path in the Space): the Space gets the inference-only requirements as its own
+    for rel, dest in (("space_files/app.py", "app.py"), (str(requirements), "requirements.txt"),
                       ("examples/prompts.txt", "examples/prompts.txt")):
-        if not (project_root / rel).is_file():
-            raise PushAccessError(f"{project_root / rel}: missing, the Space needs it")
+        if not (package / rel).is_file():  # a broken install: name the package file, not the user's path
+            raise PushAccessError(f"the installed dpo_studio lacks its package file {rel}: reinstall dpo-studio")
         (stage / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(project_root / rel, stage / dest)
-    stage_tree(project_root / "dpo_studio", stage / "dpo_studio")
+        shutil.copy2(package / rel, stage / dest)
+    stage_tree(package, stage / "dpo_studio")
     (stage / "app_config.yaml").write_text(yaml.safe_dump({"families": config}, sort_keys=False), encoding="utf-8")
     (stage / "README.md").write_text(str(card), encoding="utf-8")
 
@@ -124,12 +149,22 @@ def _deployer_token() -> str:
     return token
 
 
-def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root: Path = PROJECT_ROOT,
+def _set_hardware(api: HfApi, space_id: str, hardware: str) -> None:
+    """Ask the Hub for `hardware` when the Space runs on (or has asked for) something else; idempotent (a change of
+    hardware restarts the Space, so it is only requested on change)."""
+    runtime = api.get_space_runtime(space_id)
+    if hardware not in (runtime.requested_hardware, runtime.hardware):
+        api.request_space_hardware(space_id, hardware)
+
+
+def deploy_space(space_id: str, from_dir: Path, target: PushTarget, package: Path = PACKAGE_DIR,
                  api: HfApi | None = None, *, votes: bool = True, votes_repo: str | None = None,
-                 token_secret: bool = False, **retry: Any) -> SpaceDeployment:
+                 token_secret: bool = False, hardware: str = CPU_HARDWARE, **retry: Any) -> SpaceDeployment:
     """Create/update a Gradio Space comparing the pushed repos of `from_dir`'s families, with its votes dataset.
 
     Args:
+        package: the dpo_studio package folder whose files the Space gets (default: this installed package).
+        hardware: the Space hardware (`SpaceHardware` value): its requirements, the card's line, the Hub request.
         votes: create the votes dataset and tell the Space its name (False: the Space keeps votes on its disk).
         votes_repo: the votes dataset (default `default_votes_repo(space_id)`).
         token_secret: copy the deployer's token into the Space secret HF_TOKEN (gives the Space that token).
@@ -140,9 +175,10 @@ def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root
     votes_repo = (votes_repo or default_votes_repo(space_id)) if votes else None
     try:
         with tempfile.TemporaryDirectory(prefix="dpo-studio-space-") as tmp:
-            _stage(Path(tmp), project_root, config, space_card(space_id, config, votes_repo))
+            _stage(Path(tmp), package, config, space_card(space_id, config, votes_repo, hardware), hardware)
             commit = upload_repo(api, space_id, Path(tmp), replace(target, revision=None), repo_type="space",
-                                 space_sdk="gradio", **retry)
+                                 space_sdk="gradio", space_hardware=hardware, **retry)
+        _set_hardware(api, space_id, hardware)
         if votes_repo:
             _set_up_votes(api, space_id, votes_repo)
         if token_secret:
@@ -151,7 +187,7 @@ def deploy_space(space_id: str, from_dir: Path, target: PushTarget, project_root
     except (HfHubHTTPError, httpx2.HTTPError) as err:
         raise PublishError(f"deploying the Space {space_id} failed ({type(err).__name__}: "
                            f"{_first_line(err)}); run the same command again to finish") from err
-    return SpaceDeployment(space_id, commit, votes_repo, token_secret)
+    return SpaceDeployment(space_id, commit, votes_repo, token_secret, hardware)
 
 
 def _is_repo_id(repo_id: str) -> bool:
@@ -177,6 +213,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub-repo-ids", help="Explicit model repo ids, as for train_dpo.py.")
     parser.add_argument("--revision", help="Branch the models were pushed to (written to app_config.yaml).")
     parser.add_argument("--private", action="store_true", help="Create a private Space.")
+    parser.add_argument("--hardware", default=CPU_HARDWARE, choices=HARDWARE, metavar="HARDWARE",
+                        help="Space hardware: cpu-basic (default; torch's CPU wheels) or zero-a10g (ZeroGPU: CUDA "
+                             "torch, GPU work inside spaces.GPU), or any other Hub hardware name.")
     votes = parser.add_mutually_exclusive_group()
     votes.add_argument("--votes-repo", help="Dataset repo the Space commits its votes to (created private if "
                                             "missing; default: <space id>-votes)")
@@ -191,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
 def report(done: SpaceDeployment) -> list[str]:
     """The lines printed after a deploy: the Space, its votes dataset, where its token comes from."""
     url = f"{constants.ENDPOINT}/spaces/{done.space_id}"
-    lines = [f"{url} (commit {done.commit[:10]})"]
+    lines = [f"{url} (commit {done.commit[:10]}, hardware {done.hardware})"]
     if done.votes_repo is None:
         lines.append("Votes: kept on the Space's disk (lost on restart): no votes dataset (--no-votes-repo)")
     else:
@@ -220,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         target = check_push_access(PushTarget(args.hub_namespace, parse_repo_ids(args.hub_repo_ids), args.private,
                                               args.revision, commit_message="Deploy the dpo_studio comparison app"))
         done = deploy_space(args.space_id, args.from_dir, target, votes=not args.no_votes_repo,
-                            votes_repo=args.votes_repo, token_secret=args.token_secret)
+                            votes_repo=args.votes_repo, token_secret=args.token_secret, hardware=args.hardware)
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,6 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # tests/ has no __init__.py: pytest's default "prepend" import mode puts this folder on sys.path, so the tests' own
 # helpers import by name (`hub_server`, `tiny_models`); dpo_studio itself is the installed package (`pip install -e .`).
+from fake_cuda import fake_cuda  # noqa: E402,F401  (pytest fixture: GPUs of a chosen capability, at torch.cuda's level)
 from hub_server import local_hub  # noqa: E402,F401  (pytest fixture: local Hub-compatible server)
 
 

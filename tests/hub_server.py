@@ -18,6 +18,8 @@ Endpoints (repo ids are always ``namespace/name``; ``{type}`` is ``models``, ``d
 - ``HEAD|GET /[datasets/|spaces/]{repo_id}/resolve/{rev}/{path}``   file download (single ``Range`` supported)
 - ``GET|POST|DELETE /api/spaces/{repo_id}/variables``  get/add/delete_space_variable (owner only, like the Hub)
 - ``POST|DELETE /api/spaces/{repo_id}/secrets``      add/delete_space_secret (write-only: values never answered)
+- ``GET /api/spaces/{repo_id}/runtime``, ``POST /api/spaces/{repo_id}/hardware``   get_space_runtime /
+  request_space_hardware (the hardware asked for at creation, ``hardware`` in the create payload, or later)
 
 Semantics copied from the real Hub: a new repo gets an "initial commit" holding ``.gitattributes`` (plus a
 ``README.md`` with the SDK for spaces); commits go to branch ``main`` only, and ``revision`` may be ``main`` or a
@@ -109,6 +111,7 @@ class Repo:
     commits: list[Commit] = field(default_factory=list)  # linear history of branch "main", oldest first
     variables: dict[str, dict[str, str]] = field(default_factory=dict)  # Space variables: key -> {value, ...}
     secrets: dict[str, str] = field(default_factory=dict)  # Space secrets: key -> value (never answered)
+    hardware: str | None = None  # Space hardware requested (None: the Hub's default, cpu-basic)
 
     def resolve(self, rev: str) -> Commit:
         if rev == "main":
@@ -146,6 +149,7 @@ class LocalHub:
         self.add_token(token, user, orgs, write=True)
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[RequestRecord] = []
+        self.hardware_requests: list[tuple[str, str]] = []  # (space id, flavor) per request_space_hardware
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -325,7 +329,8 @@ class LocalHub:
                 # The Hub's 409 body carries the url: create_repo(exist_ok=True) returns it.
                 raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", body={"url": url})
             private = payload.get("visibility") == "private" or bool(payload.get("private"))
-            self._create(repo_type, repo_id, private, payload.get("sdk"), who.user)
+            repo = self._create(repo_type, repo_id, private, payload.get("sdk"), who.user)
+            repo.hardware = payload.get("hardware") if repo_type == "space" else None
         return _json({"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, payload: dict, who: TokenInfo | None) -> tuple[int, dict, bytes]:
@@ -362,9 +367,24 @@ class LocalHub:
             return self._preupload(repo_type, repo_id, args[0], json.loads(body or b"{}"), who)
         if method == "POST" and action == "commit" and len(args) == 1:
             return self._commit(repo_type, repo_id, args[0], query, body, who)
+        if repo_type == "space" and action in ("runtime", "hardware") and not args:
+            return self._space_runtime(method, action, repo_id, json.loads(body or b"{}"), who)
         if repo_type == "space" and action in ("variables", "secrets") and not args:
             return self._space_settings(method, action, repo_id, json.loads(body or b"{}"), who)
         raise HubError(404, f"Not found: {method} /api/{repo_type}s/{repo_id}/{'/'.join(rest)}")
+
+    def _space_runtime(self, method: str, action: str, repo_id: str, payload: dict, who: TokenInfo | None):
+        """A Space's runtime (its hardware; the stage is always BUILDING here) and hardware requests (owner only)."""
+        repo = self._repo("space", repo_id, who, write=method == "POST")
+        if method == "POST" and action == "hardware":
+            if not payload.get("flavor"):
+                raise HubError(400, "hardware requests need a flavor")
+            repo.hardware = payload["flavor"]
+            self.hardware_requests.append((repo_id, payload["flavor"]))
+        elif not (method == "GET" and action == "runtime"):
+            raise HubError(405, f"{method} is not allowed on a Space's {action}")
+        return _json({"stage": "BUILDING", "hardware": {"current": None, "requested": repo.hardware or "cpu-basic"},
+                      "storage": None, "gcTimeout": None, "replicas": None})
 
     def _space_settings(self, method: str, kind: str, repo_id: str, payload: dict, who: TokenInfo | None):
         """Space variables (GET/POST/DELETE answer all of them) and secrets (POST/DELETE, empty answer)."""

@@ -9,7 +9,7 @@ import pytest
 from dpo_studio import inherited_flags
 from dpo_studio.cli import run_cli
 from dpo_studio.config import ScriptArguments, build_parser, parse_config
-from dpo_studio.inherited_flags import ALIASES, HONOURED, REFUSED
+from dpo_studio.inherited_flags import ALIASES, HONOURED, REFUSED, refusal
 from dpo_studio.pipeline import claim_output
 
 PARSER_OWN = {"help", "config"}  # argparse's --help, TrlParser's --config FILE
@@ -74,9 +74,21 @@ def test_refused_flags_are_one_line_naming_what_to_use(flag, capsys, tmp_path):
     code = run_cli(["--output-dir", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == f"error: --{flag} is not supported: {REFUSED[flag]}"
+    assert err == f"error: --{flag} is not supported: {refusal(flag, None)}"
     assert "\n" not in err
     assert not (tmp_path / "out").exists(), "a refused flag must stop the run before anything is written"
+
+
+def test_padding_free_refusal_says_what_this_device_does_instead(fake_cuda, tmp_path):
+    """CPU runs bucket rows by length (speed.trainer.cpu_training); CUDA runs keep TRL's padding and say so."""
+    from types import SimpleNamespace
+
+    from dpo_studio.precision import choose_precision
+
+    assert "length buckets" in refusal("padding_free", None)  # a CPU run (this host, checked in the test above)
+    fake_cuda((7, 5))
+    on_gpu = refusal("padding_free", SimpleNamespace(precision=choose_precision(None, False)))
+    assert "CUDA run pads each batch" in on_gpu and "group_by_length" in on_gpu and "buckets" not in on_gpu
 
 
 def test_refusal_also_applies_to_the_config_file(tmp_path, capsys):

@@ -53,3 +53,25 @@ def test_fsdp_flag_on_cpu_says_it_trains_with_ddp(tmp_path):
     logs, out = _torchrun(tmp_path, "--fsdp", "--fsdp_config", str(config), models="gpt2")
     assert "--fsdp: accelerate runs FSDP only on GPUs/accelerators; this run trains with DDP instead" in logs
     assert json.loads((out / "gpt2" / "metrics.json").read_text())["distributed"] == "MULTI_CPU"
+
+
+def test_torchrun_qlora_demo_waits_for_the_base_and_saves_before_the_tail(tmp_path):
+    """Demo + QLoRA (4-bit, bitsandbytes' CPU backend) under DDP: every rank reads the warm-started base rank 0 wrote
+    (a barrier stands between the write and the reads), every rank saves the trained adapter collectively before
+    rank 0's merge and evidence, and the other rank waits at the barrier while rank 0 writes."""
+    logs, out = _torchrun(tmp_path, "--load-in-4bit", "true", models="gpt2")
+    for rank in (0, 1):
+        assert f"[gpt2] rank {rank}/2 finished" in logs
+    metrics = json.loads((out / "gpt2" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["training"] == "QLoRA DPO"
+    assert metrics["quantization"].startswith("4-bit NF4")
+    assert logs.count("[gpt2] trained adapter saved in") == 1 and logs.count("outputs written to") == 1
+    saved_at, written_at = logs.index("[gpt2] trained adapter saved in"), logs.index("outputs written to")
+    assert saved_at < logs.index("generating from base and DPO") < written_at
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "gpt2" / "merged")  # full precision: no bitsandbytes needed
+    assert all(p.dtype.is_floating_point for p in merged.parameters())
+    base = AutoModelForCausalLM.from_pretrained(out / "gpt2" / "base")
+    assert PeftModel.from_pretrained(base, out / "gpt2" / "adapter") is not None

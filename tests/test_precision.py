@@ -1,5 +1,6 @@
-"""Precision works on every host: the auto rule is tested both ways by replacing the hardware probes, and the bf16
-path runs on every CPU (emulated where the CPU has no native bf16) against fp32 with stated tolerances."""
+"""Precision works on every host: the auto rule runs on faked hardware (a /proc/cpuinfo of either kind, GPUs of each
+compute capability through `tests/fake_cuda.py` at torch.cuda's level; the product's own probes always run), and the
+bf16 path runs on every CPU (emulated where the CPU has no native bf16) against fp32 with stated tolerances."""
 
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+def fake_cpuinfo(monkeypatch, tmp_path, flags: str) -> None:
+    """/proc/cpuinfo as a CPU with these flags would write it (the product's reader runs on it)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: amx_bf16 in a name is not a flag\nflags\t\t: {flags}\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+
+
 @pytest.fixture
-def cpu_host(monkeypatch):
-    """A CPU-only host whose bf16 support each test sets (`cpu_host(True)`), whatever this machine has."""
+def cpu_host(monkeypatch, tmp_path):
+    """A CPU-only host (torch.cuda sees no GPU) whose bf16 support each test sets (`cpu_host(True)`)."""
 
     def make(native_bf16: bool) -> None:
-        monkeypatch.setattr(precision, "cuda_available", lambda: False)
-        monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: False)
-        flags = {"avx2", "avx512_bf16", "amx_bf16"} if native_bf16 else {"avx2", "fma"}
-        monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        fake_cpuinfo(monkeypatch, tmp_path, "fpu avx2 avx512_bf16 amx_bf16" if native_bf16 else "fpu avx2 fma")
         monkeypatch.delenv(precision.AUTO_BF16_ENV, raising=False)
 
     return make
@@ -55,19 +62,102 @@ def test_explicit_choices_hold_on_any_cpu(cpu_host, native):
     assert precision.choose_precision(None, True).compute == "fp16"
 
 
-def test_auto_on_gpus_follows_their_bf16_support(monkeypatch):
-    monkeypatch.setattr(precision, "cuda_available", lambda: True)
-    monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: True)
-    assert precision.choose_precision(None, False).describe().startswith("bf16 mixed precision (autocast) on CUDA")
-    monkeypatch.setattr(precision, "cuda_supports_bf16", lambda: False)
-    assert precision.choose_precision(None, False).compute == "fp32"
+# Per capability: (auto for a causal LM, auto for T5, native) -- V100, T4, A100, A10G, H100.
+GPU_RULE = {
+    (7, 0): ("fp16", "fp32", True),
+    (7, 5): ("fp16", "fp32", True),
+    (8, 0): ("bf16", "bf16", True),
+    (8, 6): ("bf16", "bf16", True),
+    (9, 0): ("bf16", "bf16", True),
+}
+
+
+@pytest.mark.parametrize("capability", sorted(GPU_RULE), ids=lambda c: f"sm{c[0]}{c[1]}")
+def test_auto_on_gpus_follows_native_capability_not_torchs_emulation_flag(fake_cuda, monkeypatch, capability, caplog):
+    """torch says a T4/V100 supports bf16 (it counts emulation); auto must still pick fp16 (causal) / fp32 (T5) there.
+    The probe reads the rank's GPU properties and creates no tensor on any GPU."""
+    fake = fake_cuda(capability, count=2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    causal, t5, native = GPU_RULE[capability]
+    assert torch.cuda.is_bf16_supported() is True  # the stand-in answers as torch does on that card
+    fake.allocations.clear()
+    fake.queried.clear()
+    chosen = precision.choose_precision(None, False)
+    assert (chosen.compute, chosen.device, chosen.requested, chosen.native) == (causal, "cuda", "auto", native)
+    assert f"capability {capability[0]}.{capability[1]}" in chosen.describe()
+    assert fake.allocations == [] and set(fake.queried) == {1} and fake.set_devices == []
+    family = precision.for_family(chosen, "t5")
+    assert family.compute == t5 and family.device == "cuda"
+    if t5 != causal:
+        assert "overflows in fp16" in family.reason
+    assert precision.for_family(chosen, "gpt2") is chosen
+    forced = precision.choose_precision(True, False)  # --bf16 true on a 7.x card: honoured, recorded as emulated
+    assert forced.compute == "bf16" and forced.native is (capability >= (8, 0))
+
+
+def test_fp16_on_t5_is_refused_in_one_line_unless_allowed(fake_cuda):
+    fake_cuda((7, 5))
+    forced = precision.choose_precision(None, True)
+    with pytest.raises(precision.PrecisionError) as refused:
+        precision.for_family(forced, "t5")
+    message = str(refused.value)
+    assert "\n" not in message and "--bf16" in message and "fp32" in message and "--allow-fp16-t5" in message
+    allowed = precision.for_family(forced, "t5", allow_fp16_t5=True)
+    assert allowed.compute == "fp16" and "--allow-fp16-t5" in allowed.reason
+    assert precision.for_family(forced, "gpt2").compute == "fp16"
+
+
+def test_use_cpu_on_a_gpu_host_is_a_cpu_run(fake_cuda, cpu_host, tmp_path):
+    cpu_host(False)
+    fake_cuda((8, 0))
+    assert precision.choose_precision(None, False).device == "cuda"
+    chosen = precision.choose_precision(None, False, use_cpu=True)
+    assert (chosen.device, chosen.compute, chosen.hardware) == ("cpu", "fp32", "")
+    _, args, _ = parse_config(["--output-dir", str(tmp_path), "--use_cpu", "true"])
+    recorded = precision.precision_of(args)
+    assert (recorded.device, args.use_cpu, args.bf16, args.fp16, args.dataloader_pin_memory) == ("cpu", True, False, False, False)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's device state is process-wide: a run built on a faked GPU must not leak into the next test."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def test_parsed_options_on_a_t4_train_gpt2_in_fp16_with_pinned_memory(fake_cuda, tmp_path, fresh_accelerate_state):
+    """The options as train_dpo.py builds them on a T4: fp16 mixed precision (auto), pinned memory on, a CUDA run
+    (so the CPU-only thread/malloc tuning and speed features stay off: `speed.trainer.cpu_training`), nothing
+    allocated on the GPU by the precision probe."""
+    from dpo_studio.speed.trainer import cpu_training
+
+    fake = fake_cuda((7, 5))
+    _, args, _ = parse_config(["--output-dir", str(tmp_path), "--models", "gpt2"])
+    chosen = precision.precision_of(args)
+    assert (chosen.compute, chosen.device, chosen.requested) == ("fp16", "cuda", "auto")
+    assert "Tesla T4, capability 7.5" in chosen.describe()
+    assert (args.fp16, args.bf16, args.use_cpu, args.dataloader_pin_memory) == (True, False, False, True)
+    assert cpu_training(args) is False and fake.allocations == []
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 6)], ids=["t4", "a10g"])
+def test_qlora_computes_in_the_familys_precision(fake_cuda, capability):
+    from dpo_studio.families import describe_quantization, quantization_config
+
+    fake_cuda(capability)
+    run = precision.choose_precision(None, False)
+    gpt2 = quantization_config(True, False, precision.for_family(run, "gpt2"))
+    t5 = quantization_config(True, False, precision.for_family(run, "t5"))
+    expected = {(7, 5): (torch.float16, torch.float32), (8, 6): (torch.bfloat16, torch.bfloat16)}[capability]
+    assert (gpt2.bnb_4bit_compute_dtype, t5.bnb_4bit_compute_dtype) == expected
+    assert describe_quantization(t5).endswith(("fp32 compute", "bf16 compute"))
 
 
 def test_cpu_flags_are_read_from_the_flags_line(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: amx_bf16 in a name is not a flag\nflags\t\t: fpu avx2 fma\n\n")
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    fake_cpuinfo(monkeypatch, tmp_path, "fpu avx2 fma")
     assert precision.cpu_flags() == {"fpu", "avx2", "fma"}
     assert precision.cpu_has_native_bf16() is False
 
@@ -193,3 +283,25 @@ def test_held_out_metrics_run_in_the_precision_of_the_reference(tmp_path, t5):
     before = evaluate_pairs(trainer)
     assert before["rewards/margins"] == before["rewards/chosen"] == before["rewards/accuracies"] == 0.0
     assert before["loss"] == pytest.approx(0.693147, abs=1e-6)
+
+
+def test_each_family_gets_its_precision_before_anything_loads(fake_cuda, caplog):
+    """On a T4 the demo trains GPT-2 in fp16 and T5 in fp32 (one log line says why); --fp16 true on T5 stops the run
+    in one line naming the family, before any data or model is read."""
+    import logging
+
+    from dpo_studio.config import ModelArguments, ScriptArguments
+    from dpo_studio.pipeline import family_precisions
+
+    fake_cuda((7, 5))
+    script_args = ScriptArguments(demo=True)
+    with caplog.at_level(logging.INFO, logger="dpo_studio"):
+        chosen = family_precisions(["gpt2", "t5"], precision.choose_precision(None, False), script_args,
+                                   ModelArguments())
+    assert (chosen["gpt2"].compute, chosen["t5"].compute) == ("fp16", "fp32")
+    assert "[t5] precision: fp32 on CUDA (Tesla T4, capability 7.5) (auto: t5 overflows in fp16" in caplog.text
+    with pytest.raises(ConfigError, match=r"^\[t5\] --fp16 true: t5 models overflow in fp16 .*--allow-fp16-t5"):
+        family_precisions(["gpt2", "t5"], precision.choose_precision(None, True), script_args, ModelArguments())
+    allowed = family_precisions(["t5"], precision.choose_precision(None, True), ScriptArguments(demo=True, allow_fp16_t5=True),
+                                ModelArguments())
+    assert allowed["t5"].compute == "fp16"

@@ -3,15 +3,12 @@ and answers /compare (its start-up time is printed, not asserted), the card's mo
 dataset and Space variable the deploy sets up (idempotently), generation under `spaces.GPU` where `spaces` is
 installed (a fake one here) and untouched where it is not, and the cold-start bench on tiny outputs."""
 
-import inspect
 import os
-import pickle
 import re
 import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -50,6 +47,40 @@ def test_space_requirements_are_inference_only_and_pinned_like_training():
         assert spec == training[name], f"{name}: {spec!r} in the Space, {training[name]!r} for training"
     text = (REPO / "requirements-space.txt").read_text(encoding="utf-8")
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text.splitlines()
+
+
+def test_zero_gpu_requirements_take_cuda_torch_and_the_same_ranges():
+    cpu = requirements(REPO / "requirements-space.txt")
+    zero = requirements(space.space_requirements("zero-a10g"))
+    assert zero == cpu  # the same packages and ranges ...
+    lines = space.space_requirements("zero-a10g").read_text(encoding="utf-8").splitlines()
+    assert not any(line.startswith("--") for line in lines)  # ... but PyPI's torch (the CUDA build), no CPU index
+    assert space.space_requirements("cpu-basic").read_bytes() == (REPO / "requirements-space.txt").read_bytes()
+    assert space.space_requirements("cpu-upgrade") == space.space_requirements("cpu-basic")
+
+
+def test_the_spaces_app_py_is_the_projects_app_py():
+    """The Space's app.py ships as package data (dpo_studio/space_files/app.py) and is the checkout's app.py."""
+    assert (space.SPACE_FILES / "app.py").read_bytes() == (REPO / "app.py").read_bytes()
+
+
+def test_zero_gpu_deploy_uploads_cuda_requirements_and_asks_for_the_hardware_once(outputs, local_hub, capsys):  # noqa: F811
+    space_id = f"{local_hub.user}/zero"
+    push_outputs(outputs, publish.check_push_access(PushTarget()))
+    assert space.main(["--space-id", space_id, "--from", str(outputs), "--hardware", "zero-a10g"]) == 0
+    assert "hardware zero-a10g" in capsys.readouterr().out.splitlines()[0]
+    files = local_hub.files(space_id, "space")
+    assert files["requirements.txt"] == space.space_requirements("zero-a10g").read_bytes()
+    card = SpaceCard(files["README.md"].decode())
+    assert card.data.suggested_hardware == "zero-a10g" and "Hardware: `zero-a10g` (ZeroGPU" in card.text
+    assert local_hub.repos[("space", space_id)].hardware == "zero-a10g"
+    assert space.main(["--space-id", space_id, "--from", str(outputs), "--hardware", "zero-a10g"]) == 0
+    assert local_hub.hardware_requests == []  # asked for at creation; unchanged on re-deploy (no restart)
+    assert space.main(["--space-id", space_id, "--from", str(outputs), "--hardware", "cpu-basic"]) == 0
+    assert local_hub.hardware_requests == [(space_id, "cpu-basic")]
+    files = local_hub.files(space_id, "space")
+    assert files["requirements.txt"] == (REPO / "requirements-space.txt").read_bytes()
+    assert "Hardware: `cpu-basic` (CPU" in files["README.md"].decode()
 
 
 def test_app_imports_no_training_package(tmp_path):
@@ -182,58 +213,84 @@ def test_space_command_refuses_a_votes_repo_without_namespace(capsys):
 
 
 # ------------------------------------------------------------------------------------------------ ZeroGPU
-def fake_spaces() -> types.ModuleType:
-    """A stand-in for the `spaces` package of Hugging Face Spaces whose `GPU` decorator records what it wraps and
-    every call, and treats arguments and yielded items as ZeroGPU does: pickled to and from a worker."""
-    module = types.ModuleType("spaces")
-    module.wrapped, module.calls = [], []
+@pytest.fixture
+def zero_gpu(monkeypatch):
+    """A ZeroGPU Space's `spaces` (tests/fake_spaces.py): CUDA init in the main process raises, `spaces.GPU` runs
+    in a forked child with pickled arguments and results, and every module forward records its process id."""
+    import fake_spaces
 
-    def GPU(fn):  # noqa: N802 - the real decorator's name
-        assert inspect.isgeneratorfunction(fn), "spaces.GPU keeps streaming only for generator functions"
-        module.wrapped.append(fn)
-
-        def on_worker(*args, **kwargs):
-            module.calls.append(args)
-            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))  # ZeroGPU pickles the call to its worker
-            for item in fn(*args, **kwargs):
-                yield pickle.loads(pickle.dumps(item))  # ... and every item back
-
-        return on_worker
-
-    module.GPU = GPU
-    return module
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    module = fake_spaces.install(monkeypatch)
+    yield module
+    module.remove_hook()
 
 
 def _generations(studio) -> dict[str, object]:
-    """Compare (whole and streamed, both families) and a blind round through the Studio, greedy and seeded."""
+    """Compare (whole and streamed, both families), a blind round, Score and What DPO changed, greedy and seeded."""
     out = {family: studio.compare("Any tips about tea?", family, 6, 0.0, 1.0, 0)[:2] for family in ("gpt2", "t5")}
     out["stream"] = [step[:2] for step in studio.compare_stream("Any tips about tea?", "gpt2", 6, 0.0, 1.0, 0)]
     _, reply_a, reply_b = studio.blind("Any tips about tea?", "t5", 6, 0.0, 1.0, 0)
     out["blind"] = sorted((reply_a, reply_b))
+    out["score"] = studio.score_all("Any tips about tea?", "Oh, I love tea!", "Tea is a beverage.", "gpt2")
+    runs = studio.compare("Any tips about tea?", "t5", 6, 0.0, 1.0, 0)[2]
+    out["changes"] = studio.changes(runs)
     return out
 
 
-def test_zero_gpu_generation_runs_under_spaces_gpu_and_without_it_nothing_changes(tmp_path, monkeypatch):
+def test_stand_in_spaces_enforces_zero_gpus_rules(zero_gpu):
+    """The stand-in is strict enough to catch the old app: CUDA init in the main process raises; a decorated
+    function runs in another process and gets pickled copies of its arguments."""
+    import torch
+    from fake_spaces import CUDA_IN_MAIN
+
+    with pytest.raises(RuntimeError, match="CUDA must not be initialized in the main process"):
+        torch.zeros(1, device="cuda")
+    assert CUDA_IN_MAIN
+    seen = {"x": 1}
+
+    def where(arg):
+        arg["x"] = 2
+        yield os.getpid(), arg
+
+    pid, arg = next(zero_gpu.GPU(where)(seen))
+    assert pid != os.getpid() and arg == {"x": 2} and seen == {"x": 1}
+
+
+def test_zero_gpu_runs_every_forward_in_a_gpu_worker_and_loads_models_at_start(tmp_path, monkeypatch, zero_gpu):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     build_models_dir(tmp_path / "models")
-    monkeypatch.delitem(sys.modules, "spaces", raising=False)
-    plain_studio = ui.build_studio(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "a.jsonl"))
-    ui.build_app(studio=plain_studio)
-    plain = _generations(plain_studio)
-    assert "spaces" not in sys.modules  # no Space: nothing imports it
+    zero_gpu.remove_hook()  # the plain run first, without ZeroGPU
+    with monkeypatch.context() as plain_patch:
+        plain_patch.delitem(sys.modules, "spaces")
+        import torch
+
+        plain_patch.setattr(torch.cuda, "is_available", lambda: False)
+        plain_patch.setattr(torch.Tensor, "to", torch._C.TensorBase.to)
+        plain_studio = ui.build_studio(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "a.jsonl"))
+        ui.build_app(studio=plain_studio)
+        assert not plain_studio.registry.is_loaded("gpt2")  # without spaces: loaded on first use
+        plain = _generations(plain_studio)
     assert len(plain["stream"]) > 1 and plain["stream"][-1] == plain["gpt2"]
     assert plain["blind"] == sorted(plain["t5"])
 
-    fake = fake_spaces()
-    monkeypatch.setitem(sys.modules, "spaces", fake)
+    import fake_spaces
+
+    module = fake_spaces.install(monkeypatch)  # ZeroGPU from here on
     studio = ui.build_studio(models_dir=str(tmp_path / "models"), votes_file=str(tmp_path / "b.jsonl"))
     ui.build_app(studio=studio)
-    assert len(fake.wrapped) == 1 and fake.calls == []  # wrapped once, when the app is built (before launch)
-    on_gpu = _generations(studio)
-    assert on_gpu == plain  # same replies, streaming steps included
-    # one call per generation: compare gpt2, compare t5, the stream, the blind round; names and settings only
-    assert [(call[0], call[4]) for call in fake.calls] == [("gpt2", False), ("t5", False), ("gpt2", True),
-                                                            ("t5", False)]
+    # Loaded at start-up, in the main thread, and moved to "cuda" there (deferred by spaces, as on ZeroGPU)
+    assert studio.registry.is_loaded("gpt2") and studio.registry.is_loaded("t5") and module.deferred
+    assert len(module.wrapped) == 3 and module.calls == []  # decode, score, what-changed: wrapped before launch
+    assert fake_spaces.forward_pids(module) == []  # loading ran no forward
+    try:
+        on_gpu = _generations(studio)
+    finally:
+        module.remove_hook()
+    assert on_gpu == plain  # same replies, streaming steps, scores and changes
+    pids = fake_spaces.forward_pids(module)
+    assert pids and os.getpid() not in pids  # every forward ran in a GPU worker, none in the main process
+    # one call per GPU task, with names, texts and settings only (all pickled)
+    assert [call[0] for call in module.calls] == ["gpt2", "t5", "gpt2", "t5", "gpt2", "t5", "t5"]
 
 
 def test_cold_start_bench_runs_on_tiny_outputs(outputs):  # noqa: F811

@@ -350,12 +350,40 @@ def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.fixture
+def gpu_arguments(fake_cuda):
+    """`gpu_arguments(args)`: the same arguments as a run on an A100 resolves them (torch.cuda faked at torch's level,
+    tests/fake_cuda.py): their device is cuda:0. accelerate's process-wide state is set aside while they resolve their
+    device (cached on the arguments) and put back, so the trainer already built keeps its CPU accelerator."""
+    import dataclasses
+
+    from accelerate.state import AcceleratorState, PartialState
+
+    def on_gpu(args):
+        saved = {cls: dict(cls._shared_state) for cls in (AcceleratorState, PartialState)}
+        fake_cuda((8, 0))
+        try:
+            AcceleratorState._reset_state(True)
+            gpu = dataclasses.replace(args, use_cpu=False)
+            assert gpu.device.type == "cuda"
+        finally:
+            for cls, state in saved.items():
+                cls._shared_state.clear()
+                cls._shared_state.update(state)
+        return gpu
+
+    return on_gpu
+
+
 @pytest.mark.parametrize("cpu", [True, False], ids=["cpu", "cuda"])
-def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, monkeypatch, cpu):
-    """On a GPU (forced here by replacing the device probe) TRL's fused head and the plain seq2seq forward stay."""
-    monkeypatch.setattr(speed.trainer, "cpu_training", lambda args: cpu)
+def test_cpu_only_patches_stay_off_trls_gpu_path(tmp_path, gpu_arguments, cpu):
+    """On a GPU (the trainer's arguments resolved on a faked A100) TRL's fused head and the plain seq2seq forward
+    stay; the batch itself runs on this CPU."""
     for t5 in (False, True):
         trainer = build(tmp_path / str(t5), t5, fast=True, precompute_ref_log_probs=False)
+        if not cpu:
+            trainer.args = gpu_arguments(trainer.args)
+            assert speed.trainer.cpu_training(trainer.args) is False
         batch = preference_batch(trainer, 12)
         with row_calls(trainer) as calls:
             trainer.compute_loss(trainer.model, batch)

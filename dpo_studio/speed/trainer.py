@@ -72,10 +72,11 @@ class _SpeedFeatures:
 
     def __init__(self, model, *, args, speed: SpeedSettings | None = None, **kwargs: Any):
         self.speed = speed = speed or SpeedSettings()
-        if speed.threads:
-            configure_threads()
-        if speed.malloc_reuse and not torch.cuda.is_available():
-            keep_freed_memory_for_reuse()
+        if cpu_training(args):  # process tuning for CPU runs only: a CUDA run leaves threads and malloc alone
+            if speed.threads:
+                configure_threads()
+            if speed.malloc_reuse:
+                keep_freed_memory_for_reuse()
         self.compile_decision = _compile_decision(args, model, kwargs.get("train_dataset"))
         if args.torch_compile is not self.compile_decision.enabled:
             args = dataclasses.replace(args, torch_compile=self.compile_decision.enabled)

@@ -9,7 +9,6 @@ import gradio as gr
 from dpo_studio.generation import (
     GenerationResult,
     LoadedPair,
-    generated_token_log_ratios,
 )
 from dpo_studio.public_refs import public_ref
 from dpo_studio.ui.engine import Engine
@@ -122,7 +121,7 @@ class Comparing:
             # The tokens generation sampled (re-encoding the decoded text could split it differently); the EOS
             # only when the model emitted it.
             sampled = GenerationResult(text=run["dpo"], token_ids=run["dpo_ids"], ended_with_eos=run["dpo_ended"])
-            ratios = generated_token_log_ratios(pair, run["prompt"], sampled)
+            ratios = self.engine.token_log_ratios(run["family"], run["prompt"], sampled)
             scale = max((abs(r) for _, r in ratios), default=0.0) or 1.0
             highlights[run["family"]] = [(token, max(-1.0, min(1.0, r / scale))) for token, r in ratios]
             lines.append(_changes_line(label, pair, ratios, scale))

@@ -1,12 +1,20 @@
-"""The Studio's access to the generation engine: loaded pairs, the context window, generate/stream with errors
+"""The Studio's access to the generation engine: loaded pairs, the context window, generate/stream/score with errors
 as one line (a model fault is logged with its traceback, the user sees one line).
 
-Every generation of the app (compare, streamed or not, and blind rounds) enters through one method,
-`Engine._decode`. On a Hugging Face ZeroGPU Space (where the `spaces` package is installed) it runs under
-`spaces.GPU`, which holds a GPU for the call; streaming works because `spaces.GPU` accepts generator functions.
-`spaces.GPU` sends the arguments to a forked GPU worker by pickling, so `_decode` takes names, the prompt and the
-settings, and finds the pair in the registry (loaded before the call, so the fork already holds it). Where `spaces`
-is not installed (a CPU Space, a local run) nothing imports it and nothing changes.
+Every forward pass of the app enters through one of three methods: `Engine._decode` (compare, streamed or not, and
+blind rounds), `Engine._score` (Score tab, /score) and `Engine._token_log_ratios` ("What DPO changed"). On a Hugging
+Face ZeroGPU Space (where the `spaces` package is installed) each runs under `spaces.GPU`, which holds a GPU for the
+call in a forked worker process; streaming works because `spaces.GPU` accepts generator functions. ZeroGPU's rules,
+followed here as its documentation shows:
+
+* the models are loaded at start-up, in the main thread, before the app is built (`ModelRegistry.load_all`), and
+  moved to "cuda" there (`spaces` defers that move until a GPU is attached); a worker inherits them through the fork;
+* CUDA is never initialised in the main process: nothing outside the three methods runs a forward pass;
+* the arguments and results are pickled to and from the worker, so the methods take names, the prompt and the
+  settings, and find the pair in the registry.
+
+Where `spaces` is not installed (a CPU Space, a local run) nothing imports it, models load on first use, and nothing
+changes.
 """
 
 import logging
@@ -21,6 +29,8 @@ from dpo_studio.generation import (
     LoadedPair,
     context_limit,
     generate_pair_results,
+    generated_token_log_ratios,
+    score_pair,
     stream_pair_results,
 )
 from dpo_studio.ui.input_checks import user_error
@@ -32,14 +42,22 @@ Results = tuple[GenerationResult, GenerationResult]  # (base row, DPO row) of on
 Decode = Callable[[str, tuple[str, str] | None, Any, dict[str, Any], bool], Iterator[Results]]
 
 
-def on_gpu(decode: Decode) -> Decode:
-    """`spaces.GPU(decode)` where the `spaces` package is importable (Hugging Face Spaces), else `decode` itself."""
+def spaces_module():
+    """The `spaces` package of Hugging Face Spaces, or None where it is not installed."""
     try:
         import spaces  # installed on Hugging Face Spaces only; its GPU decorator is a no-op off ZeroGPU
     except ImportError:
-        return decode
-    logger.info("spaces is installed: generation runs under spaces.GPU")
-    return spaces.GPU(decode)
+        return None
+    return spaces
+
+
+def on_gpu(function: Callable) -> Callable:
+    """`spaces.GPU(function)` where the `spaces` package is importable (Hugging Face Spaces), else `function`."""
+    spaces = spaces_module()
+    if spaces is None:
+        return function
+    logger.info("spaces is installed: %s runs under spaces.GPU", getattr(function, "__name__", function))
+    return spaces.GPU(function)
 
 
 class Engine:
@@ -49,6 +67,28 @@ class Engine:
         self.registry = registry
         # Wrapped here, when the Studio is built before launch: ZeroGPU looks for its GPU functions at start-up.
         self._decode_on_device: Decode = on_gpu(self._decode)
+        self._score_on_device = on_gpu(self._score)
+        self._token_log_ratios_on_device = on_gpu(self._token_log_ratios)
+        if spaces_module() is not None:  # ZeroGPU: every model in memory before the first GPU call forks a worker
+            registry.load_all()
+
+    def _score(self, family: str, prompt: str, reply_a: str, reply_b: str) -> dict[str, Any]:
+        """`generation.score_pair` on the device (a forward pass of both models over both replies)."""
+        return score_pair(self.registry.get(family), prompt, reply_a, reply_b)
+
+    def _token_log_ratios(self, family: str, prompt: str, sampled: GenerationResult) -> list[tuple[str, float]]:
+        """`generation.generated_token_log_ratios` on the device ("What DPO changed")."""
+        return generated_token_log_ratios(self.registry.get(family), prompt, sampled)
+
+    def score(self, family: str, prompt: str, reply_a: str, reply_b: str) -> dict[str, Any]:
+        """DPO's implicit rewards of two replies (the pair loaded first, here; a load failure is a gr.Error)."""
+        self.pair(family)
+        return self._score_on_device(family, prompt, reply_a, reply_b)
+
+    def token_log_ratios(self, family: str, prompt: str, sampled: GenerationResult) -> list[tuple[str, float]]:
+        """Per-token log pi_dpo - log pi_base of a sampled DPO reply."""
+        self.pair(family)
+        return self._token_log_ratios_on_device(family, prompt, sampled)
 
     def _decode(self, family: str, models: tuple[str, str] | None, prompt: Any, settings: dict[str, Any],
                 stream: bool) -> Iterator[Results]:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from dpo_studio.generation import ContextTooLong, score_pair
+from dpo_studio.generation import ContextTooLong
 from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import InputChecks, user_error
 from dpo_studio.ui.render import md_text
@@ -18,7 +18,7 @@ class Scoring:
     def score_one(self, family: str, prompt: str, reply_a: str, reply_b: str) -> dict[str, Any]:
         """`score_pair` for one family; an input longer than the model reads is a one-line refusal."""
         try:
-            return score_pair(self.engine.pair(family), prompt, reply_a, reply_b)
+            return self.engine.score(family, prompt, reply_a, reply_b)
         except ContextTooLong as exc:
             message = str(exc)
             raise user_error(f"{self.engine.label(family)}: {message[0].upper()}{message[1:]}.") from None

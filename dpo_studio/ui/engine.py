@@ -35,6 +35,7 @@ from dpo_studio.generation import (
 )
 from dpo_studio.ui.input_checks import user_error
 from dpo_studio.ui.render import html_text
+from dpo_studio.visitor_text import without_paths
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class Engine:
     def _generation_failed(label: str, exc: Exception) -> gr.Error:
         # A model fault, not the user's: log it, show one line.
         logger.exception("Generation with %s failed", label)
-        return gr.Error(f"{label}: generation failed: {html_text(one_line(exc))}")
+        return gr.Error(f"{label}: generation failed: {html_text(without_paths(one_line(exc)))}")
 
     def generate(self, family: str, prompt: str, settings: dict[str, Any]) -> Results:
         """Base and DPO results for one prompt, same seed and settings, through the shared engine."""

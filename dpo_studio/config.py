@@ -126,6 +126,14 @@ class ScriptArguments:
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep intermediate Trainer checkpoints after a family finishes."}
     )
+    ref_logps_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where reference log-probs are kept per family (default: --output-dir/.ref_logps). They are reused "
+            "by --resume and by any run whose base, tokenizer, pairs, lengths and precision are the same (another "
+            "beta, learning rate, loss type or epoch count); point several runs at one folder to share them."
+        },
+    )
     check_data: bool = field(
         default=False,
         metadata={

@@ -141,6 +141,15 @@ class ScriptArguments:
             "and, per family, token lengths and how many pairs --max-length would truncate; writes nothing."
         },
     )
+    estimate: bool = field(
+        default=False,
+        metadata={
+            "help": "With --check-data: also time a few DPO steps of each family on a sample of the data (the run's "
+            "own models, trainer and settings, in a temporary folder) and print the whole run's projected time. "
+            "Nothing is written."
+        },
+    )
+    estimate_steps: int = field(default=3, metadata={"help": "--estimate: steady DPO steps to time (after one warm-up)."})
     # Offline demo
     demo: bool = field(
         default=False,

@@ -11,7 +11,8 @@ everywhere, so the choice is measured per machine:
 * on the loaded model's own weights and shapes (each distinct LoRA base-layer shape and the LM head, weighted by
   how many layers have it), with inputs drawn from a private `torch.Generator` (torch's global RNG is untouched, so
   the first seeded request samples what every later one does);
-* logged in one line, with both timings; `DPO_STUDIO_DECODE_KERNEL=linear|transposed` forces either.
+* per weight shape (GPT-2's `Conv1D` layers and its LM head may go different ways), logged in one line with both
+  timings; `DPO_STUDIO_DECODE_KERNEL=linear|transposed` forces either for every product.
 
 Where the transposed form runs: the base product inside `MaskedLoraLinear`'s mixed base/DPO pass and the LM head
 (built as `FewRowLinear`, a submodule class: no method of a live object is replaced), only without autograd and only
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -76,33 +77,51 @@ def _as_few_row_head(head: nn.Linear) -> FewRowLinear:
     return new
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    fn()  # warm-up: first calls pack weights / create kernels
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def _best_seconds(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Best time of each function over `repeats` rounds, the functions alternating within a round (so that other
+    work on the machine slows both alike; the best time is the least disturbed one)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        fn()  # warm-up: first calls pack weights / create kernels
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
-def time_kernels(layers: list[nn.Module], rows: int = TIMING_ROWS, repeats: int = 7) -> dict[str, float]:
-    """Seconds one decode step spends in `layers`' products, per kernel: each distinct weight shape timed once on
-    one of the model's own layers, weighted by how many layers share it. Inputs come from a private generator."""
+def time_kernels(layers: list[nn.Module], rows: int = TIMING_ROWS, repeats: int = 9) -> list[KernelTiming]:
+    """Seconds one decode step spends in `layers`' products, per weight shape and kernel: each distinct shape timed
+    on one of the model's own layers (best of `repeats`, the kernels alternating), times how many layers share it.
+    Inputs come from a private generator."""
     generator = torch.Generator().manual_seed(0)
     by_shape: dict[tuple, list[nn.Module]] = {}
     for layer in layers:
         by_shape.setdefault((type(layer).__name__, tuple(layer.weight.shape), layer.weight.dtype), []).append(layer)
-    totals = {LINEAR: 0.0, TRANSPOSED: 0.0}
+    timings = []
     with torch.inference_mode():
         for group in by_shape.values():
             layer = group[0]
             width = layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0]
             x = torch.randn(rows, 1, width, generator=generator, dtype=torch.float32).to(layer.weight)
-            totals[LINEAR] += len(group) * _median_seconds(lambda: nn.Module.__call__(layer, x), repeats)
-            totals[TRANSPOSED] += len(group) * _median_seconds(lambda: few_row_product(layer, x), repeats)
-    return totals
+            best = _best_seconds({LINEAR: lambda: nn.Module.__call__(layer, x),
+                                  TRANSPOSED: lambda: few_row_product(layer, x)}, repeats)
+            timings.append(KernelTiming(group, {name: len(group) * seconds for name, seconds in best.items()}))
+    return timings
+
+
+@dataclass
+class KernelTiming:
+    """The layers of one weight shape and the seconds a decode step spends in their products, per kernel."""
+
+    layers: list[nn.Module]
+    seconds: dict[str, float]
+
+    @property
+    def choice(self) -> str:
+        return TRANSPOSED if self.seconds[TRANSPOSED] < MIN_GAIN * self.seconds[LINEAR] else LINEAR
 
 
 def _decode_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -114,8 +133,9 @@ def _decode_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
 
 
 def choose_decode_kernel(model: nn.Module) -> str:
-    """Measure, choose and install the decode-step product of a loaded serving model (a PeftModel built with
-    `MaskedLoraLinear` layers); returns the kernel's name. Called once, at load; CPU only (on CUDA: F.linear)."""
+    """Measure, choose (per weight shape) and install the decode-step product of a loaded serving model (a PeftModel
+    built with `MaskedLoraLinear` layers); returns "transposed" when any product takes it, else "linear". Called
+    once, at load; CPU only (on CUDA: F.linear)."""
     masked, bases = _decode_layers(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
@@ -129,14 +149,20 @@ def choose_decode_kernel(model: nn.Module) -> str:
         base.set_output_embeddings(_as_few_row_head(head))
         head = base.get_output_embeddings()
     layers = bases + ([head] if isinstance(head, FewRowLinear) else [])
+    wrapper = {id(m.get_base_layer()): m for m in masked}  # the LoRA layer that reads each base layer's choice
     if forced != "auto":
-        kernel, why = forced, f"forced by {KERNEL_ENV}"
-    else:
-        timed = time_kernels(layers)
-        kernel = TRANSPOSED if timed[TRANSPOSED] < MIN_GAIN * timed[LINEAR] else LINEAR
-        why = (f"timed on this model's {len(layers)} decode products, {TIMING_ROWS} rows: F.linear "
-               f"{timed[LINEAR] * 1e3:.2f} ms, (W @ x^T)^T {timed[TRANSPOSED] * 1e3:.2f} ms per step")
-    for layer in masked + ([head] if isinstance(head, FewRowLinear) else []):
-        layer.decode_kernel = kernel
-    logger.info("decode kernel: %s (%s)", kernel, why)
-    return kernel
+        for layer in layers:
+            wrapper.get(id(layer), layer).decode_kernel = forced
+        logger.info("decode kernel: %s for all %d decode products (forced by %s)", forced, len(layers), KERNEL_ENV)
+        return forced
+    timings = time_kernels(layers)
+    for timing in timings:
+        for layer in timing.layers:
+            wrapper.get(id(layer), layer).decode_kernel = timing.choice
+    chosen = sum(len(t.layers) for t in timings if t.choice == TRANSPOSED)
+    linear, transposed = (sum(t.seconds[k] for t in timings) * 1e3 for k in (LINEAR, TRANSPOSED))
+    best = sum(min(t.seconds.values()) for t in timings) * 1e3
+    logger.info("decode kernel: (W @ x^T)^T for %d of %d decode products, F.linear for the rest (timed at load on "
+                "this model's shapes, %d rows, per step: F.linear %.2f ms, (W @ x^T)^T %.2f ms, chosen %.2f ms)",
+                chosen, len(layers), TIMING_ROWS, linear, transposed, best)
+    return TRANSPOSED if chosen else LINEAR

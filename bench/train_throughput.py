@@ -26,8 +26,8 @@ hyper-parameters (lr, batch, epochs, beta, seed) in every variant; only the spee
   log-probs the first run saved (`speed.ref_cache`); its speedup over the first run is printed.
 * profile: the product's training under `torch.profiler`, top ops by self CPU time (where the time goes).
 
-Projection: hours for one epoch over the Human-Like set's 10.9k pairs = (one-off setup incl. the reference pass
-+ one epoch of training) per measured pair x 10.9k; meaningful with `--preset full` (GPT-2-small / T5-small shapes,
+Projection: hours for one epoch over the Human-Like set's 10.9k pairs = setup (tokenization + the reference pass)
+per measured pair x 10.9k + the steady step time x the steps of 10.9k pairs; meaningful with `--preset full` (GPT-2-small / T5-small shapes,
 real vocabulary sizes, full chat lengths).
 
 Every row prints the precision that ran (after the product's resolution), not the options given.
@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,17 +147,21 @@ def run_variant(name, kind, preset, pairs, tokenizer, epochs, out_dir, trainer_k
         settings += f", reference store: {store_use.served} batches served, {store_use.computed} computed"
     row = dict(name=name, seconds=elapsed, setup_s=setup, pairs_per_s=len(pairs) * epochs / elapsed,
                train_loss=result.training_loss, last_epoch_loss=sum(losses[-steps_per_epoch:]) / steps_per_epoch,
-               final_loss=final, settings=settings, precision=ran.describe(), ops=ops, pairs=len(pairs), epochs=epochs)
+               final_loss=final, settings=settings, precision=ran.describe(), ops=ops, pairs=len(pairs), epochs=epochs,
+               step_times=steps.times)
     del trainer, model
     common.collect()
     return row
 
 
 def hours_per_epoch(row: dict) -> float:
-    """Projected hours of a one-epoch run over the Human-Like set: setup (tokenization, the reference pass: both
-    scale with the pairs) + one epoch of training, per measured pair, x 10.9k pairs."""
-    per_epoch = (row["seconds"] - row["setup_s"]) / row["epochs"]
-    return (row["setup_s"] + per_epoch) / row["pairs"] * HUMAN_LIKE_PAIRS / 3600
+    """Projected hours of a one-epoch run over the Human-Like set: the setup (tokenization, the reference pass: both
+    scale with the pairs) per measured pair x 10.9k, plus the steady step time (median after the first step, which
+    warms kernels up once per run; the first step itself when only one ran) x the steps of 10.9k pairs."""
+    times = row["step_times"]
+    step = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    steps = math.ceil(HUMAN_LIKE_PAIRS / SHARED["per_device_train_batch_size"])
+    return (row["setup_s"] / row["pairs"] * HUMAN_LIKE_PAIRS + step * steps) / 3600
 
 
 BASELINE_SETTINGS = {

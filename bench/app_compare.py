@@ -6,6 +6,8 @@
   `generate` call holds the base row (adapter off) and the DPO row (adapter on) via PEFT's mixed `adapter_names`.
 * product, PEFT layers: the same with `DPO_STUDIO_MASKED_LORA=0`, i.e. PEFT's own LoRA layers and its
   split-and-scatter mixed batch instead of `cpu_decode.MaskedLoraLinear` (what the masked layer buys).
+* product, F.linear forced: the product with `DPO_STUDIO_DECODE_KERNEL=linear`, i.e. without the decode-step
+  product `decode_kernel.choose_decode_kernel` picks at load on this CPU (what that choice buys; "kernel" column).
 * two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
 Every variant runs eager (no torch.compile: see docs/performance.md, "Serving") in the precision `load_pair` loads (the
 checkpoint's, fp32 here), with the threads `dpo_studio.speed.configure_threads` sets; the header says which.
@@ -41,8 +43,12 @@ from common import PRESETS, build_model, current_rss_mb, machine, make_pairs, pe
 PROMPT = "What's a good way to spend a rainy Sunday afternoon at home?"
 NEW_TOKENS = 64
 MASKED_LORA_ENV = "DPO_STUDIO_MASKED_LORA"  # dpo_studio.cpu_decode.ENV_SWITCH
+KERNEL_ENV = "DPO_STUDIO_DECODE_KERNEL"  # dpo_studio.decode_kernel.KERNEL_ENV
 PEFT_LAYERS = "product, PEFT layers"
-VARIANTS = {"product": "product", PEFT_LAYERS: "product", "two-models": "two-models"}  # name -> child mode
+LINEAR_FORCED = "product, F.linear forced"
+# name -> (child mode, environment)
+VARIANTS = {"product": ("product", {}), LINEAR_FORCED: ("product", {KERNEL_ENV: "linear"}),
+            PEFT_LAYERS: ("product", {MASKED_LORA_ENV: "0"}), "two-models": ("two-models", {})}
 
 
 def prepare(kind: str, shape: dict, root: Path) -> None:
@@ -123,7 +129,9 @@ def child(variant: str, root: Path, requests: int) -> None:
     stream = {side: {key: statistics.median(s[side][key] for s in streams) for key in ("ttft_s", "tok_s")}
               for side in ("base", "dpo")}
     model = pair.model if pair.model is not None else pair.base_model
+    kernels = {getattr(m, "decode_kernel", None) for m in model.modules()} - {None}
     print(json.dumps({
+        "kernel": ",".join(sorted(kernels)) or "F.linear (no mixed batch)",
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "variant": variant, "load_s": load_s, "latency_s": statistics.median(times), "rss_after_imports_mb": rss0,
         "peak_rss_mb": peak_rss_mb(), "base_tokens": base.token_ids, "dpo_tokens": dpo.token_ids,
@@ -149,7 +157,7 @@ def main() -> None:
 
     configure_threads()  # as in the children, so the header's thread count is theirs
     print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}; "
-          f"compile: off (eager)")
+          f"compile: off (eager); load average {common.load_average()}")
     rows, ratios, stream_rows = [], [], []
     for kind in opts.families.split(","):
         shape = getattr(preset, kind)
@@ -159,10 +167,11 @@ def main() -> None:
             runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
             for _ in range(opts.rounds):
                 for variant in runs:
+                    mode, env = VARIANTS[variant]
                     out = subprocess.run(
-                        [sys.executable, __file__, "--child", VARIANTS[variant], "--dir", str(root), "--requests",
+                        [sys.executable, __file__, "--child", mode, "--dir", str(root), "--requests",
                          str(opts.requests)], capture_output=True, text=True, check=True,
-                        env={**os.environ, MASKED_LORA_ENV: "0" if variant == PEFT_LAYERS else "1"},
+                        env={**os.environ, MASKED_LORA_ENV: "1", KERNEL_ENV: "auto", **env},
                     ).stdout.strip().splitlines()[-1]
                     runs[variant].append(json.loads(out))
         summary = {}
@@ -173,18 +182,19 @@ def main() -> None:
             load = statistics.median(r["load_s"] for r in results)
             summary[variant] = dict(latency=latency, delta=delta, peak=peak, tokens=(results[0]["base_tokens"],
                                                                                    results[0]["dpo_tokens"]))
-            rows.append([f"{kind}: {variant}", f"{shape}", results[0]["dtype"], round(load, 2), round(latency, 3),
-                         round(delta), round(peak)])
+            rows.append([f"{kind}: {variant}", f"{shape}", results[0]["dtype"], results[0]["kernel"], round(load, 2),
+                         round(latency, 3), round(delta), round(peak)])
             stream = {side: {key: statistics.median(r["stream"][side][key] for r in results)
                              for key in ("ttft_s", "tok_s")} for side in ("base", "dpo")}
             stream_rows.append([f"{kind}: {variant}", round(stream["base"]["ttft_s"], 3),
                                 round(stream["dpo"]["ttft_s"], 3), round(stream["base"]["tok_s"], 1),
                                 round(stream["dpo"]["tok_s"], 1),
                                 all(r["stream_same_tokens"] for r in results)])
-        same = summary["product"]["tokens"] == summary["two-models"]["tokens"] == summary[PEFT_LAYERS]["tokens"]
+        same = all(summary[v]["tokens"] == summary["two-models"]["tokens"] for v in summary)
         differs = summary["product"]["tokens"][0] != summary["product"]["tokens"][1]
         ratios.append((kind, summary, same, differs))
-    print(table(["variant", "model", "weights (ran)", "load s", "request latency s", "peak memory MB (above imports)",
+    print(f"# load average at end: {common.load_average()}")
+    print(table(["variant", "model", "weights (ran)", "decode kernel (chosen at load)", "load s", "request latency s", "peak memory MB (above imports)",
                  "peak RSS MB (total)"], rows))
     print(table(["streamed", "base: s to 1st token", "DPO: s to 1st token", "base: tokens/s", "DPO: tokens/s",
                  "stream = non-streamed tokens"], stream_rows))
@@ -192,6 +202,8 @@ def main() -> None:
     for kind, s, same, differs in ratios:
         p, t, peft_layers = s["product"], s["two-models"], s[PEFT_LAYERS]
         print(f"ratio {kind}: PEFT layers / MaskedLoraLinear latency = {peft_layers['latency'] / p['latency']:.2f}x")
+        print(f"ratio {kind}: F.linear forced / kernel chosen at load latency = "
+              f"{s[LINEAR_FORCED]['latency'] / p['latency']:.2f}x")
         print(f"ratio {kind}: two-models / product latency = {t['latency'] / p['latency']:.2f}x (target >= 1.6x); "
               f"product / two-models peak memory = {p['delta'] / t['delta']:.2f}x above imports, "
               f"{p['peak'] / t['peak']:.2f}x total (target <= 0.55x); same greedy tokens: {same} "

@@ -212,8 +212,21 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from dpo_studio.precision import cpu_flags
+
+    flags = cpu_flags()
+    shown = ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
     return (f"{model}, {physical_cores()} physical cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'} ({shown})")
+
+
+def load_average() -> str:
+    """`uptime`'s 1/5/15-minute load averages: a busy machine slows every variant, and not equally."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} logical CPUs"
 
 
 def collect() -> None:

@@ -100,10 +100,18 @@ def _run_command(argv: list[str] | None) -> int:
     from .pipeline import is_main_process, run
 
     script_args, training_args, model_args = parse_config(argv)
+    if script_args.estimate and not script_args.check_data:
+        from .config import ConfigError
+
+        raise ConfigError("--estimate goes with --check-data (dpo-studio check-data --estimate)")
     if script_args.check_data:  # validation only: no push, no training, nothing written
         from .data_check import check_data, format_report
 
-        print(format_report(check_data(script_args, training_args, model_args)))
+        print(format_report(check_data(script_args, training_args, model_args)), flush=True)
+        if script_args.estimate:  # a few timed steps in a temporary folder, removed afterwards
+            from .estimate import report_lines
+
+            print(report_lines(script_args, training_args, model_args))
         return 0
     target = _push_target(script_args) if script_args.push or script_args.push_only else None
     if script_args.evaluate:

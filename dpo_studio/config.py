@@ -128,6 +128,14 @@ class ScriptArguments:
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep intermediate Trainer checkpoints after a family finishes."}
     )
+    ref_logps_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where reference log-probs are kept per family (default: --output-dir/.ref_logps). They are reused "
+            "by --resume and by any run whose base, tokenizer, pairs, lengths and precision are the same (another "
+            "beta, learning rate, loss type or epoch count); point several runs at one folder to share them."
+        },
+    )
     check_data: bool = field(
         default=False,
         metadata={
@@ -135,6 +143,15 @@ class ScriptArguments:
             "and, per family, token lengths and how many pairs --max-length would truncate; writes nothing."
         },
     )
+    estimate: bool = field(
+        default=False,
+        metadata={
+            "help": "With --check-data: also time a few DPO steps of each family on a sample of the data (the run's "
+            "own models, trainer and settings, in a temporary folder) and print the whole run's projected time. "
+            "Nothing is written."
+        },
+    )
+    estimate_steps: int = field(default=3, metadata={"help": "--estimate: steady DPO steps to time (after one warm-up)."})
     # Offline demo
     demo: bool = field(
         default=False,

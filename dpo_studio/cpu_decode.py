@@ -28,6 +28,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from dpo_studio.decode_kernel import LINEAR, few_row_product, takes_few_row_path
 from dpo_studio.names import BASE_ADAPTER
 
 ENV_SWITCH = "DPO_STUDIO_MASKED_LORA"  # "0": PEFT's own mixed-batch path
@@ -36,6 +37,8 @@ ENV_SWITCH = "DPO_STUDIO_MASKED_LORA"  # "0": PEFT's own mixed-batch path
 class MaskedLoraLinear(LoraLinear):
     """PEFT's LoRA `Linear` (also over GPT-2's `Conv1D`) whose mixed base/one-adapter inference batches take one
     masked pass instead of PEFT's split-and-scatter; every other call is PEFT's `forward`."""
+
+    decode_kernel = LINEAR  # set per model by `decode_kernel.choose_decode_kernel` at load
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
         # What PEFT's default dispatcher decides for these two layer types (`dispatch_default`).
@@ -76,7 +79,8 @@ class MaskedLoraLinear(LoraLinear):
         adapter = self._masked_adapter(x, args, kwargs)
         if adapter is None:
             return super().forward(x, *args, **kwargs)
-        result = self.base_layer(x)
+        base = self.get_base_layer()  # the decode-step product chosen at load (decode_kernel), else F.linear
+        result = few_row_product(base, x) if takes_few_row_path(self.decode_kernel, base, x) else self.base_layer(x)
         lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight  # [r, in], [out, r]
         scale = self._row_scale(tuple(kwargs["adapter_names"]), adapter, x)
         # [batch, seq, r]: base rows scaled by 0, so their output below is the base output + exactly 0

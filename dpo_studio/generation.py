@@ -40,6 +40,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from dpo_studio.cpu_decode import serving_lora_config
+from dpo_studio.decode_kernel import choose_decode_kernel
 from dpo_studio.model_classes import auto_model_class, prepare_tokenizer_padding
 from dpo_studio.names import (
     ADAPTER_WEIGHTS_FILE,
@@ -184,6 +185,7 @@ def _load_models(
                                                token=load_kwargs["token"], is_trainable=False, config=config,
                                                torch_device="cpu")
         peft_model.to(device).eval()
+        choose_decode_kernel(peft_model)  # once per CPU, here at load (never inside a request): decode_kernel.py
         return peft_model, None, None
     dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
     for model in (base_model, dpo_model):

@@ -257,7 +257,7 @@ def shared_on_disk(dataset, path: Path, args: DPOConfig):
 
 def build_trainer(
     arch: Architecture, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_ds, eval_ds,
-    args: DPOConfig, lora_config,
+    args: DPOConfig, lora_config, reference_store: Path | None = None,
 ):
     """The DPO trainer for one family (`arch.trainer_class()`: `speed.CausalDPOTrainer` for causal LMs,
     `speed.FastSeq2SeqDPOTrainer` for encoder-decoders), with every speed feature of `speed.SpeedSettings` on.
@@ -268,10 +268,11 @@ def build_trainer(
         train_ds, eval_ds: preference datasets (`prompt`, `chosen`, `rejected`) as `data.PreparedData` holds them.
         args: TRL's `DPOConfig` as the CLI resolved it (precision, compile and product defaults applied).
         lora_config: PEFT's `LoraConfig`, or None for full-parameter DPO.
+        reference_store: folder of the keyed reference log-probs (`speed.ref_cache`), or None: computed afresh.
     """
     trainer = arch.trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=lora_config,
+        peft_config=lora_config, reference_store=reference_store,
     )
     warn_if_fsdp_not_applied(args, trainer.accelerator.distributed_type.value)
     return trainer
@@ -320,6 +321,7 @@ class FamilyRun:
     built_locally: bool = False
     base_source: str = ""  # where the full-precision base reloads from
     base_revision: str | None = None
+    reference_store: Path | None = None  # the keyed store of reference log-probs (speed.ref_cache)
 
     @property
     def checkpoints(self) -> Path:
@@ -349,7 +351,8 @@ def claim_output(family: str, script_args: ScriptArguments, out_root: Path,
         if not script_args.resume:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-    return FamilyRun(family, name, final, work, last_checkpoint)
+    store_root = Path(script_args.ref_logps_dir) if script_args.ref_logps_dir else out_root / ".ref_logps"
+    return FamilyRun(family, name, final, work, last_checkpoint, reference_store=store_root / name)
 
 
 def load_base(
@@ -399,7 +402,8 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
         if model_args.use_peft
         else None
     )
-    trainer = build_trainer(arch, job.model, job.tokenizer, train_ds, eval_ds, args, lora_config)
+    store = job.reference_store if is_main_process() else None
+    trainer = build_trainer(arch, job.model, job.tokenizer, train_ds, eval_ds, args, lora_config, store)
     truncation = count_truncation(trainer, len(train_ds), len(eval_ds), args.max_length)
     if any(counts["rows"] for counts in truncation.values()):
         logger.warning("[%s] over-long pairs truncated to max_length=%s: %s", job.family, args.max_length, truncation)

@@ -88,3 +88,32 @@ def test_truncation_counts_match_the_trainer(tmp_path, family, monkeypatch):
     assert lengths.truncated > 0 and lengths.pairs == 12
     assert lengths.min <= lengths.median <= lengths.max and lengths.max > 10 * max_length  # the long prompt
     assert not (tmp_path / "out").exists()
+
+
+def test_estimate_times_a_few_steps_projects_the_run_and_writes_nothing(tmp_path):
+    data = write_rows(tmp_path / "pairs.jsonl", toy_rows(40))
+    out, work = tmp_path / "out", tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo_studio", "check-data", "--estimate", "--estimate-steps", "2", "--demo",
+         "--demo-vocab-size", "300", "--demo-hidden-size", "32", "--demo-layers", "1", "--dataset", str(data),
+         "--output-dir", str(out), "--per-device-train-batch-size", "4", "--num-train-epochs", "3",
+         "--eval-fraction", "0.25"],
+        capture_output=True, text=True, cwd=work, env={**ENV, "TMPDIR": str(tmp_path / "tmp")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "pairs: train 36, eval 4" in text  # the held-out split by prompt hash
+    for family in ("gpt2", "t5"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(f"{family}: 3 steps of 4 pairs"))
+        # 36 train pairs in batches of 4 = 9 steps per epoch, x 3 epochs
+        assert "36 pairs x 3 epochs = 27 steps" in line and "projected total" in line, line
+    assert "projected whole run:" in text and "estimate on " in text
+    assert not out.exists(), "--estimate writes no output folder"
+    assert not any(work.iterdir()), "--estimate writes nothing in the working folder"
+    assert not list((tmp_path / "tmp").glob("dpo-studio-estimate-*")), "its temporary folder is removed"
+
+
+def test_estimate_without_check_data_is_refused_in_one_line(tmp_path):
+    proc = train_dpo("--estimate", "--demo", "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "--estimate goes with --check-data" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from .bf16 import (
 from .compile import CompileDecision, choose_compile, planned_steps
 from .heads import CompactCausalForward
 from .host_tuning import configure_threads, keep_freed_memory_for_reuse
+from .ref_cache import ReferenceLogpStore, reference_key
 
 
 def _env_on(name: str) -> bool:
@@ -70,7 +71,8 @@ def _compile_decision(args, model: torch.nn.Module, train_dataset) -> CompileDec
 class _SpeedFeatures:
     """What both trainers add to TRL's; mixed in before the TRL trainer class."""
 
-    def __init__(self, model, *, args, speed: SpeedSettings | None = None, **kwargs: Any):
+    def __init__(self, model, *, args, speed: SpeedSettings | None = None, reference_store: str | os.PathLike | None = None,
+                 **kwargs: Any):
         self.speed = speed = speed or SpeedSettings()
         if cpu_training(args):  # process tuning for CPU runs only: a CUDA run leaves threads and malloc alone
             if speed.threads:
@@ -91,6 +93,7 @@ class _SpeedFeatures:
         self.length_grouped_pairs = args.train_sampling_strategy == "group_by_length"
         if self.length_grouped_pairs:
             args = dataclasses.replace(args, train_sampling_strategy="random")
+        self.reference_store = self._open_reference_store(reference_store, model, args, kwargs)
         base = _base(model)
         forget_earlier_accelerate_prepare(model)
         if speed.fused_gelu:
@@ -102,6 +105,33 @@ class _SpeedFeatures:
             use_eager_attention(base) if on_cpu and args.bf16 and speed.eager_attention_bf16 else None
         )
         super().__init__(model=model, args=args, **kwargs)
+        if self.reference_store is not None:
+            self.reference_store.save()  # the train and held-out reference passes ran inside TRL's __init__
+
+    def _open_reference_store(self, folder, model, args, kwargs: dict[str, Any]) -> ReferenceLogpStore | None:
+        """The keyed store of reference log-probs (`ref_cache`), or None: no folder given, no precomputed reference
+        pass, or several processes (each rank scores other batches)."""
+        if folder is None or not args.precompute_ref_log_probs or args.world_size > 1:
+            return None
+        reference = kwargs.get("ref_model") or model
+        splits = {"train": kwargs.get("train_dataset"), "eval": kwargs.get("eval_dataset")}
+        forwards = {name: getattr(self.speed, name) for name in (
+            "compact_head", "seq2seq_buckets", "frozen_weight_casts", "eager_attention_bf16", "fused_gelu")}
+        key = reference_key(type(self).__name__, reference, kwargs.get("processing_class"), args, splits, forwards)
+        return ReferenceLogpStore(folder).open(key)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """TRL's reference pass, served from the keyed store where it holds this batch (precomputed runs only)."""
+        store = self.__dict__.get("reference_store")
+        if store is None or not self.precompute_ref_logps:
+            return super().compute_ref_log_probs(model, inputs)
+        saved = store.lookup(inputs)
+        if saved is not None:
+            device = self.accelerator.device
+            return saved[0].to(device), saved[1].to(device)
+        chosen, rejected = super().compute_ref_log_probs(model, inputs)
+        store.record(inputs, chosen, rejected)
+        return chosen, rejected
 
     def _uses_length_groups(self, dataset) -> bool:
         columns = getattr(dataset, "column_names", None) or []

@@ -202,7 +202,8 @@ class RoundTraining:
         self._check_split(votes_file)
         output = folder / family_dir_name(model.merged)
         cmd = [sys.executable, "-m", "dpo_studio", "train", "--models", model.merged, "--dataset", str(votes_file),
-               "--output-dir", str(folder), *self.settings.args()]
+               "--output-dir", str(folder), "--ref-logps-dir", str(self.output_dir / ".ref_logps"),  # kept across rounds
+               *self.settings.args()]
         if model.revision:
             cmd += ["--model-revision", model.revision]
         push_repo = f"{self.hub_namespace}/{family}-dpo-{round_name}" if push else None

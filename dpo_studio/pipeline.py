@@ -24,6 +24,7 @@ from trl import DPOConfig
 from .card_conventions import framework_versions
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
 from .data import to_dataset
+from .evaluation.degeneration import diagnose
 from .evaluation.evidence import generation_evidence
 from .evaluation.held_out import evaluate_pairs
 from .families import (
@@ -504,6 +505,9 @@ def _train_family(
         metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
         for warning in metrics["generation_warnings"]:
             logger.warning("[%s] %s", family, warning)
+    metrics["degeneration"] = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
+    if metrics["degeneration"]["advice"]:
+        logger.warning("[%s] %s", family, metrics["degeneration"]["advice"])
     save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
     return FamilyResult(family, job.final, metrics)
 

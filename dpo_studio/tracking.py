@@ -32,7 +32,9 @@ SPACE_URL = "https://huggingface.co/spaces/{space_id}"
 
 
 def reports_to_trackio(args) -> bool:
-    return TRACKIO in (args.report_to or [])
+    """`--report_to trackio`, or `all` with trackio installed (transformers then reports to every installed tracker)."""
+    report_to = args.report_to or []
+    return TRACKIO in report_to or ("all" in report_to and importlib.util.find_spec(TRACKIO) is not None)
 
 
 def check_trackio_installed() -> None:

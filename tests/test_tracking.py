@@ -92,6 +92,8 @@ def test_defaults_keep_the_users_names_and_resume_the_same_run(tmp_path):
     assert (kept.project, kept.run_name) == ("p", "r")
     record = tracking_record(kept)
     assert tracker_tags(record) == ["trackio", "trackio:https://huggingface.co/spaces/me/dash"]
+    _, everything, _ = parse_config(["--output-dir", str(tmp_path), "--report_to", "all"])  # trackio is installed
+    assert with_tracking_defaults(everything, "t5", tmp_path, tmp_path / "w4").project == "dpo-studio"
     _, untracked, _ = parse_config(["--output-dir", str(tmp_path)])
     assert with_tracking_defaults(untracked, "gpt2", tmp_path, tmp_path / "w3") is untracked
     assert tracking_record(untracked) is None and tracker_tags(None) == []

@@ -13,6 +13,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
+from .card_conventions import (
+    DPO_BIBTEX,
+    DPO_PAPER,
+    TRACKIO_BADGE,
+    TRL_BIBTEX,
+    base_model_relation,
+    tracker_tags,
+    version_rows,
+)
 from .licenses import base_model_license, card_license_fields
 from .prompt_format import PromptFormat
 from .public_refs import is_hub_id
@@ -79,7 +88,11 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
         "eval_rows": [{"name": k, "before": _num(before[k]), "after": _num(after[k]),
                        "change": f"{after[k] - before[k]:+.4f}"} for k in EVAL_ROWS if k in before and k in after],
         "hp_rows": [{"name": k, "value": _hp(v)} for k, v in metrics.get("hyperparameters", {}).items()],
-        "version_rows": [{"name": k, "value": v} for k, v in metrics.get("versions", {}).items()],
+        "version_rows": version_rows(metrics.get("versions", {})),
+        "dpo_paper": DPO_PAPER, "dpo_bibtex": DPO_BIBTEX, "trl_bibtex": TRL_BIBTEX,
+        "dataset_license": data.get("license"), "lineage": metrics.get("base_lineage"),
+        "trackio": (metrics.get("tracking") or {}).get("trackio"), "trackio_badge": TRACKIO_BADGE,
+        "advice": (metrics.get("degeneration") or {}).get("advice"),
         "plots": [{"title": p.stem.capitalize(), "path": f"{'' if ids.on_hub else '../'}plots/{p.name}"}
                   for p in sorted((family_dir / "plots").glob("*.png"), key=lambda p: (PLOT_ORDER.get(p.stem, 9), p.name))],
         "warnings": metrics.get("generation_warnings") or [],
@@ -123,17 +136,18 @@ def render_card(kind: str, metrics: dict[str, Any], ids: RepoIds, family_dir: Pa
     ]
     # base_model metadata only for a Hub id (a local demo base such as "gpt2/base" is a path)
     base_meta = ids.base if kind != "base" and (ids.on_hub or not ids.base_is_ours) and is_hub_id(ids.base) else None
+    relation = base_model_relation(kind, ctx["full_dpo"]) if base_meta else None
     data = ModelCardData(
-        base_model=base_meta, datasets=[dataset] if is_hub_id(dataset) else None, **card_license_fields(ctx["license"]),
+        base_model=base_meta, base_model_relation=relation, datasets=[dataset] if is_hub_id(dataset) else None, **card_license_fields(ctx["license"]),
         library_name="peft" if kind == "adapter" else "transformers", pipeline_tag=task,
         tags=["dpo", "trl", "peft", "lora", metrics.get("model_type", ""), "dpo-studio",
-              *(["demo", "toy-model"] if ids.base_is_ours else [])],
+              *(["demo", "toy-model"] if ids.base_is_ours else []), *tracker_tags(metrics.get("tracking"))],
         # model-index needs a model name; the demo base has no evaluation of its own
         **({} if kind == "base" else {"model_name": name.split("/")[-1], "eval_results": eval_results}),
     )
     title = {"merged": f"{name} (DPO, merged)", "adapter": f"{name} (DPO LoRA adapter)", "base": f"{name} (demo base)"}
     template = (TEMPLATES / "_shared.md").read_text(encoding="utf-8") + (TEMPLATES / f"{kind}.md").read_text(encoding="utf-8")
-    return ModelCard.from_template(data, template_str=template, title=title[kind], **ctx)
+    return ModelCard.from_template(data, template_str=template, title=title[kind], kind=kind, relation=relation, **ctx)
 
 
 def write_model_cards(family_dir: Path, metrics: dict[str, Any], repo_ids: RepoIds | None = None) -> None:

@@ -8,6 +8,7 @@ WARNING; `--log-level debug` (or `LOG_LEVEL=debug`) shows everything. Progress b
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -34,6 +35,9 @@ def setup_logging(level: str | None = None) -> int:
     resolved = resolve_level(level)
     logging.basicConfig(level=resolved, format=LOG_FORMAT, datefmt="%H:%M:%S")  # no-op if already configured
     quiet = resolved > logging.DEBUG
+    if not quiet and importlib.util.find_spec("trackio") is not None:
+        # trackio sets httpx/httpx2 to WARNING when imported (TRL's trainers import it); imported first, our debug wins
+        import trackio  # noqa: F401
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)
     # bitsandbytes' optional-kernel notice is handled by bnb_messages' filter (installed at `import dpo_studio`)

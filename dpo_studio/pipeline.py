@@ -22,9 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig
 
-from . import __version__
+from .card_conventions import framework_versions
 from .config import ConfigError, ModelArguments, ScriptArguments, family_dir_name
 from .data import to_dataset
+from .evaluation.degeneration import diagnose
 from .evaluation.evidence import generation_evidence
 from .evaluation.held_out import evaluate_pairs
 from .families import (
@@ -40,7 +41,7 @@ from .families import (
     resolve_model_id,
 )
 from .json_files import write_json
-from .licenses import base_model_license
+from .licenses import base_lineage, base_model_license, dataset_license
 from .names import (
     DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
     FINISHED_MARKER,  # written last into the staging folder: a family folder with it is complete
@@ -51,6 +52,7 @@ from .prompt_format import PromptFormat
 from .public_refs import public_ref
 from .report import write_plots, write_report_html
 from .signals import StopOnSignal, TrainingInterrupted
+from .tracking import log_held_out, tracking_record, with_tracking_defaults
 from .training_data import PreparedData, prepare_data
 
 logger = logging.getLogger("dpo_studio")
@@ -394,6 +396,7 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
     args = family_args(training_args, precision, output_dir=str(job.checkpoints))
+    args = with_tracking_defaults(args, job.name, job.final.parent, job.work)  # trackio: project and run names
     if args.world_size > 1:
         train_ds = shared_on_disk(train_ds, job.work / "data" / "train", args)
         eval_ds = shared_on_disk(eval_ds, job.work / "data" / "eval", args)
@@ -427,10 +430,12 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
         "[%s] rank %d/%d finished %d DPO steps", job.family, args.process_index, args.world_size,
         trainer.state.global_step,
     )
+    eval_after = evaluate_pairs(trainer)
+    log_held_out(args, [(0, eval_before), (trainer.state.global_step, eval_after)])
     return {
         "trainer": trainer, "output": train_output, "runtime": runtime, "truncation": truncation,
         "lora_config": lora_config, "train_pairs": len(train_ds), "eval_before": eval_before,
-        "eval_after": evaluate_pairs(trainer),
+        "eval_after": eval_after,
     }
 
 
@@ -452,6 +457,7 @@ def measure(
         "model_type": job.arch.model_type,
         "base_model": public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
         "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
+        "base_lineage": base_lineage(base_model_id, built_locally=built_locally),  # round two: round one's repo
         "dataset": data.info["dataset"],
         "data": data.info,
         "train_runtime_s": round(runtime, 3),
@@ -469,7 +475,8 @@ def measure(
         "eval_after": trained["eval_after"],
         "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
         "prompt_format": dataclasses.asdict(job.arch.prompt_format),
-        "versions": _versions(),
+        "versions": framework_versions(),  # as ran: the cards' "Framework versions"
+        "tracking": tracking_record(args),  # trackio's project/run (cards: TRL's `trackio` tag, dashboard link)
         "log_history": trainer.state.log_history,
     }
 
@@ -539,6 +546,9 @@ def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData
             metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
             for warning in metrics["generation_warnings"]:
                 logger.warning("[%s] %s", job.family, warning)
+        metrics["degeneration"] = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
+        if metrics["degeneration"]["advice"]:
+            logger.warning("[%s] %s", job.family, metrics["degeneration"]["advice"])
         save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
     except BaseException:
         logger.error("[%s] the trained weights are kept in %s (nothing was published)", job.family, saved)
@@ -582,17 +592,6 @@ def _train_family(
     return FamilyResult(job.family, job.final, metrics)
 
 
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-    import trl
-
-    return {
-        "dpo_studio": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "trl": trl.__version__, "peft": peft.__version__,
-    }
-
-
 def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelArguments) -> list[FamilyResult]:
     """Train every requested family; data is loaded and validated once, before any model is touched."""
     families = script_args.family_list()  # --model_name_or_path is folded into --models (inherited_flags.py)
@@ -605,6 +604,7 @@ def run(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mode
     logger.info("precision: %s", precision.describe())
     per_family = family_precisions(families, precision, script_args, model_args)
     data = prepare_data(script_args, training_args.seed)
+    data.info["license"] = dataset_license(script_args.dataset)  # stated on the cards beside the model's
     return [train_family(family, data, script_args, training_args, model_args, per_family[family]) for family in families]
 
 

@@ -132,6 +132,8 @@ def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
         "(reward accuracy = share of pairs whose chosen reply gets the strictly higher implicit reward). The curves "
         "below are Trainer's logs: means over each logging step's batches.</p>",
         _table(["metric", "before DPO", "after DPO"], [[k, before.get(k), after.get(k)] for k in (*EVAL_METRICS, "logps/gap")]),
+        *([f"<p class='warn' id='degeneration'>⚠ {html.escape(advice)}</p>"]
+          if (advice := (metrics.get("degeneration") or {}).get("advice")) else []),
         "<h2>Training curves</h2><div class='plots'>",
     ]
     for file_name in PLOTS:

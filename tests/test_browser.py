@@ -3,8 +3,8 @@ scoreboard, no console errors.
 
 The tiny models generate a whole reply in a few milliseconds, so the engine's per-step stream is slowed here (a
 pause after each step, the tokens untouched) to catch the page mid-stream.
-Set DPO_STUDIO_UPDATE_SCREENSHOT=1 to also copy the screenshots to docs/app.png and docs/streaming.png (the README's
-pictures); by default the test writes only under its tmp dir, so running the suite never changes tracked files.
+The screenshots stay under the test's tmp dir: the pictures in README.md and docs/ are the demo's own, made by
+docs/make_screenshots.py, never the tests' random tiny models.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from dpo_studio import ui  # noqa: E402
 from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
 from dpo_studio.ui import engine  # noqa: E402
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 STEP_PAUSE_S = 0.15  # per decoding step, so that a 32-token reply streams for ~5 s
 PROMPT = "How was your morning?"
 TIMEOUT_MS = 60_000  # generous: a busy 2-core CI box; the waits return as soon as the condition holds
@@ -122,10 +120,6 @@ def test_compare_and_blind_vote_in_chromium(app_url, tmp_path):
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
-        if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
-            DOCS.mkdir(exist_ok=True)
-            shutil.copyfile(shot, DOCS / "app.png")
-            shutil.copyfile(tmp_path / "streaming.png", DOCS / "streaming.png")
 
         # Scoreboard before any vote.
         page.get_by_role("tab", name="Scoreboard").click()
@@ -217,7 +211,5 @@ def test_leaderboard_ranks_base_and_two_rounds_in_chromium(arena_url, tmp_path):
     assert [m.start() for m in where] == sorted(m.start() for m in where), board  # ranked, best first
     assert len(re.findall(r"\d+ – \d+", board)) == 8, board  # every model has its raw and length-controlled interval
     assert shot.stat().st_size > 10_000
-    if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(shot, DOCS / "leaderboard.png")
     assert len(store.records()) == 61  # the page's vote is in the file
     assert errors == []

@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,9 +39,10 @@ ENDLESS = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_children(monkeypatch):
+def _one_thread_children(monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocess on a shared 2-core box
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # rounds report to trackio: a temp store
 
 
 def plant_votes(path: Path, decisive: int, ties: int = 2) -> VoteStore:
@@ -105,6 +108,14 @@ def test_a_round_trained_from_the_train_tab_joins_the_arena(models_dir, tmp_path
     assert [(r["step"], r["loss"]) for r in lines if r["event"] == "log"] == [(e["step"], e["loss"]) for e in logged]
     assert [p["loss"] for p in status["loss"]] == [e["loss"] for e in logged]
     assert {p["series"] for p in status["rewards"]} == {"chosen", "rejected", "margins"}
+    # The round is tracked in trackio's local store (trackio installed: the Train tab's default), named for the round.
+    assert metrics["tracking"]["trackio"] == {"project": "dpo-studio", "run": "gpt2-round2", "space_id": None,
+                                              "url": None}
+    read_back = subprocess.run([sys.executable, "-c", "import json; from trackio.sqlite_storage import SQLiteStorage as S;"
+                                " print(json.dumps(S.get_logs('dpo-studio', 'gpt2-round2')))"],
+                               capture_output=True, text=True, timeout=120, check=True)
+    tracked = [row for row in json.loads(read_back.stdout.strip().splitlines()[-1]) if "train/loss" in row]
+    assert [(r["train/global_step"], r["train/loss"]) for r in tracked] == [(e["step"], e["loss"]) for e in logged]
     assert lines[-1]["event"] == "end" and lines[-1]["status"] == "finished"
     assert metrics["data"]["train_pairs"] + metrics["data"]["eval_pairs"] == 16
     bar, line, loss, rewards, _ = train_tab.status_view(training)
@@ -244,10 +255,8 @@ def test_the_progress_log_ends_with_how_the_run_ended(tmp_path):
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium is not installed")
 def test_the_train_tab_in_chromium(models_dir, tmp_path):
-    """Start in the page, the timer follows the run to the end, the Leaderboard then lists round2. With
-    DPO_STUDIO_UPDATE_SCREENSHOT=1 the screenshot is copied to docs/train.png."""
-    import shutil
-
+    """Start in the page, the timer follows the run to the end, the Leaderboard then lists round2 (docs/train.png
+    is the demo's own, from docs/make_screenshots.py)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     settings = TrainSettings(epochs=1, lora_r=4, batch_size=4, eval_fraction=0.25,
                              extra=("--max-steps", "8", "--learning-rate", "1e-2", "--bf16", "false"))
@@ -280,8 +289,6 @@ def test_the_train_tab_in_chromium(models_dir, tmp_path):
     finally:
         demo.close()
     assert float(bar) == 1.0 and studio.training.status()["state"] == "finished"
-    if os.environ.get("DPO_STUDIO_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "docs" / "train.png")
     assert errors == []
 
 

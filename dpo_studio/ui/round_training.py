@@ -58,10 +58,16 @@ class TrainSettings:
     eval_fraction: float = 0.2
     seed: int = 0
     eval_generations: int = 0  # the evidence generations take longer than the training itself on a CPU Space
+    report_to: str = "auto"  # auto: trackio's local store when trackio is installed (dashboard: `trackio show`)
     extra: tuple[str, ...] = ()
 
+    def tracker(self) -> str:
+        if self.report_to != "auto":
+            return self.report_to
+        return "trackio" if importlib.util.find_spec("trackio") is not None else "none"
+
     def args(self) -> list[str]:
-        return ["--num-train-epochs", f"{self.epochs:g}", "--lora-r", str(self.lora_r), "--lora-alpha",
+        return ["--report_to", self.tracker(), "--num-train-epochs", f"{self.epochs:g}", "--lora-r", str(self.lora_r), "--lora-alpha",
                 str(2 * self.lora_r), "--per-device-train-batch-size", str(self.batch_size), "--logging-steps", "1",
                 "--eval-fraction", f"{self.eval_fraction:g}", "--seed", str(self.seed), "--eval-generations",
                 str(self.eval_generations), *self.extra]
@@ -203,7 +209,7 @@ class RoundTraining:
         output = folder / family_dir_name(model.merged)
         cmd = [sys.executable, "-m", "dpo_studio", "train", "--models", model.merged, "--dataset", str(votes_file),
                "--output-dir", str(folder), "--ref-logps-dir", str(self.output_dir / ".ref_logps"),  # kept across rounds
-               *self.settings.args()]
+               "--run_name", f"{source.name}-{round_name}", *self.settings.args()]
         if model.revision:
             cmd += ["--model-revision", model.revision]
         push_repo = f"{self.hub_namespace}/{family}-dpo-{round_name}" if push else None

@@ -26,7 +26,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dpo_studio.cli import run_cli
+    from dpo_studio.cli.train import run_cli
 
     return run_cli(argv)
 

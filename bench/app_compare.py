@@ -2,7 +2,7 @@
 
     python bench/app_compare.py [--preset full|small] [--families gpt2,t5] [--rounds 3]
 
-* product: `dpo_studio.generation.load_pair(base, adapter)` — the base weights once plus the LoRA adapter; one
+* product: `dpo_studio.inference.generation.load_pair(base, adapter)` — the base weights once plus the LoRA adapter; one
   `generate` call holds the base row (adapter off) and the DPO row (adapter on) via PEFT's mixed `adapter_names`.
 * product, PEFT layers: the same with `DPO_STUDIO_MASKED_LORA=0`, i.e. PEFT's own LoRA layers and its
   split-and-scatter mixed batch instead of `cpu_decode.MaskedLoraLinear` (what the masked layer buys).
@@ -10,7 +10,7 @@
   product `decode_kernel.choose_decode_kernel` picks at load on this CPU (what that choice buys; "kernel" column).
 * two models: `load_pair(base, merged=...)` — the base model and the merged DPO model, generating in turn.
 Every variant runs eager (no torch.compile: see docs/performance.md, "Serving") in the precision `load_pair` loads (the
-checkpoint's, fp32 here), with the threads `dpo_studio.speed.configure_threads` sets; the header says which.
+checkpoint's, fp32 here), with the threads `dpo_studio.training.speed.configure_threads` sets; the header says which.
 
 Each variant runs in its own fresh process (so peak memory is its own), alternating product / two-models for
 `--rounds` rounds; latency is the median of the requests after one warm-up request. Peak memory is the process's
@@ -42,8 +42,8 @@ from common import PRESETS, build_model, current_rss_mb, machine, make_pairs, pe
 
 PROMPT = "What's a good way to spend a rainy Sunday afternoon at home?"
 NEW_TOKENS = 64
-MASKED_LORA_ENV = "DPO_STUDIO_MASKED_LORA"  # dpo_studio.cpu_decode.ENV_SWITCH
-KERNEL_ENV = "DPO_STUDIO_DECODE_KERNEL"  # dpo_studio.decode_kernel.KERNEL_ENV
+MASKED_LORA_ENV = "DPO_STUDIO_MASKED_LORA"  # dpo_studio.inference.serving_lora.ENV_SWITCH
+KERNEL_ENV = "DPO_STUDIO_DECODE_KERNEL"  # dpo_studio.inference.decode_kernel.KERNEL_ENV
 PEFT_LAYERS = "product, PEFT layers"
 LINEAR_FORCED = "product, F.linear forced"
 # name -> (child mode, environment)
@@ -55,7 +55,7 @@ def prepare(kind: str, shape: dict, root: Path) -> None:
     """base/, adapter/ (random LoRA in the product's config), merged/ — as train_dpo.py writes them."""
     from peft import get_peft_model
 
-    from dpo_studio.families import architecture_of, prepare_tokenizer
+    from dpo_studio.models.families import architecture_of, prepare_tokenizer
 
     pairs = make_pairs(64, 0.5, seed=0)
     tokenizer = tokenizer_for(pairs, kind == "t5")
@@ -106,8 +106,8 @@ def streamed(pair, prompt, stream_pair_results) -> dict:
 
 
 def child(variant: str, root: Path, requests: int) -> None:
-    from dpo_studio.generation import generate_pair_results, load_pair, stream_pair_results
-    from dpo_studio.speed import configure_threads
+    from dpo_studio.inference.generation import generate_pair_results, load_pair, stream_pair_results
+    from dpo_studio.training.speed import configure_threads
 
     configure_threads()
     rss0 = current_rss_mb()
@@ -153,7 +153,7 @@ def main() -> None:
         child(opts.child, opts.dir, opts.requests)
         return
     preset = PRESETS[opts.preset]
-    from dpo_studio.speed import configure_threads
+    from dpo_studio.training.speed import configure_threads
 
     configure_threads()  # as in the children, so the header's thread count is theirs
     print(f"# app_compare — preset {preset.name}, {NEW_TOKENS} new tokens, greedy, 1 prompt; {machine()}; "

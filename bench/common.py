@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]  # benches import the installed packa
 
 import torch  # noqa: E402
 
-from dpo_studio.data import PreferencePair  # noqa: E402
+from dpo_studio.data.reading import PreferencePair  # noqa: E402
 
 DEMO_DATA = ROOT / "examples" / "data" / "train.jsonl"
 # Median tokens and log-normal sigma of chat preference data (prompt, chosen reply, rejected reply).
@@ -88,7 +88,7 @@ def make_pairs(n: int, length_scale: float, seed: int = 0) -> list[PreferencePai
 
 
 def tokenizer_for(pairs: list[PreferencePair], encoder_decoder: bool, vocab: int = 4096):
-    from dpo_studio.demo import train_tokenizer
+    from dpo_studio.models.demo import train_tokenizer
 
     texts = [t for p in pairs for t in (p.messages[-1][1], p.chosen, p.rejected)] + _sentences("chosen")
     return train_tokenizer(texts, vocab, encoder_decoder)
@@ -130,14 +130,14 @@ PRECISIONS = {"auto": None, "bf16": True, "fp32": False}
 def product_args(precision: str = "auto", **overrides: Any):
     """The product's training arguments (`config.DPOTrainingArguments` over `config.PRODUCT_DEFAULTS`), as
     `train_dpo.py` builds them: the product resolves precision and sets `use_cpu` itself."""
-    from dpo_studio.config import PRODUCT_DEFAULTS, DPOTrainingArguments
+    from dpo_studio.config.arguments import PRODUCT_DEFAULTS, DPOTrainingArguments
 
     return DPOTrainingArguments(**{**PRODUCT_DEFAULTS, **overrides, "bf16": PRECISIONS[precision]})
 
 
 def ran_precision(trainer) -> str:
     """The precision a trainer trained in (after the product's resolution), in words."""
-    from dpo_studio.precision import precision_of
+    from dpo_studio.config.precision import precision_of
 
     return precision_of(trainer.args).describe()
 
@@ -201,8 +201,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def machine() -> str:
-    from dpo_studio.precision import cpu_has_native_bf16
-    from dpo_studio.speed import physical_cores
+    from dpo_studio.config.precision import cpu_has_native_bf16
+    from dpo_studio.training.speed import physical_cores
 
     model = "cpu"
     try:
@@ -212,7 +212,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from dpo_studio.precision import cpu_flags
+    from dpo_studio.config.precision import cpu_flags
 
     flags = cpu_flags()
     shown = ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))

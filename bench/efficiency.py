@@ -39,11 +39,11 @@ from common import (
     tokenizer_for,
 )
 
-from dpo_studio.data import to_dataset
-from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
-from dpo_studio.pipeline import build_trainer
-from dpo_studio.precision import precision_of
-from dpo_studio.speed import configure_threads
+from dpo_studio.config.precision import precision_of
+from dpo_studio.data.reading import to_dataset
+from dpo_studio.models.families import Architecture, architecture_of, prepare_tokenizer
+from dpo_studio.training.pipeline import build_trainer
+from dpo_studio.training.speed import configure_threads
 
 SHAPES = {
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257),  # GPT-2-small, 124M parameters

@@ -60,7 +60,7 @@ class Checks:
 
 def expected_precision() -> dict[str, str]:
     """What auto precision must be on this GPU, per family, from its compute capability alone."""
-    from dpo_studio.precision import cuda_capability
+    from dpo_studio.config.precision import cuda_capability
 
     capability = cuda_capability()
     causal = "bf16" if capability >= (8, 0) else "fp16" if capability >= (7, 0) else "fp32"
@@ -68,7 +68,7 @@ def expected_precision() -> dict[str, str]:
 
 
 def check_rule(checks: Checks, expected: dict[str, str]) -> None:
-    from dpo_studio.precision import choose_precision, for_family
+    from dpo_studio.config.precision import choose_precision, for_family
 
     run = choose_precision(None, False)
     got = {family: for_family(run, family).compute for family in FAMILIES}
@@ -110,7 +110,7 @@ def check_merged(checks: Checks, out: Path) -> None:
     """merged/ == base/ + adapter/ (fp32, CPU): the largest difference per run and family."""
     from peft import PeftModel
 
-    from dpo_studio.families import load_architecture, load_model
+    from dpo_studio.models.families import load_architecture, load_model
 
     for name in ("lora", "qlora"):
         for family in FAMILIES:
@@ -129,7 +129,7 @@ def check_merged(checks: Checks, out: Path) -> None:
 def check_compare(checks: Checks, out: Path) -> None:
     """The app's pair (mixed-adapter batch on CUDA) vs two plain models, greedy, token for token."""
     from dpo_studio import ui
-    from dpo_studio.generation import generate_pair_results, load_pair
+    from dpo_studio.inference.generation import generate_pair_results, load_pair
 
     studio = ui.build_studio(models_dir=str(out / "lora"), votes_file=str(out / "votes.jsonl"))
     for family in FAMILIES:
@@ -149,10 +149,10 @@ def pairs_per_second(out: Path, stock: bool) -> tuple[float, str]:
     """GPT-2 LoRA DPO on the demo's base and data: the product's trainer, or stock TRL's with its defaults."""
     from trl import DPOConfig, DPOTrainer
 
-    from dpo_studio.data import load_pairs, to_dataset
-    from dpo_studio.families import load_model_and_tokenizer
-    from dpo_studio.pipeline import build_trainer
-    from dpo_studio.precision import choose_precision, for_family
+    from dpo_studio.config.precision import choose_precision, for_family
+    from dpo_studio.data.reading import load_pairs, to_dataset
+    from dpo_studio.models.families import load_model_and_tokenizer
+    from dpo_studio.training.pipeline import build_trainer
 
     model, tokenizer, arch = load_model_and_tokenizer(str(out / "lora" / "gpt2" / "base"))
     pairs, _ = load_pairs(str(REPO / "examples" / "data" / "train.jsonl"))
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False); this acceptance run needs one GPU",
               file=sys.stderr)
         return 2
-    from dpo_studio.precision import cuda_hardware
+    from dpo_studio.config.precision import cuda_hardware
 
     print(f"# {cuda_hardware()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     checks, out, expected = Checks(), Path(opts.out), expected_precision()

@@ -41,7 +41,7 @@ SERVER = textwrap.dedent("""
     from pathlib import Path
     from tiny_models import build_models_dir
     from dpo_studio import ui
-    from dpo_studio.app_config import ModelRegistry, discover_models_dir
+    from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
     from dpo_studio.ui.limits import ServerLimits
     root = Path({root!r}); build_models_dir(root / "models")
     studio = ui.build_studio(ModelRegistry(discover_models_dir(root / "models")), votes_file=root / "v.jsonl",

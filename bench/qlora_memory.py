@@ -45,17 +45,17 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
     import torch
     from transformers import AutoTokenizer
 
-    from dpo_studio.config import PRODUCT_DEFAULTS, DPOTrainingArguments
-    from dpo_studio.data import to_dataset
-    from dpo_studio.families import (
+    from dpo_studio.config.arguments import PRODUCT_DEFAULTS, DPOTrainingArguments
+    from dpo_studio.config.precision import precision_of
+    from dpo_studio.data.reading import to_dataset
+    from dpo_studio.models.families import (
         Architecture,
         describe_quantization,
         load_model,
         prepare_tokenizer,
         quantization_config,
     )
-    from dpo_studio.pipeline import build_trainer
-    from dpo_studio.precision import precision_of
+    from dpo_studio.training.pipeline import build_trainer
 
     after_imports = current_rss_mb()
     bf16, four, eight = VARIANTS[name]

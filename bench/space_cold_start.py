@@ -4,7 +4,7 @@
 
 1. starts the project's local Hub-compatible server (no machine here reaches huggingface.co);
 2. pushes a trained output folder to it (`--from`; default `runs/demo` when present, else a tiny GPT-2 demo trained
-   now with `train_dpo.py --demo`, about a minute on 2 cores) and deploys the Space (`dpo_studio.space`, votes
+   now with `train_dpo.py --demo`, about a minute on 2 cores) and deploys the Space (`dpo_studio.hub.space`, votes
    dataset included);
 3. downloads the Space repo into an empty folder and runs its `app.py` with this interpreter (the Space's
    requirements are this venv's), `HF_ENDPOINT` at the local server, an empty Hub cache (models come over HTTP, as
@@ -77,8 +77,8 @@ def deploy(hub: Any, from_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
     """Push `from_dir`, deploy the Space, download it into an empty folder: (its folder, its variables)."""
     from huggingface_hub import HfApi, snapshot_download
 
-    from dpo_studio.publish import PushTarget, check_push_access, push_outputs
-    from dpo_studio.space import deploy_space
+    from dpo_studio.hub.publish import PushTarget, check_push_access, push_outputs
+    from dpo_studio.hub.space import deploy_space
 
     target = check_push_access(PushTarget())
     push_outputs(from_dir, target)

@@ -17,10 +17,10 @@ import common  # noqa: F401
 import torch
 from common import build_model, make_pairs, product_args, tokenizer_for
 
-from dpo_studio import speed
-from dpo_studio.data import to_dataset
-from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
-from dpo_studio.pipeline import build_trainer
+from dpo_studio.data.reading import to_dataset
+from dpo_studio.models.families import Architecture, architecture_of, prepare_tokenizer
+from dpo_studio.training import speed
+from dpo_studio.training.pipeline import build_trainer
 
 prec = sys.argv[1]; rounds = int(sys.argv[2]); variants = sys.argv[3].split(",")
 speed.configure_threads()

@@ -15,7 +15,7 @@ hyper-parameters (lr, batch, epochs, beta, seed) in every variant; only the spee
   that the ratio compares equal arithmetic; `--stock-bf16` adds the literal TRL default bf16=True too.
 * naive seq2seq: our Seq2SeqDPOTrainer with the encoder run separately for the chosen and the rejected rows (as a
   concatenated seq2seq DPO forward does), the reference forward every step, random batches, the product's precision.
-* product: `dpo_studio.pipeline.build_trainer` with the product's training arguments
+* product: `dpo_studio.training.pipeline.build_trainer` with the product's training arguments
   (`config.DPOTrainingArguments` over `PRODUCT_DEFAULTS`, what `train_dpo.py` runs; `--precision auto` is the
   product's own choice: bf16 on a CPU with native bf16, fp32 elsewhere). It keeps stock TRL's random batches, so its
   loss curve should equal the stock one (equal work), only faster.
@@ -55,12 +55,12 @@ import torch
 from common import PRECISIONS, PRESETS, build_model, machine, make_pairs, product_args, table, tokenizer_for
 from trl import DPOConfig, DPOTrainer
 
-from dpo_studio.data import to_dataset
-from dpo_studio.families import Architecture, architecture_of, prepare_tokenizer
-from dpo_studio.pipeline import build_trainer
-from dpo_studio.precision import choose_precision, cpu_has_native_bf16, precision_of
-from dpo_studio.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
-from dpo_studio.speed import configure_threads
+from dpo_studio.config.precision import choose_precision, cpu_has_native_bf16, precision_of
+from dpo_studio.data.reading import to_dataset
+from dpo_studio.models.families import Architecture, architecture_of, prepare_tokenizer
+from dpo_studio.training.pipeline import build_trainer
+from dpo_studio.training.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
+from dpo_studio.training.speed import configure_threads
 
 TARGETS = {"gpt2": "3.5x", "t5": "2.5x"}  # issue 27: GPT-2 vs tuned stock TRL, T5 vs naive seq2seq DPO
 HUMAN_LIKE_PAIRS = 10_900  # HumanLLMs/Human-Like-DPO-Dataset

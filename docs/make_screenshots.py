@@ -52,7 +52,7 @@ def ensure_demo(run_dir: Path) -> None:
 
 def judge_votes(studio, prompts: list[str]) -> None:
     """VOTES blind rounds per family, each voted for the reply the style judge finds more like the chosen replies."""
-    from dpo_studio.data import load_pairs
+    from dpo_studio.data.reading import load_pairs
     from dpo_studio.evaluation.style_judge import StyleJudge
 
     pairs, _ = load_pairs(str(REPO / "examples" / "data" / "train.jsonl"), "train", False)
@@ -102,7 +102,7 @@ def app_shots(run_dir: Path, out: Path, work: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     from dpo_studio import ui
-    from dpo_studio.app_config import ModelRegistry, discover_models_dir
+    from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
     from dpo_studio.ui import engine
     from dpo_studio.ui.round_training import TrainSettings
 

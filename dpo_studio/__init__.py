@@ -2,10 +2,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .bnb_messages import install_filter
-
-install_filter()  # before anything imports peft (and through it bitsandbytes): see bnb_messages.py
-
 try:
     __version__ = version("dpo-studio")
 except PackageNotFoundError:  # a checkout used without `pip install -e .`

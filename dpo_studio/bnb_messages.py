@@ -18,7 +18,7 @@ BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 KERNELS_HUB_LOGGER = "kernels._internals.hf_hub"
 KERNEL_WARNING_PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
 BNB_KERNEL_REPO = "kernels-community/quantization-bitsandbytes"
-logger = logging.getLogger("dpo_studio")
+logger = logging.getLogger(__name__)
 
 
 class MissingKernelFilter(logging.Filter):

@@ -13,6 +13,8 @@ import logging
 import os
 import warnings
 
+from dpo_studio.bnb_messages import install_filter
+
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "huggingface_hub")
 LIBRARY_WARNING_MODULES = r"(transformers|trl|peft|accelerate|torch|huggingface_hub|gradio|datasets)(\.|$)"
@@ -33,6 +35,7 @@ def resolve_level(level: str | None = None) -> int:
 def setup_logging(level: str | None = None) -> int:
     """Configure the root logger and silence request lines / deprecation noise unless the level is debug."""
     resolved = resolve_level(level)
+    install_filter()  # bitsandbytes' kernel notice, before anything imports peft: see bnb_messages.py
     logging.basicConfig(level=resolved, format=LOG_FORMAT, datefmt="%H:%M:%S")  # no-op if already configured
     quiet = resolved > logging.DEBUG
     if not quiet and importlib.util.find_spec("trackio") is not None:
@@ -40,7 +43,6 @@ def setup_logging(level: str | None = None) -> int:
         import trackio  # noqa: F401
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, resolved) if quiet else logging.DEBUG)
-    # bitsandbytes' optional-kernel notice is handled by bnb_messages' filter (installed at `import dpo_studio`)
     if quiet:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNING_MODULES)

@@ -19,7 +19,9 @@ from tiny_models import BETA, EOS, FAMILIES, build_family, free_port, load_plain
 from transformers import AutoTokenizer
 
 from dpo_studio import ui
-from dpo_studio.app_config import (
+from dpo_studio.arena.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
+from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
+from dpo_studio.inference.model_sources import (
     AppConfigError,
     FamilySource,
     ModelRegistry,
@@ -28,9 +30,7 @@ from dpo_studio.app_config import (
     load_config_file,
     resolve_sources,
 )
-from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
 from dpo_studio.ui.owner import OwnerPolicy
-from dpo_studio.votes import EXPORT_PATH_IN_REPO, VoteStore, export_votes, make_vote
 
 CAP = 12  # the app's server-side max_new_tokens cap in these tests
 MAX_CHARS = 200

@@ -17,10 +17,10 @@ from gradio_client.exceptions import AppError
 from tiny_models import FAMILIES, build_family, free_port, plain_generate
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.generation import generate_pair_results, load_pair, stream_pair_results
+from dpo_studio.arena.votes import RoundError, RoundStore, VoteStore, make_vote, scoreboard, wilson_interval
+from dpo_studio.inference.generation import generate_pair_results, load_pair, stream_pair_results
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 from dpo_studio.ui import engine
-from dpo_studio.votes import RoundError, RoundStore, VoteStore, make_vote, scoreboard, wilson_interval
 
 CAP = 12
 PROMPT = "How was your morning?"
@@ -305,7 +305,7 @@ def rounds_dirs(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> l
 
 
 def test_several_models_dirs_are_rounds_and_config_rounds_parse(rounds_dirs, tmp_path):
-    from dpo_studio.app_config import AppConfigError, load_config_file, resolve_sources
+    from dpo_studio.inference.model_sources import AppConfigError, load_config_file, resolve_sources
 
     families = resolve_sources(models_dir=rounds_dirs, environ={})
     assert families["gpt2"].model_names == ("base", "dpo", "round2", "round3")
@@ -344,7 +344,7 @@ def test_blind_rounds_draw_every_pair_and_the_replies_are_those_models(rounds_di
 
 
 def discover_rounds_gpt2(rounds_dirs):
-    from dpo_studio.app_config import discover_rounds
+    from dpo_studio.inference.model_sources import discover_rounds
 
     return discover_rounds(rounds_dirs)["gpt2"]
 
@@ -369,8 +369,8 @@ def _planted_votes(votes_file: Path) -> list[dict]:
 
 
 def test_leaderboard_ranks_base_and_two_rounds_through_the_api(rounds_dirs, tmp_path):
-    from dpo_studio.ratings import rate
-    from dpo_studio.votes import comparisons
+    from dpo_studio.arena.ratings import rate
+    from dpo_studio.arena.votes import comparisons
 
     votes_file = tmp_path / "votes.jsonl"
     records = _planted_votes(votes_file)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dpo_studio.cli import run_cli
-from dpo_studio.data import DataError, load_pairs
+from dpo_studio.cli.train import run_cli
+from dpo_studio.data.reading import DataError, load_pairs
 
 OK = {"prompt": "Tea or coffee?", "chosen": "Tea, always!", "rejected": "Both contain caffeine."}
 

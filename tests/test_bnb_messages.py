@@ -13,7 +13,8 @@ import textwrap
 import torch
 from transformers import BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel
 
-from dpo_studio import bnb_messages, families
+from dpo_studio import bnb_messages
+from dpo_studio.models import families
 
 FORCED_IMPORT = textwrap.dedent("""
     import importlib.abc, importlib.machinery, logging, sys

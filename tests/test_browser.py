@@ -32,7 +32,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright 
 from tiny_models import free_port  # noqa: E402
 
 from dpo_studio import ui  # noqa: E402
-from dpo_studio.app_config import ModelRegistry, discover_models_dir  # noqa: E402
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir  # noqa: E402
 from dpo_studio.ui import engine  # noqa: E402
 
 STEP_PAUSE_S = 0.15  # per decoding step, so that a 32-token reply streams for ~5 s
@@ -161,8 +161,8 @@ def arena_url(models_dir: Path, tmp_path: Path):
     """gpt2 with base + dpo + two later rounds, and votes already cast between every pair."""
     from tiny_models import build_round
 
-    from dpo_studio.app_config import discover_rounds
-    from dpo_studio.votes import VoteStore, make_vote
+    from dpo_studio.arena.votes import VoteStore, make_vote
+    from dpo_studio.inference.model_sources import discover_rounds
 
     later = [tmp_path / f"round{n}" for n in (2, 3)]
     for n, folder in zip((2, 3), later):

@@ -14,12 +14,12 @@ from huggingface_hub import ModelCard
 from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 
-from dpo_studio.cards import RepoIds, render_card
-from dpo_studio.config import parse_config
-from dpo_studio.licenses import base_lineage, dataset_license
-from dpo_studio.pipeline import run
-from dpo_studio.prompt_format import PromptFormat
-from dpo_studio.publish import PushTarget, push_outputs
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.data.prompt_format import PromptFormat
+from dpo_studio.hub.publish import PushTarget, push_outputs
+from dpo_studio.models.licenses import base_lineage, dataset_license
+from dpo_studio.outputs.cards import RepoIds, render_card
+from dpo_studio.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 HUB_IDS = RepoIds("me/gpt2-dpo", "me/gpt2-dpo-lora", "me/gpt2-dpo-base", base_is_ours=True)

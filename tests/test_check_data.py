@@ -11,11 +11,11 @@ from tiny_models import build_models_dir
 from toy_data import toy_rows
 from trl import DPOConfig
 
-from dpo_studio.config import parse_config
-from dpo_studio.data import load_pairs, to_dataset
-from dpo_studio.data_check import check_data
-from dpo_studio.families import load_model_and_tokenizer
-from dpo_studio.pipeline import build_trainer, count_truncation
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.data.reading import load_pairs, to_dataset
+from dpo_studio.models.families import load_model_and_tokenizer
+from dpo_studio.training.check_data import check_data
+from dpo_studio.training.pipeline import build_trainer, count_truncation
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from dpo_studio import inherited_flags
-from dpo_studio.cli import run_cli
-from dpo_studio.config import ScriptArguments, build_parser, parse_config
-from dpo_studio.inherited_flags import ALIASES, HONOURED, REFUSED, refusal
-from dpo_studio.pipeline import claim_output
+from dpo_studio.cli.train import run_cli
+from dpo_studio.config import inherited_flags
+from dpo_studio.config.arguments import ScriptArguments, build_parser, parse_config
+from dpo_studio.config.inherited_flags import ALIASES, HONOURED, REFUSED, refusal
+from dpo_studio.training.pipeline import claim_output
 
 PARSER_OWN = {"help", "config"}  # argparse's --help, TrlParser's --config FILE
 OURS = {f.name for f in dataclasses.fields(ScriptArguments)}
@@ -83,7 +83,7 @@ def test_padding_free_refusal_says_what_this_device_does_instead(fake_cuda, tmp_
     """CPU runs bucket rows by length (speed.trainer.cpu_training); CUDA runs keep TRL's padding and say so."""
     from types import SimpleNamespace
 
-    from dpo_studio.precision import choose_precision
+    from dpo_studio.config.precision import choose_precision
 
     assert "length buckets" in refusal("padding_free", None)  # a CPU run (this host, checked in the test above)
     fake_cuda((7, 5))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from dpo_studio.config import DPOTrainingArguments
-from dpo_studio.speed import compile as rule
+from dpo_studio.config.arguments import DPOTrainingArguments
+from dpo_studio.training.speed import compile as rule
 
 
 def test_explicit_settings_are_honoured_everywhere():
@@ -45,7 +45,7 @@ def test_unset_torch_compile_is_auto_and_the_trainer_records_what_ran(tmp_path, 
     from test_speed import rows, tiny_model
     from trainer_helpers import word_tokenizer
 
-    from dpo_studio import speed
+    from dpo_studio.training import speed
 
     args = DPOTrainingArguments(output_dir=str(tmp_path), report_to=[], bf16=False, max_steps=1, save_strategy="no",
                                 per_device_train_batch_size=4, disable_tqdm=True)

@@ -1,4 +1,4 @@
-"""`MaskedLoraLinear` (dpo_studio.cpu_decode), the LoRA layer the app is built with, changes speed only: the same
+"""`MaskedLoraLinear` (dpo_studio.inference.serving_lora), the LoRA layer the app is built with, changes speed only: the same
 logits and tokens as PEFT's own layers, the same state dict, PEFT's forward under autograd."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 from transformers.pytorch_utils import Conv1D
 
-from dpo_studio import cpu_decode
-from dpo_studio.cpu_decode import MaskedLoraLinear, serving_lora_config
+from dpo_studio.inference import serving_lora as cpu_decode
+from dpo_studio.inference.serving_lora import MaskedLoraLinear, serving_lora_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_studio.data import DataError, load_pairs, split_pairs, to_dataset
-from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from dpo_studio.data.reading import DataError, load_pairs, split_pairs, to_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"prompt": "How do I keep basil alive?", "chosen": "Oh, give it sun and water!", "rejected": "Basil requires light."}

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from dpo_studio.data import load_pairs
+from dpo_studio.data.reading import load_pairs
 
 # Characters `str.splitlines` treats as line ends; `json.dumps(..., ensure_ascii=False)` writes them raw.
 SEPARATORS = "\u2028\u2029\u0085\x1c\x1d\x1e\x0b\x0c"

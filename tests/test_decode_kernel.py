@@ -13,9 +13,9 @@ import pytest
 import torch
 from tiny_models import FAMILIES, plain_generate
 
-from dpo_studio import decode_kernel
-from dpo_studio.cpu_decode import MaskedLoraLinear
-from dpo_studio.generation import generate_pair_results, load_pair
+from dpo_studio.inference import decode_kernel
+from dpo_studio.inference.generation import generate_pair_results, load_pair
+from dpo_studio.inference.serving_lora import MaskedLoraLinear
 
 PROMPT = "How was your morning?"
 CAP = 10
@@ -43,7 +43,7 @@ def test_forced_either_way_first_seeded_request_equals_later_ones_and_greedy_equ
     assert isinstance(head, decode_kernel.FewRowLinear) and head.decode_kernel == kernel
     calls = []
     real = decode_kernel.few_row_product
-    monkeypatch.setattr("dpo_studio.cpu_decode.few_row_product", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr("dpo_studio.inference.serving_lora.few_row_product", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(99)  # whatever state the process is in, the request's seed decides
     first = replies(pair, 0.8)
     torch.randn(7)

@@ -11,9 +11,9 @@ from huggingface_hub import ModelCard
 from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 
-from dpo_studio.config import parse_config
+from dpo_studio.config.arguments import parse_config
 from dpo_studio.evaluation.degeneration import advice, degeneration_signs, diagnose
-from dpo_studio.pipeline import run
+from dpo_studio.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 # Long enough at TINY_DEMO's learning rate for plain DPO to push the chosen replies' own log-probs down.

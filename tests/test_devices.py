@@ -16,10 +16,10 @@ from tiny_models import build_family
 from toy_data import write_toy_pairs
 from transformers import AutoTokenizer
 
-from dpo_studio.config import parse_config
-from dpo_studio.families import architecture_of, load_architecture, load_model, prepare_tokenizer
-from dpo_studio.generation import LoadedPair
-from dpo_studio.pipeline import TRAINED_DIR, published_model, run, serving_pair
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.inference.generation import LoadedPair
+from dpo_studio.models.families import architecture_of, load_architecture, load_model, prepare_tokenizer
+from dpo_studio.training.pipeline import TRAINED_DIR, published_model, run, serving_pair
 
 META = torch.device("meta")
 
@@ -103,7 +103,7 @@ def test_a_pair_on_two_devices_is_refused(family):
 def test_trained_adapter_is_saved_before_the_evidence_step_fails(tmp_path, monkeypatch, caplog):
     """A failure after training (here: the evidence generations) loses nothing: the adapter trained is on disk and
     loads back onto the base, and nothing looks finished."""
-    import dpo_studio.pipeline as pipeline
+    import dpo_studio.training.pipeline as pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device")

@@ -30,8 +30,8 @@ from markdown_it import MarkdownIt
 from tiny_models import free_port
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.generation import GenerationResult
+from dpo_studio.inference.generation import GenerationResult
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 from dpo_studio.ui import comparing, engine
 
 PAYLOADS = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '"><b>bold</b>']

@@ -15,10 +15,10 @@ from toy_data import toy_rows
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from trl import DPOConfig
 
-from dpo_studio.data import PreferencePair, to_dataset
+from dpo_studio.data.reading import PreferencePair, to_dataset
 from dpo_studio.evaluation.held_out import evaluate_pairs
-from dpo_studio.families import architecture_of, prepare_tokenizer
-from dpo_studio.pipeline import build_trainer
+from dpo_studio.models.families import architecture_of, prepare_tokenizer
+from dpo_studio.training.pipeline import build_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,11 +8,11 @@ import pytest
 from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_studio.cli import run_cli
-from dpo_studio.config import parse_config
-from dpo_studio.generation import LoadedPair
-from dpo_studio.pipeline import generation_evidence, prepare_data, run
-from dpo_studio.prompt_format import PromptFormat
+from dpo_studio.cli.train import run_cli
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.data.prompt_format import PromptFormat
+from dpo_studio.inference.generation import LoadedPair
+from dpo_studio.training.pipeline import generation_evidence, prepare_data, run
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = [
@@ -142,7 +142,7 @@ def test_crash_while_writing_cards_keeps_finished_outputs(trained, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash while writing model cards")
 
-    monkeypatch.setattr("dpo_studio.cards.write_model_cards", crash)
+    monkeypatch.setattr("dpo_studio.outputs.cards.write_model_cards", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(*parse_config(["--dataset", str(data), "--output-dir", str(out), "--overwrite", *TINY]))
     for path, content in before.items():

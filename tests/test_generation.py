@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from tiny_models import BETA, EOS, PAD, build_models_dir
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from dpo_studio.generation import (
+from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
+from dpo_studio.inference.generation import (
     GenerationResult,
     completion_token_logps,
     encode_pair_for_scoring,
@@ -24,7 +25,6 @@ from dpo_studio.generation import (
     score_pair,
     split_generated,
 )
-from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PromptFormat
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

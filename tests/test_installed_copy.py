@@ -52,7 +52,7 @@ def test_installed_copy_pushes_and_deploys_a_zero_gpu_space_from_another_folder(
     assert files["app.py"] == (REPO / "app.py").read_bytes()
     assert files["requirements.txt"] == (installed / "space_files" / "requirements-zerogpu.txt").read_bytes()
     assert files["examples/prompts.txt"] == (installed / "examples" / "prompts.txt").read_bytes()
-    assert files["dpo_studio/space.py"] == (installed / "space.py").read_bytes()
+    assert files["dpo_studio/hub/space.py"] == (installed / "space.py").read_bytes()
     assert "app_config.yaml" in files and not any(name.endswith(".pyc") for name in files)
     assert not any(str(tmp_path).encode() in content for name, content in files.items() if name != "README.md")
 
@@ -63,8 +63,8 @@ def test_a_broken_install_says_which_package_file_is_missing_without_a_local_pat
 
     import pytest
 
-    from dpo_studio import publish, space
-    from dpo_studio.publish import PushAccessError, PushTarget
+    from dpo_studio.hub import publish, space
+    from dpo_studio.hub.publish import PushAccessError, PushTarget
 
     broken = tmp_path / "dpo_studio"
     shutil.copytree(space.PACKAGE_DIR, broken, ignore=shutil.ignore_patterns("__pycache__", "space_files"))

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from dpo_studio.ratings import ELO_SCALE, GAMMA_RIDGE, rate_length_controlled
-from dpo_studio.votes import length_comparisons, lengths_of, make_vote, mean_lengths, scoreboard
+from dpo_studio.arena.ratings import ELO_SCALE, GAMMA_RIDGE, rate_length_controlled
+from dpo_studio.arena.votes import length_comparisons, lengths_of, make_vote, mean_lengths, scoreboard
 
 MODELS = ["base", "dpo", "round2"]
 

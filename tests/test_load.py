@@ -27,7 +27,7 @@ from gradio_client.utils import QueueError
 from tiny_models import FAMILIES, free_port, plain_generate
 
 from dpo_studio import ui
-from dpo_studio.app_config import AppConfigError, ModelRegistry, discover_models_dir
+from dpo_studio.inference.model_sources import AppConfigError, ModelRegistry, discover_models_dir
 
 CAP = 12  # the app's server-side max_new_tokens cap here
 MAX_CHARS = 200
@@ -199,7 +199,7 @@ VOTERS = 50
 def test_fifty_concurrent_votes_from_separate_clients_are_fifty_records(served):
     """50 visitors vote at once, each through its own gradio_client: 50 records, one per round (distinct vote
     ids), and the /scoreboard equals a recount of the file."""
-    from dpo_studio.votes import read_votes_file, scoreboard
+    from dpo_studio.arena.votes import read_votes_file, scoreboard
 
     studio, client, _ = served
     before = studio.votes.count

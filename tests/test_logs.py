@@ -2,6 +2,7 @@
 progress bars stay. Checked on a real train-and-push against the local Hub and on the app."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_train_and_push_logs_no_http_lines_by_default(local_hub, tmp_path):
     assert quiet.count(HTTP_LINE) == 0
     assert "FutureWarning" not in quiet and "is_gradient_checkpointing" not in quiet
     assert "loss_type=None" not in quiet  # transformers' notice at GPT-2's warm start: it picks the right loss
-    assert "dpo_studio INFO" in quiet and "it/s]" in quiet  # our own lines and the progress bars stay
+    assert re.search(r"dpo_studio\.[\w.]+ INFO", quiet) and "it/s]" in quiet  # our own lines and progress bars stay
     loud = train_and_push(tmp_path, "loud", "--log-level", "debug")
     requests = loud.count(HTTP_LINE)
     assert requests >= 10, loud[-2000:]  # one per request: whoami, create, preupload, commit, ... x 3 repos
@@ -75,7 +76,7 @@ def test_app_stream_has_no_attention_mask_false_alarm(tmp_path, level, shown):
     script = (
         "import sys\nfrom pathlib import Path\n"
         "from dpo_studio.logs import setup_logging\n"
-        "from dpo_studio.generation import load_pair, stream_pair_results\n"
+        "from dpo_studio.inference.generation import load_pair, stream_pair_results\n"
         "from tiny_models import build_models_dir\n"
         f"setup_logging({level!r})\n"
         "build_models_dir(Path(sys.argv[1]), ('gpt2',), suppress_eos=False)\n"

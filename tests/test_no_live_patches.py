@@ -112,7 +112,7 @@ def trainers(tmp_path):
     from test_speed import build, dpo_args, rows, tiny_model
     from trainer_helpers import word_tokenizer
 
-    from dpo_studio import speed
+    from dpo_studio.training import speed
 
     yield "causal LoRA", build(tmp_path / "c", t5=False, fast=True)
     yield "seq2seq LoRA", build(tmp_path / "s", t5=True, fast=True, precompute_ref_log_probs=False)

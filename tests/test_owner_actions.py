@@ -15,9 +15,9 @@ from gradio_client import Client
 from tiny_models import free_port
 
 from dpo_studio import ui
-from dpo_studio.app_config import FamilySource, ModelRegistry
+from dpo_studio.arena.votes import VoteStore, make_vote
+from dpo_studio.inference.model_sources import FamilySource, ModelRegistry
 from dpo_studio.ui.owner import OWNER_SECRET_ENV, OwnerOnly, OwnerPolicy
-from dpo_studio.votes import VoteStore, make_vote
 
 SECRET = "owner-secret-123"
 

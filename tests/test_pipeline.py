@@ -12,8 +12,8 @@ from peft import PeftModel
 from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_studio.config import parse_config
-from dpo_studio.pipeline import run
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.training.pipeline import run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEMO = [

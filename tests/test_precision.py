@@ -12,9 +12,10 @@ from test_speed import rows, tiny_model
 from trainer_helpers import perturb_lora, word_tokenizer
 from trl import DPOTrainer
 
-from dpo_studio import precision, speed
-from dpo_studio.config import ConfigError, DPOTrainingArguments, parse_config
-from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer
+from dpo_studio.config import precision
+from dpo_studio.config.arguments import ConfigError, DPOTrainingArguments, parse_config
+from dpo_studio.training import speed
+from dpo_studio.training.seq2seq_dpo import Seq2SeqDPOTrainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -132,7 +133,7 @@ def test_parsed_options_on_a_t4_train_gpt2_in_fp16_with_pinned_memory(fake_cuda,
     """The options as train_dpo.py builds them on a T4: fp16 mixed precision (auto), pinned memory on, a CUDA run
     (so the CPU-only thread/malloc tuning and speed features stay off: `speed.trainer.cpu_training`), nothing
     allocated on the GPU by the precision probe."""
-    from dpo_studio.speed.trainer import cpu_training
+    from dpo_studio.training.speed.trainer import cpu_training
 
     fake = fake_cuda((7, 5))
     _, args, _ = parse_config(["--output-dir", str(tmp_path), "--models", "gpt2"])
@@ -145,7 +146,7 @@ def test_parsed_options_on_a_t4_train_gpt2_in_fp16_with_pinned_memory(fake_cuda,
 
 @pytest.mark.parametrize("capability", [(7, 5), (8, 6)], ids=["t4", "a10g"])
 def test_qlora_computes_in_the_familys_precision(fake_cuda, capability):
-    from dpo_studio.families import describe_quantization, quantization_config
+    from dpo_studio.models.families import describe_quantization, quantization_config
 
     fake_cuda(capability)
     run = precision.choose_precision(None, False)
@@ -290,8 +291,8 @@ def test_each_family_gets_its_precision_before_anything_loads(fake_cuda, caplog)
     in one line naming the family, before any data or model is read."""
     import logging
 
-    from dpo_studio.config import ModelArguments, ScriptArguments
-    from dpo_studio.pipeline import family_precisions
+    from dpo_studio.config.arguments import ModelArguments, ScriptArguments
+    from dpo_studio.training.pipeline import family_precisions
 
     fake_cuda((7, 5))
     script_args = ScriptArguments(demo=True)

@@ -4,7 +4,7 @@ every private attribute the package reads on another library's objects is in the
 import ast
 from pathlib import Path
 
-from dpo_studio.speed import private_api
+from dpo_studio import private_api
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dpo_studio"
 # Not a TRL/transformers/PEFT/accelerate name: torch's tensor version counter (bf16's cast cache).

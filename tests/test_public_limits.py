@@ -18,7 +18,7 @@ import pytest
 from tiny_models import free_port
 
 from dpo_studio import ui
-from dpo_studio.app_config import AppConfigError, ModelRegistry, discover_models_dir
+from dpo_studio.inference.model_sources import AppConfigError, ModelRegistry, discover_models_dir
 from dpo_studio.ui.limits import ServerLimits, SessionExpiry
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from tiny_models import build_models_dir
 
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 from dpo_studio.public_refs import public_ref, scrub
 from dpo_studio.ui import build_studio
 
@@ -44,7 +44,7 @@ def test_votes_status_and_serving_table_hold_no_local_path(tmp_path):
 
 def test_demo_adapter_names_its_base_relative_to_itself(tmp_path):
     """Training writes `../base` (no local path) into a demo adapter; loaders resolve it against the adapter folder."""
-    from dpo_studio.generation import load_pair
+    from dpo_studio.inference.generation import load_pair
 
     dirs = build_models_dir(tmp_path, families=("gpt2",))["gpt2"]
     config_file = dirs["adapter"] / "adapter_config.json"

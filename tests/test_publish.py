@@ -19,12 +19,10 @@ from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from dpo_studio import publish
-from dpo_studio.cards import RepoIds, render_card, write_model_cards
-from dpo_studio.cli import run_cli
-from dpo_studio.config import parse_config
-from dpo_studio.pipeline import run
-from dpo_studio.publish import (
+from dpo_studio.cli.train import run_cli
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.hub import publish
+from dpo_studio.hub.publish import (
     PushAccessError,
     PushTarget,
     parse_repo_ids,
@@ -33,7 +31,9 @@ from dpo_studio.publish import (
     repo_ids_for,
     upload_repo,
 )
-from dpo_studio.space import deploy_space
+from dpo_studio.hub.space import deploy_space
+from dpo_studio.outputs.cards import RepoIds, render_card, write_model_cards
+from dpo_studio.training.pipeline import run
 
 REPO = Path(__file__).resolve().parents[1]
 AUTO = {"gpt2": (AutoModelForCausalLM, AutoPeftModelForCausalLM), "t5": (AutoModelForSeq2SeqLM, AutoPeftModelForSeq2SeqLM)}
@@ -265,7 +265,7 @@ def test_space_deploy_names_the_pushed_repos(outputs, local_hub):
     deploy_space(f"{ns}/dpo-compare", outputs, target)
     files = local_hub.files(f"{ns}/dpo-compare", repo_type="space")
     assert {"app.py", "requirements.txt", "app_config.yaml", "README.md", "examples/prompts.txt",
-            "dpo_studio/__init__.py", "dpo_studio/publish.py"} <= set(files)
+            "dpo_studio/__init__.py", "dpo_studio/hub/publish.py"} <= set(files)
     assert not any("__pycache__" in name for name in files)
     config = yaml.safe_load(files["app_config.yaml"])
     for family, label in (("gpt2", "GPT-2"), ("t5", "T5")):
@@ -305,7 +305,7 @@ def test_pushed_repos_and_space_hold_no_local_path(outputs, local_hub):
 
 def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_path):
     """GPT-2's card says mit: a DPO model of it says mit; a base without a readable license says so; demo: ours."""
-    from dpo_studio.licenses import base_model_license
+    from dpo_studio.models.licenses import base_model_license
 
     local_hub.seed_repo("test-user/tiny-gpt2", {"README.md": b"---\nlicense: mit\nlanguage: en\n---\n# tiny\n",
                                                "config.json": b"{}"})

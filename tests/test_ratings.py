@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dpo_studio.ratings import ELO_SCALE, fit_strengths, rate
-from dpo_studio.votes import wilson_interval
+from dpo_studio.arena.ratings import ELO_SCALE, fit_strengths, rate
+from dpo_studio.arena.votes import wilson_interval
 
 
 def _comparisons(counts: dict[tuple[str, str], tuple[int, int, int]]) -> list[tuple[str, str, float]]:

@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trainer_helpers import EOS, PAD, WORDS, word_tokenizer  # noqa: E402
 
-from dpo_studio import speed  # noqa: E402
-from dpo_studio.speed.ref_cache import STORE_FILE  # noqa: E402
+from dpo_studio.training import speed  # noqa: E402
+from dpo_studio.training.speed.ref_cache import STORE_FILE  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,7 +136,7 @@ def test_a_precision_change_never_reuses_them(tmp_path, caplog):
 
 
 def test_other_base_weights_or_tokenizer_invalidate_them(tmp_path):
-    from dpo_studio.speed.ref_cache import tokenizer_hash, weights_hash
+    from dpo_studio.training.speed.ref_cache import tokenizer_hash, weights_hash
 
     model = tiny_model(False)
     before = weights_hash(model)
@@ -152,8 +152,8 @@ def test_the_pipeline_keeps_them_beside_the_run_and_a_beta_rerun_reuses_them(tmp
     from test_pipeline import TINY_DEMO
     from toy_data import write_toy_pairs
 
-    from dpo_studio.config import parse_config
-    from dpo_studio.pipeline import run
+    from dpo_studio.config.arguments import parse_config
+    from dpo_studio.training.pipeline import run
 
     data = write_toy_pairs(tmp_path / "pairs.jsonl", 40)
     out = tmp_path / "out"

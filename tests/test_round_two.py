@@ -21,11 +21,11 @@ from toy_data import TOPICS, write_toy_pairs
 from transformers import AutoModelForCausalLM
 
 from dpo_studio import ui
-from dpo_studio.app_config import FamilySource, ModelRegistry, discover_models_dir
-from dpo_studio.cli import run_cli
-from dpo_studio.data import load_pairs
-from dpo_studio.prompt_format import PromptFormat
-from dpo_studio.votes import VoteStore, export_votes
+from dpo_studio.arena.votes import VoteStore, export_votes
+from dpo_studio.cli.train import run_cli
+from dpo_studio.data.prompt_format import PromptFormat
+from dpo_studio.data.reading import load_pairs
+from dpo_studio.inference.model_sources import FamilySource, ModelRegistry, discover_models_dir
 
 NEW_TOKENS = 12
 # Round two trains a Hub model (not a demo): the same tiny-run settings without the demo's own flags.
@@ -145,8 +145,8 @@ def _greedy_pair(round_one: Path, round_two: Path, prompt: str) -> list[tuple[st
 
 
 def test_a_votes_file_of_ties_only_names_why_there_are_no_pairs(tmp_path):
-    from dpo_studio.data import DataError
-    from dpo_studio.votes import make_vote
+    from dpo_studio.arena.votes import make_vote
+    from dpo_studio.data.reading import DataError
 
     store = VoteStore(tmp_path / "votes.jsonl")
     for choice in ("tie", "both_bad"):

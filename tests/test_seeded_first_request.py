@@ -20,7 +20,7 @@ from gradio_client import Client
 from tiny_models import FAMILIES, free_port
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, resolve_sources
+from dpo_studio.inference.model_sources import ModelRegistry, resolve_sources
 
 CAP = 12
 PROMPT = "How was your morning?"

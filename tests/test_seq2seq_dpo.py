@@ -22,7 +22,7 @@ from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig
 
-from dpo_studio.seq2seq_dpo import (
+from dpo_studio.training.seq2seq_dpo import (
     SUPPORTED_LOSS_TYPES,
     DataCollatorForSeq2SeqPreference,
     Seq2SeqDPOTrainer,
@@ -450,7 +450,7 @@ def test_short_lora_run_learns_the_toy_preference(tmp_path, tokenizer):
 
 def test_labelled_values_match_a_direct_softmax_computation():
     """The per-token fields (TRL's selective_log_softmax / entropy_from_logits plus ours) against plain softmax."""
-    from dpo_studio.seq2seq_dpo import _labelled_values
+    from dpo_studio.training.seq2seq_dpo import _labelled_values
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(37, 50, generator=gen) * 3

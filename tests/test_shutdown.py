@@ -15,7 +15,7 @@ import datasets  # noqa: F401  (imported before local_hub so that the fixture po
 import pytest
 from tiny_models import free_port
 
-from dpo_studio.votes import VotesClosed, VoteStore, make_vote
+from dpo_studio.arena.votes import VotesClosed, VoteStore, make_vote
 
 APP = Path(__file__).parents[1] / "app.py"
 UP_TIMEOUT_S = 180.0

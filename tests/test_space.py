@@ -16,10 +16,11 @@ from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
 from test_publish import outputs  # noqa: F401  (fixture: finished tiny demo outputs of both families)
 from tiny_models import ask_compare, build_models_dir, free_port
 
-from dpo_studio import publish, space, ui
-from dpo_studio.publish import PushTarget, push_outputs
-from dpo_studio.space import deploy_space
-from dpo_studio.votes_hub import VOTES_REPO_ENV
+from dpo_studio import ui
+from dpo_studio.arena.hub_store import VOTES_REPO_ENV
+from dpo_studio.hub import publish, space
+from dpo_studio.hub.publish import PushTarget, push_outputs
+from dpo_studio.hub.space import deploy_space
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("trl", "datasets", "matplotlib", "pandas")  # never imported by the app

@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trainer_helpers import EOS, PAD, WORDS, perturb_lora, word_tokenizer  # noqa: E402
 
-from dpo_studio import speed  # noqa: E402
-from dpo_studio.fused_output import policy_fields  # noqa: E402
-from dpo_studio.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
+from dpo_studio.training import speed  # noqa: E402
+from dpo_studio.training.fused_output import policy_fields  # noqa: E402
+from dpo_studio.training.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -279,7 +279,7 @@ def test_threads_follow_omp_num_threads_else_physical_cores(fake_cpuinfo, monkey
 # kept in the heap).
 MALLOC_CHILD = """
 import ctypes, json, sys
-from dpo_studio.speed import keep_freed_memory_for_reuse
+from dpo_studio.training.speed import keep_freed_memory_for_reuse
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in

@@ -12,8 +12,8 @@ from huggingface_hub import ModelCard
 from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 
-from dpo_studio.card_conventions import tracker_tags
-from dpo_studio.tracking import tracking_record, with_tracking_defaults
+from dpo_studio.outputs.card_conventions import tracker_tags
+from dpo_studio.training.tracking import tracking_record, with_tracking_defaults
 
 READ_BACK = """
 import json, sys
@@ -79,7 +79,7 @@ def test_card_carries_trls_trackio_tag(tracked):
 
 
 def test_defaults_keep_the_users_names_and_resume_the_same_run(tmp_path):
-    from dpo_studio.config import parse_config
+    from dpo_studio.config.arguments import parse_config
 
     _, args, _ = parse_config(["--output-dir", str(tmp_path / "runs"), "--report_to", "trackio"])
     first = with_tracking_defaults(args, "gpt2", tmp_path / "runs", tmp_path / "work")

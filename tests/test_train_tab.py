@@ -21,12 +21,12 @@ from tiny_models import free_port, plain_generate
 from toy_data import toy_rows
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.progress_log import PROGRESS_FILE, read_progress
+from dpo_studio.arena.votes import VoteStore, make_vote
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
+from dpo_studio.training.progress_log import PROGRESS_FILE, read_progress
 from dpo_studio.ui.owner import OWNER_SECRET_ENV
 from dpo_studio.ui.round_training import MIN_DECISIVE_VOTES, TrainSettings
 from dpo_studio.ui.tabs import train as train_tab
-from dpo_studio.votes import VoteStore, make_vote
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword is deprecated).*")]
@@ -222,7 +222,7 @@ def test_an_attacker_calling_the_hidden_train_event_is_refused(models_dir, tmp_p
 
 
 def test_a_failed_run_shows_the_logs_error_line(tmp_path):
-    from dpo_studio.app_config import FamilySource
+    from dpo_studio.inference.model_sources import FamilySource
 
     (tmp_path / "not-a-model").mkdir()
     registry = ModelRegistry({"gpt2": FamilySource("gpt2", "GPT-2", base=str(tmp_path / "b"),
@@ -238,8 +238,8 @@ def test_a_failed_run_shows_the_logs_error_line(tmp_path):
 
 
 def test_the_progress_log_ends_with_how_the_run_ended(tmp_path):
-    from dpo_studio.progress_log import ProgressLog
-    from dpo_studio.signals import TrainingInterrupted
+    from dpo_studio.training.progress_log import ProgressLog
+    from dpo_studio.training.signals import TrainingInterrupted
 
     for error, status in ((RuntimeError("disk full\nmore detail"), "failed"), (TrainingInterrupted("x"), "cancelled"),
                           (None, "finished")):

@@ -12,11 +12,11 @@ from test_pipeline import TINY_DEMO
 from toy_data import write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
-from dpo_studio import families
-from dpo_studio.cli import run_cli
-from dpo_studio.config import parse_config
-from dpo_studio.generation import load_pair
-from dpo_studio.pipeline import run
+from dpo_studio.cli.train import run_cli
+from dpo_studio.config.arguments import parse_config
+from dpo_studio.inference.generation import load_pair
+from dpo_studio.models import families
+from dpo_studio.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -139,7 +139,7 @@ def test_full_dpo_is_served_as_two_models(full_run):
 
 
 def test_full_dpo_pushes_without_an_adapter_repo(full_run, local_hub):
-    from dpo_studio.publish import PushTarget, check_push_access, push_outputs
+    from dpo_studio.hub.publish import PushTarget, check_push_access, push_outputs
 
     target = check_push_access(PushTarget(local_hub.user, None, False, None, "test"))
     pushed = push_outputs(full_run, target, [full_run / "gpt2"])

@@ -25,10 +25,10 @@ import pytest
 from tiny_models import FAMILIES, free_port
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
+from dpo_studio.arena.visitor_limits import RateLimits
+from dpo_studio.arena.votes import read_votes_file
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 from dpo_studio.ui.limits import ServerLimits
-from dpo_studio.visitor_limits import RateLimits
-from dpo_studio.votes import read_votes_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ORDINARY, HOSTILE = 100, 10

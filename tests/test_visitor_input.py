@@ -16,9 +16,9 @@ import gradio as gr
 import pytest
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.visitor_text import QUOTE_CHARS, clean_text, shown, without_paths
-from dpo_studio.votes import make_vote, read_votes_file
+from dpo_studio.arena.visitor_text import QUOTE_CHARS, clean_text, shown, without_paths
+from dpo_studio.arena.votes import make_vote, read_votes_file
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SURROGATE = "tea \ud800 time"  # what JSON "tea \ud800 time" decodes to: not encodable as UTF-8

@@ -1,4 +1,4 @@
-"""Per-visitor limits (dpo_studio.visitor_limits): generations per minute and votes per day keyed by session and by
+"""Per-visitor limits (dpo_studio.arena.visitor_limits): generations per minute and votes per day keyed by session and by
 address, one-line refusals that say when to retry, bounded memory; duplicate votes kept, flagged, and left out of
 ratings, exports and training pairs."""
 
@@ -14,11 +14,11 @@ import gradio as gr
 import pytest
 
 from dpo_studio import ui
-from dpo_studio.app_config import ModelRegistry, discover_models_dir
-from dpo_studio.data import load_pairs
+from dpo_studio.arena.visitor_limits import RateLimited, RateLimits, VisitorLimits
+from dpo_studio.arena.votes import export_votes, read_votes_file, scoreboard
+from dpo_studio.data.reading import load_pairs
+from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
 from dpo_studio.ui.limits import visitor_of
-from dpo_studio.visitor_limits import RateLimited, RateLimits, VisitorLimits
-from dpo_studio.votes import export_votes, read_votes_file, scoreboard
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Votes kept on a Hub dataset repo (dpo_studio.votes_hub) through the local Hub server: restart on an empty disk,
+"""Votes kept on a Hub dataset repo (dpo_studio.arena.hub_store) through the local Hub server: restart on an empty disk,
 failed commits retried, SIGKILL between a vote and the next commit, and the repo trains the next round."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import datasets  # noqa: F401  (imported before local_hub so that the fixture points datasets.config at it)
 import pytest
 
-from dpo_studio.data import read_rows
-from dpo_studio.votes import make_vote, scoreboard
-from dpo_studio.votes_hub import HubVoteStore, VotesRepoError
+from dpo_studio.arena.hub_store import HubVoteStore, VotesRepoError
+from dpo_studio.arena.votes import make_vote, scoreboard
+from dpo_studio.data.reading import read_rows
 
 EVERY = 60.0  # minutes: no scheduled commit happens during a test; commits are triggered (or happen at start)
 
@@ -82,7 +82,7 @@ def test_sigkill_between_a_vote_and_the_next_commit(tmp_path, local_hub):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_votes_hub import _vote
-        from dpo_studio.votes_hub import HubVoteStore
+        from dpo_studio.arena.hub_store import HubVoteStore
         store = HubVoteStore({repo_id!r}, {str(folder)!r}, every={EVERY})
         for i in range(2):
             store.append(_vote(i))

@@ -26,7 +26,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from dpo_studio.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
+from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT
 
 PAD, EOS, UNK = 0, 1, 2
 BETA = 0.25

@@ -7,16 +7,16 @@
 - `existing`: `--evaluate`, the same evidence for any existing base/DPO pair without training.
 """
 
-from .evidence import (
+from dpo_studio.evaluation.evidence import (
     card_table_markdown,
     evaluate_generations,
     generation_evidence,
     summarize_for_card,
 )
-from .existing import evaluate_existing
-from .held_out import EVAL_METRICS, PAIR_METRICS, evaluate_pairs
-from .style_judge import StyleJudge, judge_scores
-from .texts import HEALTH_METRICS, health_metrics, health_warnings, words
+from dpo_studio.evaluation.existing import evaluate_existing
+from dpo_studio.evaluation.held_out import EVAL_METRICS, PAIR_METRICS, evaluate_pairs
+from dpo_studio.evaluation.style_judge import StyleJudge, judge_scores
+from dpo_studio.evaluation.texts import HEALTH_METRICS, health_metrics, health_warnings, words
 
 __all__ = [
     "EVAL_METRICS", "HEALTH_METRICS", "PAIR_METRICS", "StyleJudge", "card_table_markdown", "evaluate_existing",

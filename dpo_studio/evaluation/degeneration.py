@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .texts import HEALTH_CHECKS
+from dpo_studio.evaluation.texts import HEALTH_CHECKS
 
 # The held-out chosen replies' mean summed log-probability falling by more than this share of its base value: DPO
 # made the replies it was asked to prefer less likely (nats are summed per reply, so a relative threshold).

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import ScriptArguments
-from ..training_data import PreparedData
-from .style_judge import StyleJudge, judge_scores
-from .texts import (
+from dpo_studio.config.arguments import ScriptArguments
+from dpo_studio.data.splits import PreparedData
+from dpo_studio.evaluation.style_judge import StyleJudge, judge_scores
+from dpo_studio.evaluation.texts import (
     HEALTH_METRICS,
     format_figure,
     health_metrics,
@@ -35,9 +35,7 @@ def generation_evidence(pair, data: PreparedData, script_args: ScriptArguments, 
     `generation_warnings`, `generation_settings`, `samples` and `judge` (the style judge, trained on the training
     split's replies).
     """
-    from ..generation import (
-        generate_pair_results,  # torch-backed: imported only when generating
-    )
+    from dpo_studio.inference.generation import generate_pair_results
 
     judge = StyleJudge.fit([p.chosen for p in data.train], [p.rejected for p in data.train])
     prompts = [list(pair_.message_dicts()) for pair_ in data.eval[: script_args.eval_generations]]

@@ -7,10 +7,10 @@ from typing import Any
 
 from trl import DPOConfig
 
-from ..config import ConfigError, ScriptArguments
-from ..json_files import write_json_atomic
-from ..training_data import prepare_data
-from .evidence import generation_evidence
+from dpo_studio.config.arguments import ConfigError, ScriptArguments
+from dpo_studio.data.splits import prepare_data
+from dpo_studio.evaluation.evidence import generation_evidence
+from dpo_studio.json_files import write_json_atomic
 
 
 def evaluate_existing(script_args: ScriptArguments, training_args: DPOConfig) -> tuple[Path, dict[str, Any]]:
@@ -19,7 +19,7 @@ def evaluate_existing(script_args: ScriptArguments, training_args: DPOConfig) ->
     The judge is trained on the training split of --dataset and the prompts come from its held-out split (or
     --eval-dataset). Writes `evaluation.json` into --output-dir (atomically) and returns its path and content.
     """
-    from ..generation import load_pair
+    from dpo_studio.inference.generation import load_pair
 
     if not (script_args.eval_adapter or script_args.eval_merged):
         raise ConfigError("--evaluate needs the DPO model: --eval-adapter DIR_OR_ID and/or --eval-merged DIR_OR_ID")

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from ..speed.private_api import trl_eval_metrics
+from dpo_studio.private_api import trl_eval_metrics
 
 # TRL's metric names reported for the held-out split. Each is a mean over pairs of TRL's per-pair values.
 PAIR_METRICS = (

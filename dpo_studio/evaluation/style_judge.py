@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .texts import judge_tokens
+from dpo_studio.evaluation.texts import judge_tokens
 
 JUDGE_FORMAT = "dpo_studio.style_judge"
 JUDGE_VERSION = 1

@@ -3,7 +3,7 @@
     python app.py [--models-dir DIR] [--config FILE] [--port N] [--votes-file F]
 
 Port: --port or $GRADIO_SERVER_PORT (default 7860); host: $GRADIO_SERVER_NAME (default 127.0.0.1; a Space sets
-0.0.0.0). Model sources: see dpo_studio/app_config.py. The app itself lives in dpo_studio/ui/.
+0.0.0.0). Model sources: see dpo_studio/inference/model_sources.py. The app itself lives in dpo_studio/ui/.
 """
 
 import sys

@@ -1,7 +1,7 @@
 """The comparison app: base vs DPO side by side (Gradio Blocks), blind A/B votes, implicit-reward scoring.
 
-Layout and callbacks only: generation, log-ratios and scoring come from `dpo_studio.generation`, model sources and
-loading from `dpo_studio.app_config`, rounds, vote storage, tallies and export from `dpo_studio.votes`.
+Layout and callbacks only: generation, log-ratios and scoring come from `dpo_studio.inference.generation`, model sources and
+loading from `dpo_studio.inference.model_sources`, rounds, vote storage, tallies and export from `dpo_studio.arena.votes`.
 
     studio.py    Studio: the services behind the callbacks, one part per job:
       input_checks.py  input checks of every value a client sends

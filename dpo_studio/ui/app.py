@@ -8,7 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.app_config import ModelRegistry, resolve_sources
+from dpo_studio.arena.hub_store import DEFAULT_EVERY_MINUTES, DEFAULT_VOTES_FOLDER, HubVoteStore
+from dpo_studio.arena.visitor_limits import RateLimits, VisitorLimits
+from dpo_studio.arena.votes import DEFAULT_VOTES_FILE, VoteStore
+from dpo_studio.inference.model_sources import ModelRegistry, resolve_sources
 from dpo_studio.ui.api import register as register_api
 from dpo_studio.ui.events import Events
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP, MAX_PROMPT_CHARS
@@ -29,13 +32,6 @@ from dpo_studio.ui.tabs import (
     score,
     scoreboard,
     train,
-)
-from dpo_studio.visitor_limits import RateLimits, VisitorLimits
-from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
-from dpo_studio.votes_hub import (
-    DEFAULT_EVERY_MINUTES,
-    DEFAULT_VOTES_FOLDER,
-    HubVoteStore,
 )
 
 PROMPTS_FILE = Path("examples") / "prompts.txt"

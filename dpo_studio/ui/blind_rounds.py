@@ -7,8 +7,10 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.app_config import BASE, FIRST_ROUND
-from dpo_studio.generation import GenerationResult
+from dpo_studio.arena.visitor_limits import VisitorLimits
+from dpo_studio.arena.votes import RoundError, RoundStore, VotesClosed, draw_sides, make_vote, mark_duplicate
+from dpo_studio.inference.generation import GenerationResult
+from dpo_studio.inference.model_sources import BASE, FIRST_ROUND
 from dpo_studio.public_refs import public_ref
 from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import (
@@ -23,8 +25,6 @@ from dpo_studio.ui.input_checks import (
 )
 from dpo_studio.ui.render import html_text, md_text
 from dpo_studio.ui.tally import VoteRecords
-from dpo_studio.visitor_limits import VisitorLimits
-from dpo_studio.votes import RoundError, RoundStore, VotesClosed, make_vote, mark_duplicate
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 MODEL_NAMES = {BASE: "base", FIRST_ROUND: "DPO"}  # later rounds show their own names ("round2")
@@ -59,9 +59,7 @@ class BlindRounds:
 
     def _draw_sides(self, family: str) -> dict[str, str]:
         """Two of the family's servable models at random (base vs dpo when that is all), in random order."""
-        pairs = self.registry.source(family).arena_pairs()
-        a, b = pairs[0] if len(pairs) == 1 else self.rng.choice(pairs)
-        return {"A": a, "B": b} if self.rng.random() < 0.5 else {"A": b, "B": a}
+        return draw_sides(self.registry.source(family).arena_pairs(), self.rng)
 
     def _public_model_ref(self, family: str, name: str) -> str:
         source = self.registry.source(family)

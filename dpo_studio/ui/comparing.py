@@ -6,10 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.generation import (
-    GenerationResult,
-    LoadedPair,
-)
+from dpo_studio.inference.generation import GenerationResult, LoadedPair
 from dpo_studio.public_refs import public_ref
 from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import (

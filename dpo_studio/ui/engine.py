@@ -23,8 +23,8 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.app_config import ModelLoadError, ModelRegistry, one_line
-from dpo_studio.generation import (
+from dpo_studio.arena.visitor_text import without_paths
+from dpo_studio.inference.generation import (
     GenerationResult,
     LoadedPair,
     context_limit,
@@ -33,9 +33,9 @@ from dpo_studio.generation import (
     score_pair,
     stream_pair_results,
 )
+from dpo_studio.inference.model_sources import ModelLoadError, ModelRegistry, one_line
 from dpo_studio.ui.input_checks import user_error
 from dpo_studio.ui.render import html_text
-from dpo_studio.visitor_text import without_paths
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def on_gpu(function: Callable) -> Callable:
 
 
 class Engine:
-    """Base and DPO generation for one family, through `dpo_studio.generation`."""
+    """Base and DPO generation for one family, through `dpo_studio.inference.generation`."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry

@@ -14,9 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from dpo_studio.app_config import FamilySource
-from dpo_studio.visitor_text import clean_text, invalid_unicode, shown
-from dpo_studio.votes import CHOICES
+from dpo_studio.arena.visitor_text import clean_text, invalid_unicode, shown
+from dpo_studio.arena.votes import CHOICES
+from dpo_studio.inference.model_sources import FamilySource
 
 MAX_NEW_TOKENS_CAP = 256  # server-side cap, whatever a client sends
 MAX_PROMPT_CHARS = 2000

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from dpo_studio.app_config import AppConfigError
+from dpo_studio.inference.model_sources import AppConfigError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

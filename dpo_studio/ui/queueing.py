@@ -2,7 +2,7 @@
 
 import os
 
-from dpo_studio.app_config import AppConfigError
+from dpo_studio.inference.model_sources import AppConfigError
 
 DEFAULT_MAX_QUEUE = 256  # requests waiting beyond this are refused ("Queue is full"); --max-queue-size / env
 MAX_QUEUE_ENV = "DPO_STUDIO_MAX_QUEUE"

@@ -2,7 +2,7 @@
 
 No second trainer: it writes the family's votes as a training file and starts `python -m dpo_studio train` (the CLI)
 in a subprocess of its own process group, from the family's latest round (its merged model), into the server's
-output folder. It follows the run through `<output>/<family>/progress.jsonl` (`dpo_studio.progress_log`) and the
+output folder. It follows the run through `<output>/<family>/progress.jsonl` (`dpo_studio.training.progress_log`) and the
 log file, cancels it with the signals the CLI already handles (SIGINT: checkpoint and stop at the next step), and
 when the run has finished adds the new round to the registry, so blind rounds draw it and the Leaderboard lists it
 without a restart. Pushing is the CLI's own `--push` to repo ids made from the server's namespace.
@@ -27,16 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo_studio.app_config import (
-    AppConfigError,
-    FamilySource,
-    ModelRegistry,
-    RoundSource,
-)
+from dpo_studio.arena.votes import VoteStore
+from dpo_studio.inference.model_sources import AppConfigError, FamilySource, ModelRegistry, RoundSource
 from dpo_studio.names import FINISHED_MARKER, family_dir_name
-from dpo_studio.progress_log import PROGRESS_FILE, read_progress
+from dpo_studio.training.progress_log import PROGRESS_FILE, read_progress
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
-from dpo_studio.votes import VoteStore
 
 logger = logging.getLogger(__name__)
 
@@ -243,11 +238,7 @@ class RoundTraining:
     def _check_split(self, votes_file: Path) -> None:
         """The CLI's own reader and held-out split, run here first so that a split with an empty side is refused
         at once rather than after the training process has started."""
-        from dpo_studio.data import (  # the training stack: imported on use
-            DataError,
-            load_pairs,
-            split_pairs,
-        )
+        from dpo_studio.data.reading import DataError, load_pairs, split_pairs
 
         try:
             pairs, _ = load_pairs(str(votes_file))

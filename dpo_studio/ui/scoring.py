@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from dpo_studio.generation import ContextTooLong
+from dpo_studio.inference.generation import ContextTooLong
 from dpo_studio.ui.engine import Engine
 from dpo_studio.ui.input_checks import InputChecks, user_error
 from dpo_studio.ui.render import md_text

@@ -9,7 +9,22 @@ from collections.abc import Sequence
 
 import gradio as gr
 
-from dpo_studio.app_config import AppConfigError
+from dpo_studio.arena.hub_store import (
+    DEFAULT_EVERY_MINUTES,
+    DEFAULT_VOTES_FOLDER,
+    VOTES_EVERY_ENV,
+    VOTES_REPO_ENV,
+    VotesRepoError,
+)
+from dpo_studio.arena.visitor_limits import (
+    DEFAULT_GENERATIONS_PER_MINUTE,
+    DEFAULT_VOTES_PER_DAY,
+    GENERATIONS_ENV,
+    VOTES_ENV,
+    RateLimits,
+)
+from dpo_studio.arena.votes import DEFAULT_VOTES_FILE, VoteStore
+from dpo_studio.inference.model_sources import AppConfigError
 from dpo_studio.logs import LEVELS, setup_logging
 from dpo_studio.ui.app import build_app, build_studio
 from dpo_studio.ui.input_checks import MAX_NEW_TOKENS_CAP
@@ -25,21 +40,6 @@ from dpo_studio.ui.limits import (
 from dpo_studio.ui.owner import OWNER_ACTIONS, OWNER_ACTIONS_ENV, OWNER_SECRET_ENV
 from dpo_studio.ui.queueing import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV
 from dpo_studio.ui.round_training import DEFAULT_OUTPUT_DIR
-from dpo_studio.visitor_limits import (
-    DEFAULT_GENERATIONS_PER_MINUTE,
-    DEFAULT_VOTES_PER_DAY,
-    GENERATIONS_ENV,
-    VOTES_ENV,
-    RateLimits,
-)
-from dpo_studio.votes import DEFAULT_VOTES_FILE, VoteStore
-from dpo_studio.votes_hub import (
-    DEFAULT_EVERY_MINUTES,
-    DEFAULT_VOTES_FOLDER,
-    VOTES_EVERY_ENV,
-    VOTES_REPO_ENV,
-    VotesRepoError,
-)
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT_S = 20.0  # the final commit's wait; a Space sends SIGKILL about 30 s after SIGTERM

@@ -12,7 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from dpo_studio.app_config import ModelRegistry
+from dpo_studio.arena.visitor_limits import RateLimited, VisitorLimits
+from dpo_studio.arena.votes import RoundStore, VoteStore
+from dpo_studio.inference.model_sources import ModelRegistry
 from dpo_studio.ui.blind_rounds import BlindRounds, BlindStep
 from dpo_studio.ui.comparing import Columns, Comparing
 from dpo_studio.ui.engine import Engine
@@ -31,8 +33,6 @@ from dpo_studio.ui.owner import OwnerPolicy
 from dpo_studio.ui.round_training import RoundTraining
 from dpo_studio.ui.scoring import Scoring
 from dpo_studio.ui.tally import VoteRecords
-from dpo_studio.visitor_limits import RateLimited, VisitorLimits
-from dpo_studio.votes import RoundStore, VoteStore
 
 
 class Studio:

@@ -6,20 +6,13 @@ from typing import Any
 
 import pandas as pd
 
-from dpo_studio.app_config import ModelRegistry, one_line
-from dpo_studio.ratings import rate, rate_length_controlled
+from dpo_studio.arena.hub_store import HubVoteStore
+from dpo_studio.arena.ratings import rate, rate_length_controlled
+from dpo_studio.arena.visitor_text import without_paths
+from dpo_studio.arena.votes import VoteStore, comparisons, export_votes, length_comparisons, mean_lengths, scoreboard
+from dpo_studio.inference.model_sources import ModelRegistry, one_line
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 from dpo_studio.ui.render import md_text
-from dpo_studio.visitor_text import without_paths
-from dpo_studio.votes import (
-    VoteStore,
-    comparisons,
-    export_votes,
-    length_comparisons,
-    mean_lengths,
-    scoreboard,
-)
-from dpo_studio.votes_hub import HubVoteStore
 
 logger = logging.getLogger(__name__)
 

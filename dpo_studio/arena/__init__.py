@@ -1,0 +1,1 @@
+"""Votes, the Hub votes store, ratings."""

@@ -1,0 +1,1 @@
+"""The `dpo-studio` verbs and the train command's run-and-summarise."""

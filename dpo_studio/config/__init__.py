@@ -1,0 +1,1 @@
+"""Argument dataclasses, inherited TRL/Transformers flags, the precision and device policy."""

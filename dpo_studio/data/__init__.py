@@ -1,0 +1,1 @@
+"""Reading and validating preference data, splits, prompt formats."""

@@ -1,0 +1,1 @@
+"""Publishing to the Hub and the Space deploy."""

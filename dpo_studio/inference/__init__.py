@@ -1,0 +1,1 @@
+"""Loading a base/DPO pair, generation and streaming, the serving LoRA layer, model sources."""

@@ -1,0 +1,1 @@
+"""What a run leaves: the report, plots and model cards."""

@@ -26,7 +26,7 @@ def test_every_requirement_is_pinned_within_its_range():
         (spec,) = req.specifier
         assert spec.operator == "==", f"constraints.txt: {line!r} is not an exact pin"
         pins[_name(req.name)] = Version(spec.version.split("+")[0])
-    for path in ("requirements.txt", "requirements-qlora.txt", "requirements-app.txt", "requirements-dev.txt",
+    for path in ("requirements-core.txt", "requirements-qlora.txt", "requirements-app.txt", "requirements-dev.txt",
                  "requirements-space.txt", "dpo_studio/space_files/requirements-zerogpu.txt"):
         for line in _lines(REPO / path):
             req = Requirement(line)
@@ -34,3 +34,23 @@ def test_every_requirement_is_pinned_within_its_range():
             assert name in pins, f"{path}: {req.name} is not pinned in constraints.txt"
             assert req.specifier.contains(pins[name], prereleases=True), (
                 f"{path}: constraints.txt pins {req.name}=={pins[name]}, outside {req.specifier}")
+
+
+def _resolved(path: Path) -> set[str]:
+    """Package names `pip install -r path` asks for, following `-r` includes."""
+    names = set()
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            names |= _resolved(path.parent / line[3:].strip())
+        elif line and not line.startswith("-"):
+            names.add(_name(Requirement(line).name))
+    return names
+
+
+def test_requirements_txt_names_training_qlora_and_the_app():
+    # `pip install -r requirements.txt` then `python app.py` is the first thing a visitor of a Space-style repo tries
+    names = _resolved(REPO / "requirements.txt")
+    assert {"torch", "transformers", "trl", "peft", "datasets", "huggingface-hub", "bitsandbytes", "gradio"} <= names
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'file = ["requirements-core.txt"]' in pyproject  # setuptools reads no `-r` lines: the core file itself

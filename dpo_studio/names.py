@@ -11,6 +11,8 @@ BASE_ADAPTER = "__base__"  # PEFT's adapter name for "adapters off" rows of a mi
 DPO_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the loaded adapter
 FINISHED_MARKER = "metrics.json"  # written last into a family's output folder: a folder with it is complete
 FAMILY_LABELS = {"gpt2": "GPT-2", "t5": "T5"}  # display names of the short family names
+DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}  # the short names' base models
+PUBLISHED_REPOS = {"gpt2": "dpo-studio/gpt2-dpo", "t5": "dpo-studio/t5-dpo"}  # the app's defaults; adapters at `-lora`
 
 
 def family_label(family: str) -> str:

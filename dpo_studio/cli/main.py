@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from importlib import resources
 
+from dpo_studio.bnb_messages import install_filter
+
 VERBS = {
     "train": "train DPO (LoRA/QLoRA/full) and write outputs (= python train_dpo.py; --help lists every option)",
     "check-data": "validate the data and measure token lengths, write nothing (= train_dpo.py --check-data)",
@@ -33,6 +35,7 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `dpo-studio VERB ARGS` to the entry point the verb stands for; an exit code."""
+    install_filter()  # before any verb imports peft and with it bitsandbytes: see bnb_messages.py
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())

@@ -53,7 +53,7 @@ from dpo_studio.models.licenses import PROJECT_LICENSE
 from dpo_studio.names import family_label
 from dpo_studio.outputs.cards import TEMPLATES
 
-PACKAGE_DIR = Path(__file__).resolve().parent  # the installed dpo_studio (site-packages or a checkout)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed dpo_studio (site-packages or a checkout)
 SPACE_FILES = PACKAGE_DIR / "space_files"  # package data: the Space's app.py and its requirements per hardware
 CPU_HARDWARE = SpaceHardware.CPU_BASIC.value
 ZERO_GPU_HARDWARE = (SpaceHardware.ZERO_A10G.value,)  # ZeroGPU: GPU work inside spaces.GPU, CUDA torch

@@ -132,17 +132,18 @@ def _decode_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     return masked, [b for b in bases if type(b) in (nn.Linear, Conv1D)]
 
 
-def choose_decode_kernel(model: nn.Module) -> str:
+def choose_decode_kernel(model: nn.Module, device: str | torch.device | None = None) -> str:
     """Measure, choose (per weight shape) and install the decode-step product of a loaded serving model (a PeftModel
     built with `MaskedLoraLinear` layers); returns "transposed" when any product takes it, else "linear". Called
-    once, at load; CPU only (on CUDA: F.linear)."""
+    once, at load; CPU only: on CUDA, and where the model is bound for CUDA (`device`; on ZeroGPU the move is deferred
+    and no forward may run in the main process), F.linear."""
     masked, bases = _decode_layers(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     forced = os.environ.get(KERNEL_ENV, "auto")
     if forced not in ("auto", LINEAR, TRANSPOSED):
         raise ValueError(f"{KERNEL_ENV}={forced[:20]!r}: expected auto, {LINEAR} or {TRANSPOSED}")
-    on_cpu = next(base.parameters()).device.type == "cpu"
+    on_cpu = torch.device(device if device is not None else next(base.parameters()).device).type == "cpu"
     if not masked or not on_cpu:
         return LINEAR
     if type(head) is nn.Linear:

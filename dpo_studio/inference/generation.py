@@ -180,7 +180,7 @@ def _load_models(
                                                token=load_kwargs["token"], is_trainable=False, config=config,
                                                torch_device="cpu")
         peft_model.to(device).eval()
-        choose_decode_kernel(peft_model)  # once per CPU, here at load (never inside a request): decode_kernel.py
+        choose_decode_kernel(peft_model, device)  # once per CPU, here at load (never inside a request): decode_kernel.py
         return peft_model, None, None
     dpo_model = model_cls.from_pretrained(merged, revision=revision, **load_kwargs)
     for model in (base_model, dpo_model):

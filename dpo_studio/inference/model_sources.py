@@ -41,14 +41,14 @@ from pathlib import Path
 import yaml
 
 from dpo_studio.inference.generation import LoadedPair, load_pair
-from dpo_studio.names import DPO_CONFIG_FILE, family_label
+from dpo_studio.names import DEFAULT_MODEL_IDS, DPO_CONFIG_FILE, FAMILY_LABELS, PUBLISHED_REPOS, family_label
 from dpo_studio.public_refs import is_local_path, local_path
 
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "DPO_STUDIO_CONFIG"
 SPACE_CONFIG_NAME = "app_config.yaml"  # in the working directory: what the published Space carries
-EXAMPLE_CONFIG = Path(__file__).resolve().parent / "examples" / "app_config.yaml"  # package data
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "app_config.yaml"  # package data (dpo_studio/examples)
 ENV_PREFIX = "DPO_STUDIO_"
 ROLES = ("base", "adapter", "merged")
 FAMILY_KEYS = {"label", *ROLES, "revision", "base_revision", "rounds"}
@@ -56,10 +56,9 @@ ROUND_KEYS = {"adapter", "merged", "revision"}
 BASE, FIRST_ROUND = "base", "dpo"  # the arena's names of a family's base model and its first DPO round
 # Used only when no config file exists at all (e.g. a Space that ships no app_config.yaml); mirrors the example file.
 BUILTIN_FAMILIES = {
-    "gpt2": {"label": "GPT-2", "base": "openai-community/gpt2", "adapter": "dpo-studio/gpt2-dpo-lora",
-             "merged": "dpo-studio/gpt2-dpo"},
-    "t5": {"label": "T5", "base": "google-t5/t5-small", "adapter": "dpo-studio/t5-dpo-lora",
-           "merged": "dpo-studio/t5-dpo"},
+    family: {"label": FAMILY_LABELS[family], "base": DEFAULT_MODEL_IDS[family], "adapter": f"{merged}-lora",
+             "merged": merged}
+    for family, merged in PUBLISHED_REPOS.items()
 }
 
 

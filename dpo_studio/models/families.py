@@ -27,10 +27,10 @@ from dpo_studio.config.arguments import ConfigError
 from dpo_studio.config.precision import Precision
 from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
 from dpo_studio.models.classes import auto_model_class, prepare_tokenizer_padding
+from dpo_studio.names import DEFAULT_MODEL_IDS
 from dpo_studio.public_refs import resolve_file
 
 # Short family names and the Hub models they stand for.
-DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}
 
 # LoRA targets per `model_type`: all attention projections (and GPT-2's MLP output), which for DPO on small models
 # learns style faster than PEFT's attention-only defaults. Other architectures fall back to PEFT's own table.

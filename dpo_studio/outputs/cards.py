@@ -26,7 +26,6 @@ from dpo_studio.outputs.card_conventions import (
 )
 from dpo_studio.public_refs import is_hub_id
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (space.py stages app.py from it)
 TEMPLATES = resources.files("dpo_studio") / "model_cards"  # package data: works from an installed copy too
 EVAL_ROWS = ("rewards/accuracies", "rewards/margins", "loss", "rewards/chosen", "rewards/rejected",
              "logps/chosen", "logps/rejected", "logps/gap")

@@ -8,7 +8,10 @@ Port: --port or $GRADIO_SERVER_PORT (default 7860); host: $GRADIO_SERVER_NAME (d
 
 import sys
 
-from dpo_studio.ui import main
-
 if __name__ == "__main__":
+    from dpo_studio.bnb_messages import install_filter
+
+    install_filter()  # before the app imports peft and with it bitsandbytes: see dpo_studio/bnb_messages.py
+    from dpo_studio.ui import main
+
     main(sys.argv[1:])

@@ -40,6 +40,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from dpo_studio.data.prompt_format import DECODER_ONLY_FORMAT, ENCODER_DECODER_FORMAT, PROMPT_FORMAT_FILE, PromptFormat
+from dpo_studio.data.tokenize import tokenize_pair
 from dpo_studio.inference.decode_kernel import choose_decode_kernel
 from dpo_studio.inference.serving_lora import serving_lora_config
 from dpo_studio.models.classes import auto_model_class, prepare_tokenizer_padding
@@ -542,16 +543,36 @@ def stream_pair_results(
 
 @dataclass
 class EncodedPair:
-    """A prompt and one completion tokenized as in training.
+    """A prompt and one completion tokenized as in training (`data.tokenize.tokenize_pair`).
 
-    Causal: `input_ids` = ids(prompt) + completion_ids, the completion starting at `prompt_length`.
-    Seq2seq: `input_ids` = encoder ids of the prompt (tokenizer adds </s>), `completion_ids` are the labels.
-    `completion_ids` always end with EOS.
+    Causal: `input_ids` = prompt ids + completion_ids, the completion starting at `prompt_length` (TRL's prompt ids:
+    the part of the tokenized prompt that prompt + completion shares). Seq2seq: `input_ids` = encoder ids of the
+    prompt (tokenizer adds </s>), `completion_ids` are the labels. `completion_ids` always end with EOS.
     """
 
     input_ids: list[int]
     completion_ids: list[int]
     prompt_length: int
+
+
+def encode_replies_for_scoring(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
+    is_encoder_decoder: bool,
+    prompt: Prompt,
+    reply_a: str,
+    reply_b: str,
+) -> tuple[EncodedPair, EncodedPair]:
+    """(prompt, reply_a, reply_b) tokenized exactly as the family's trainer tokenizes the preference pair
+    (prompt, chosen=reply_a, rejected=reply_b): the one `tokenize_pair`, so the scores are those DPO's loss sees."""
+    tokens = tokenize_pair(tokenizer, render_prompt(prompt_format, prompt), prompt_format.render_completion(reply_a),
+                           prompt_format.render_completion(reply_b), encoder_decoder=is_encoder_decoder)
+    prompt_ids = tokens.prompt_ids
+    return tuple(  # type: ignore[return-value]
+        EncodedPair(input_ids=prompt_ids if is_encoder_decoder else prompt_ids + completion,
+                    completion_ids=completion, prompt_length=len(prompt_ids))
+        for completion in (tokens.chosen_ids, tokens.rejected_ids)
+    )
 
 
 def encode_pair_for_scoring(
@@ -561,15 +582,8 @@ def encode_pair_for_scoring(
     prompt: Prompt,
     reply: str,
 ) -> EncodedPair:
-    """Tokenize (prompt, reply) exactly as the training code does: prompt and completion separately, + EOS."""
-    prompt_ids = tokenizer(render_prompt(prompt_format, prompt))["input_ids"]
-    completion_ids = tokenizer(prompt_format.render_completion(reply), add_special_tokens=False)["input_ids"]
-    completion_ids = list(completion_ids) + [tokenizer.eos_token_id]
-    if is_encoder_decoder:
-        return EncodedPair(input_ids=list(prompt_ids), completion_ids=completion_ids, prompt_length=len(prompt_ids))
-    return EncodedPair(
-        input_ids=list(prompt_ids) + completion_ids, completion_ids=completion_ids, prompt_length=len(prompt_ids)
-    )
+    """(prompt, reply) tokenized as in training: the pair (prompt, reply, reply) of `encode_replies_for_scoring`."""
+    return encode_replies_for_scoring(tokenizer, prompt_format, is_encoder_decoder, prompt, reply, reply)[0]
 
 
 def _completion_logits(model: torch.nn.Module, pair: LoadedPair, enc: EncodedPair, rows: int,
@@ -659,12 +673,15 @@ def score_pair(pair: LoadedPair, prompt: Prompt, reply_a: str, reply_b: str, bet
     """DPO's implicit rewards r = beta * (log pi_dpo(reply|prompt) - log pi_base(reply|prompt)) for two replies.
 
     Returns beta, per reply the summed log-probs under base and DPO and the reward, the margin reward_a - reward_b
-    and `preferred` ("a", "b" or "tie"). `beta` defaults to the one the model was trained with (`pair.beta`).
+    and `preferred` ("a", "b" or "tie"). `beta` defaults to the one the model was trained with (`pair.beta`). The
+    replies are tokenized as the trainer tokenizes the pair (prompt, chosen=reply_a, rejected=reply_b).
     """
     beta = pair.beta if beta is None else float(beta)
     result: dict[str, Any] = {"beta": beta}
-    for name, reply in (("a", reply_a), ("b", reply_b)):
-        base_logps, dpo_logps, _ = completion_token_logps(pair, prompt, reply, f"the prompt + reply {name.upper()}")
+    encoded = encode_replies_for_scoring(pair.tokenizer, pair.prompt_format, pair.is_encoder_decoder, prompt,
+                                         reply_a, reply_b)
+    for name, enc in zip(("a", "b"), encoded):
+        base_logps, dpo_logps = encoded_token_logps(pair, enc, f"the prompt + reply {name.upper()}")
         logp_base, logp_dpo = float(base_logps.sum()), float(dpo_logps.sum())
         result[f"logp_base_{name}"] = logp_base
         result[f"logp_dpo_{name}"] = logp_dpo

@@ -1,9 +1,10 @@
 """`--check-data`: read and validate the data exactly as a run would, and measure it with each family's tokenizer.
 
 The data go through `training_data.prepare_data` (the data room's reader, row checks, split and caps: no second reader);
-each family's pairs are rendered in its prompt format and tokenized the way its trainer does (TRL's prompt +
-completion + EOS for causal LMs, `seq2seq_dpo`'s own row tokenizer for encoder-decoders). Nothing is trained and
-nothing is written: the demo's tokenizer is trained in memory (seconds), a Hub model's tokenizer is downloaded alone.
+each family's pairs are rendered in its prompt format and tokenized by the one `data.tokenize.tokenize_pair`, as its
+trainer does (TRL's `DPOTrainer` for causal LMs, `Seq2SeqDPOTrainer` for encoder-decoders), with the trainer's
+truncation rule. Nothing is trained and nothing is written: the demo's tokenizer is trained in memory (seconds), a
+Hub model's tokenizer is downloaded alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from trl import DPOConfig
 
 from dpo_studio.config.arguments import ModelArguments, ScriptArguments
 from dpo_studio.data.reading import PreferencePair, to_dataset
+from dpo_studio.data.tokenize import FIELDS, causal_fit, tokenize_pair, tokenize_seq2seq_row
 from dpo_studio.models.families import Architecture, load_architecture, prepare_tokenizer, resolve_model_id
 
 
@@ -50,27 +52,20 @@ def family_tokenizer(family: str, train: list[PreferencePair], script_args: Scri
     return prepare_tokenizer(tokenizer, arch), arch
 
 
-def split_lengths(pairs: list[PreferencePair], tokenizer, arch: Architecture, max_length: int | None) -> SplitLengths:
-    records = to_dataset(pairs, arch.prompt_format).to_list()
+def split_lengths(pairs: list[PreferencePair], tokenizer, arch: Architecture, max_length: int | None,
+                  truncation_mode: str = "keep_start") -> SplitLengths:
+    """Token lengths of `pairs` through the one `tokenize_pair`, and what the family's trainer does with them."""
     lengths, truncated, dropped = [], 0, 0
-    if arch.is_encoder_decoder:
-        from dpo_studio.training.seq2seq_dpo import _tokenize_seq2seq_row
-
-        for record in records:
-            full = _tokenize_seq2seq_row(record, tokenizer, None, None, keep_end=False)
-            lengths.append(len(full["prompt_ids"]) + max(len(full["chosen_ids"]), len(full["rejected_ids"])))
-            cut = _tokenize_seq2seq_row(record, tokenizer, max_length, max_length, keep_end=False)
-            truncated += any(cut[f"_truncated_{part}"] for part in ("prompt", "chosen", "rejected"))
-    else:
-        eos = tokenizer.eos_token
-        for record in records:  # TRL: the completion (EOS added) is what prompt + completion adds to the prompt
-            prompt = len(tokenizer(record["prompt"])["input_ids"])
-            longest = max(len(tokenizer(record["prompt"] + record[side] + eos)["input_ids"])
-                          for side in ("chosen", "rejected"))
-            lengths.append(longest)
-            if max_length is not None:  # as TRL: a prompt that fills max_length drops the pair, others are cut
-                dropped += prompt >= max_length
-                truncated += prompt < max_length < longest
+    for record in to_dataset(pairs, arch.prompt_format).to_list():
+        tokens = tokenize_pair(tokenizer, *(record[field] for field in FIELDS), encoder_decoder=arch.is_encoder_decoder)
+        lengths.append(tokens.length)
+        if arch.is_encoder_decoder:  # Seq2SeqDPOTrainer: max_length bounds the prompt and each completion
+            cut = tokenize_seq2seq_row(record, tokenizer, max_length, max_length, truncation_mode == "keep_end")
+            truncated += any(cut[f"_truncated_{field}"] for field in FIELDS)
+        else:  # TRL: a prompt that fills max_length drops the pair (keep_start), longer pairs are cut
+            fit = causal_fit(tokens, max_length, truncation_mode)
+            dropped += fit == "dropped"
+            truncated += fit == "truncated"
     return SplitLengths(len(lengths), min(lengths), statistics.median(lengths), max(lengths), truncated, dropped)
 
 
@@ -85,7 +80,7 @@ def check_data(script_args: ScriptArguments, training_args: DPOConfig, model_arg
         tokenizer, arch = family_tokenizer(family, data.train, script_args, model_args)
         report["families"][family] = {
             "architecture": arch.kind,
-            **{split: split_lengths(pairs, tokenizer, arch, training_args.max_length)
+            **{split: split_lengths(pairs, tokenizer, arch, training_args.max_length, training_args.truncation_mode)
                for split, pairs in (("train", data.train), ("eval", data.eval))},
         }
     return report

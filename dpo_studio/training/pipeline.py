@@ -290,17 +290,20 @@ def warn_if_fsdp_not_applied(args: DPOConfig, distributed_type: str) -> None:
 def count_truncation(trainer, n_train: int, n_eval: int, max_length: int | None) -> dict[str, dict[str, int]]:
     """How many pairs the trainer truncates (or drops) to fit `max_length`, per split.
 
-    Our seq2seq trainer counts while tokenising; for TRL's causal path we count from its tokenised columns: a pair is
-    truncated when prompt + the longer completion exceeds max_length, and dropped when the prompt alone fills it.
+    Our seq2seq trainer counts while tokenising; for TRL's causal path each pair TRL tokenised is classified by
+    `data.tokenize.causal_fit` (the rule check-data uses too), and the pairs TRL filtered out are the dropped ones.
     """
+    from dpo_studio.data.tokenize import TokenizedPair, causal_fit
+
     if hasattr(trainer, "truncation_counts"):
         return {split: {"rows": c["rows"], "dropped": 0, "total": c["total"]} for split, c in trainer.truncation_counts.items()}
     out = {}
     for split, dataset, total in (("train", trainer.train_dataset, n_train), ("eval", trainer.eval_dataset, n_eval)):
         rows = 0
         if max_length is not None and dataset is not None:
-            for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
-                rows += len(prompt) + max(len(chosen), len(rejected)) > max_length
+            columns = (dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+            rows = sum(causal_fit(TokenizedPair(*ids), max_length, trainer.args.truncation_mode) == "truncated"
+                       for ids in zip(*columns))
         out[split] = {"rows": rows, "dropped": total - (len(dataset) if dataset is not None else 0), "total": total}
     return out
 

@@ -8,7 +8,7 @@ Why this module exists: TRL 1.x removed encoder-decoder support from `DPOTrainer
 metrics, PEFT reference through disabled adapters, precomputed reference log-probs) and only changes what that
 method is fed:
 
-* `_prepare_dataset` tokenizes the prompt for the encoder and each completion for the decoder;
+* `_prepare_dataset` tokenizes the prompt for the encoder and each completion for the decoder (`data.tokenize`);
 * `DataCollatorForSeq2SeqPreference` builds one encoder row per pair and `[chosen; rejected]` decoder rows that start
   with `decoder_start_token_id`, with a `completion_mask` that is 0 on the start token. TRL then computes
   `labels = input_ids.masked_fill(completion_mask == 0, -100)` and reads `completion_mask[:, 1:]`, which is exactly
@@ -64,6 +64,7 @@ from trl.trainer.utils import (  # noqa: E402  (after the version check)
     selective_log_softmax,
 )
 
+from dpo_studio.data.tokenize import tokenize_seq2seq_row  # noqa: E402
 from dpo_studio.training.fused_output import FUSED_OUTPUT_FIELDS, fused_output  # noqa: E402
 from dpo_studio.training.trainer_seams import PreferenceForwardSeams  # noqa: E402
 
@@ -154,62 +155,6 @@ class DataCollatorForSeq2SeqPreference(DataCollatorMixin):
             if key in examples[0]:
                 output[key] = torch.tensor([ex[key] for ex in examples])
         return output
-
-
-def _truncate(ids: list[int], limit: int | None, eos_id: int, keep_end: bool) -> tuple[list[int], bool]:
-    """Cut `ids` to at most `limit` tokens; a trailing EOS stays the last token (as T5 tokenizers truncate)."""
-    if limit is None or len(ids) <= limit:
-        return ids, False
-    tail = [eos_id] if ids[-1] == eos_id else []
-    body, room = ids[: len(ids) - len(tail)], limit - len(tail)
-    body = body[len(body) - room :] if keep_end else body[:room]
-    return body + tail, True
-
-
-def _tokenize_seq2seq_row(
-    example: dict[str, Any],
-    tokenizer: PreTrainedTokenizerBase,
-    max_prompt_length: int | None,
-    max_completion_length: int | None,
-    keep_end: bool,
-) -> dict[str, Any]:
-    """Tokenize one preference row for an encoder-decoder model (module level so `datasets` can hash it)."""
-    eos_id = tokenizer.eos_token_id
-    if "prompt_ids" in example:  # already tokenized (e.g. a prepared dataset passed again to `evaluate`)
-        prompt_ids = list(example["prompt_ids"])
-        completion_ids = [list(example["chosen_ids"]), list(example["rejected_ids"])]
-    else:
-        for field in ("prompt", "chosen", "rejected"):
-            if not isinstance(example[field], str):
-                raise TypeError(
-                    f"field '{field}' must be a string for Seq2SeqDPOTrainer, got {type(example[field]).__name__} "
-                    "(render conversational rows with PromptFormat first)"
-                )
-        # The encoder sees exactly what `tokenizer(prompt)` gives at generation time (T5's tokenizer appends EOS).
-        prompt_ids = tokenizer(example["prompt"])["input_ids"]
-        completion_ids = [
-            tokenizer(example[field], add_special_tokens=False)["input_ids"] for field in ("chosen", "rejected")
-        ]
-    # Each completion ends with EOS exactly once, so the model learns to stop (texts that already end in "</s>"
-    # would otherwise get a second one).
-    terminated = []
-    for ids in completion_ids:
-        while ids and ids[-1] == eos_id:
-            ids = ids[:-1]
-        terminated.append(ids + [eos_id])
-
-    prompt_ids, prompt_cut = _truncate(prompt_ids, max_prompt_length, eos_id, keep_end)
-    # Completions always keep their beginning: that is what the decoder generates first.
-    chosen_ids, chosen_cut = _truncate(terminated[0], max_completion_length, eos_id, keep_end=False)
-    rejected_ids, rejected_cut = _truncate(terminated[1], max_completion_length, eos_id, keep_end=False)
-    return {
-        "prompt_ids": prompt_ids,
-        "chosen_ids": chosen_ids,
-        "rejected_ids": rejected_ids,
-        "_truncated_prompt": prompt_cut,
-        "_truncated_chosen": chosen_cut,
-        "_truncated_rejected": rejected_cut,
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -612,7 +557,7 @@ class Seq2SeqDPOTrainer(PreferenceForwardSeams, DPOTrainer):
         if isinstance(dataset, Dataset):  # IterableDataset.map has no num_proc / desc
             map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} dataset (seq2seq)"}
         dataset = dataset.map(
-            _tokenize_seq2seq_row,
+            tokenize_seq2seq_row,
             fn_kwargs={
                 "tokenizer": processing_class,
                 "max_prompt_length": self.max_prompt_length,

@@ -32,7 +32,7 @@ from tiny_models import free_port
 from dpo_studio import ui
 from dpo_studio.inference.generation import GenerationResult
 from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
-from dpo_studio.ui import comparing, engine
+from dpo_studio.ui import engine
 
 PAYLOADS = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '"><b>bold</b>']
 ALL_IN_ONE = " ".join(PAYLOADS)
@@ -181,7 +181,7 @@ def test_token_strings_and_messages_with_user_text_are_escaped(app, payload, mon
     demo, _, studio = app
     # A tokenizer whose tokens carry the payload whole (real BPE pieces would split it): the summary names the
     # most boosted and most suppressed tokens inside <code>.
-    monkeypatch.setattr(comparing, "generated_token_log_ratios",
+    monkeypatch.setattr(engine, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     _, _, runs = studio.compare(payload, "gpt2", CAP, 0.0, 1.0, 0)
     [summary], _ = call(demo, "ui_changes", runs)
@@ -225,7 +225,7 @@ def test_payload_prompt_in_chromium_runs_nothing(app, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
     _, url, _ = app
     # Whole-reply tokens, so the payload reaches the Markdown summary and the highlighted view intact.
-    monkeypatch.setattr(comparing, "generated_token_log_ratios",
+    monkeypatch.setattr(engine, "generated_token_log_ratios",
                         lambda pair, prompt, result: [(result.text, 0.5), ("ok", -0.5)])
     dialogs: list[str] = []
     injected: dict[str, dict[str, int]] = {}

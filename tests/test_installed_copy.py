@@ -52,7 +52,7 @@ def test_installed_copy_pushes_and_deploys_a_zero_gpu_space_from_another_folder(
     assert files["app.py"] == (REPO / "app.py").read_bytes()
     assert files["requirements.txt"] == (installed / "space_files" / "requirements-zerogpu.txt").read_bytes()
     assert files["examples/prompts.txt"] == (installed / "examples" / "prompts.txt").read_bytes()
-    assert files["dpo_studio/hub/space.py"] == (installed / "space.py").read_bytes()
+    assert files["dpo_studio/hub/space.py"] == (installed / "hub" / "space.py").read_bytes()
     assert "app_config.yaml" in files and not any(name.endswith(".pyc") for name in files)
     assert not any(str(tmp_path).encode() in content for name, content in files.items() if name != "README.md")
 

@@ -24,7 +24,7 @@ from dpo_studio.training.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def one_trainer_thread(single_thread):
-    """conftest's `single_thread`, kept by the trainers too: `fast_trainer`'s configure_threads honours OMP_NUM_THREADS."""
+    """conftest's `single_thread`; OMP_NUM_THREADS=1 keeps it for a `tune_host` call too (trainers never tune)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         yield
@@ -273,13 +273,14 @@ def test_threads_follow_omp_num_threads_else_physical_cores(fake_cpuinfo, monkey
         torch.set_num_threads(previous)
 
 
-# A child process: with `keep_freed_memory_for_reuse` (or not) it mallocs and frees a 64 MiB block and reports
+# A child process: after SETUP (the tuning, or not; or constructing a trainer) it mallocs and frees a 64 MiB block and reports
 # how glibc's `mallinfo2` counters moved: without the tuning the block is an mmap() given back on free (hblkhd grows
 # while held); with it the block comes from the heap (arena grows) and stays there after free (fordblks: free bytes
 # kept in the heap).
 MALLOC_CHILD = """
 import ctypes, json, sys
 from dpo_studio.training.speed import keep_freed_memory_for_reuse
+SETUP
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -290,7 +291,7 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
-applied = keep_freed_memory_for_reuse()
+applied = APPLY
 size = 64 << 20
 before = libc.mallinfo2()  # importing torch has mmapped blocks of its own: compare against this
 block = libc.malloc(size)
@@ -303,13 +304,15 @@ print(json.dumps({"applied": applied, "held_mmapped": held.hblkhd - before.hblkh
 """
 
 
-def _malloc_child(tuning: str) -> dict:
+def _malloc_child(tuning: str, setup: str = "", apply: str = "keep_freed_memory_for_reuse()") -> dict:
     import json
     import subprocess
     import sys
 
     env = {**os.environ, "DPO_STUDIO_MALLOC_TUNING": tuning}
-    out = subprocess.run([sys.executable, "-c", MALLOC_CHILD], env=env, capture_output=True, text=True, check=True)
+    code = MALLOC_CHILD.replace("SETUP", setup).replace("APPLY", apply)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(__file__))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -330,6 +333,42 @@ def test_malloc_tuning_keeps_large_freed_blocks_in_the_heap():
     # and free keeps the heap at its size for reuse (no trim).
     assert tuned["held_mmapped"] == 0 and tuned["held_in_heap"] >= 64 << 20
     assert tuned["heap_trimmed_on_free"] == 0
+
+
+# Builds the product's trainer (CPU, tiny GPT-2 LoRA) in the child, with the malloc tuning allowed by the environment.
+TRAINER_SETUP = """
+import os, tempfile
+snapshot = dict(os.environ)
+import test_speed
+trainer = test_speed.build(tempfile.mkdtemp(), False, fast=True)
+assert dict(os.environ) == snapshot, "the trainer changed the environment"
+"""
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's mallopt/mallinfo2 only")
+def test_constructing_a_trainer_leaves_malloc_and_the_environment_alone():
+    """The trainer constructor applies no process tuning: after building one, a 64 MiB block is still mmapped as
+    stock glibc does (the tuning, allowed here, would put it in the heap) and os.environ is unchanged."""
+    built = _malloc_child("1", TRAINER_SETUP, "False")
+    assert built["held_mmapped"] >= 64 << 20 and built["unmapped_on_free"] >= 64 << 20
+
+
+def test_constructing_a_trainer_leaves_threads_alone_and_the_command_start_tunes(fake_cpuinfo, monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 4 physical cores (FAKE_CPUINFO)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("DPO_STUDIO_MALLOC_TUNING", "0")  # this process's allocator stays as it is
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for t5 in (False, True):
+            build(tmp_path / str(t5), t5, fast=True)
+            assert torch.get_num_threads() == 1
+        assert speed.tune_host("cuda") == speed.HostTuning(threads=None, malloc_reuse=False)  # a GPU run: untouched
+        assert torch.get_num_threads() == 1
+        assert speed.tune_host("cpu") == speed.HostTuning(threads=4, malloc_reuse=False)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():

@@ -25,7 +25,6 @@ from dpo_studio.training.speed.bf16 import (
 )
 from dpo_studio.training.speed.compile import CompileDecision, choose_compile, planned_steps
 from dpo_studio.training.speed.heads import CompactCausalForward
-from dpo_studio.training.speed.host_tuning import configure_threads, keep_freed_memory_for_reuse
 from dpo_studio.training.speed.ref_cache import ReferenceLogpStore, reference_key
 from dpo_studio.training.trainer_seams import PreferenceForwardSeams
 
@@ -37,10 +36,9 @@ def _env_on(name: str) -> bool:
 @dataclasses.dataclass
 class SpeedSettings:
     """Which speed features a trainer uses; every one is on by default and changes no pair's loss beyond float
-    rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier releases still apply."""
+    rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier releases still apply.
+    Process-wide tuning (threads, malloc) is not a trainer's: the command applies it at its start (`host_tuning`)."""
 
-    threads: bool = True  # one intra-op thread per physical core unless OMP_NUM_THREADS is set
-    malloc_reuse: bool = True  # glibc keeps freed activation memory for reuse (CPU only)
     fused_gelu: bool = True  # GPT-2's gelu_new -> transformers' one-kernel GELUTanh submodule
     frozen_weight_casts: bool = dataclasses.field(default_factory=lambda: _env_on(FROZEN_COPIES_ENV))  # CPU bf16
     eager_attention_bf16: bool = dataclasses.field(default_factory=lambda: _env_on(EAGER_ATTENTION_ENV))  # CPU bf16
@@ -74,11 +72,6 @@ class _SpeedFeatures:
     def __init__(self, model, *, args, speed: SpeedSettings | None = None, reference_store: str | os.PathLike | None = None,
                  **kwargs: Any):
         self.speed = speed = speed or SpeedSettings()
-        if cpu_training(args):  # process tuning for CPU runs only: a CUDA run leaves threads and malloc alone
-            if speed.threads:
-                configure_threads()
-            if speed.malloc_reuse:
-                keep_freed_memory_for_reuse()
         self.compile_decision = _compile_decision(args, model, kwargs.get("train_dataset"))
         if args.torch_compile is not self.compile_decision.enabled:
             args = dataclasses.replace(args, torch_compile=self.compile_decision.enabled)

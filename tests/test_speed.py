@@ -67,7 +67,8 @@ def build(tmp_path, t5: bool, fast: bool, speed_settings=None, **overrides):
                   processing_class=word_tokenizer(t5), peft_config=lora)
     if not fast:
         return cls(**kwargs)
-    return (speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer)(speed=speed_settings, **kwargs)
+    settings = speed.settings_for(kwargs.pop("args"), kwargs["model"], kwargs["train_dataset"], speed_settings)
+    return (speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer)(**settings.as_kwargs(), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------- sampler
@@ -214,6 +215,26 @@ def test_group_by_length_is_opt_in_and_reaches_similar_metrics(tmp_path, t5):
     assert stock_after["eval_loss"] < stock_before["eval_loss"] - 0.02
     assert fast_after["eval_loss"] == pytest.approx(stock_after["eval_loss"], rel=0.1, abs=0.02)
     assert fast_after["eval_rewards/accuracies"] == pytest.approx(stock_after["eval_rewards/accuracies"], abs=0.2)
+
+
+def test_the_trainer_receives_final_arguments_decided_by_settings_for(tmp_path):
+    """`settings_for` makes the argument decisions (eval-sized reference batches, our pair sampler, compile) without
+    changing the given arguments; the trainer keeps the arguments it receives, and refuses ones only
+    `settings_for` can serve."""
+    args = dpo_args(tmp_path, train_sampling_strategy="group_by_length")
+    model, train = tiny_model(False), Dataset.from_list(rows(24, seed=1))
+    settings = speed.settings_for(args, model, train)
+    assert (args.train_sampling_strategy, args.precompute_ref_batch_size) == ("group_by_length", None)  # unchanged
+    assert (settings.args.train_sampling_strategy, settings.args.precompute_ref_batch_size) == ("random", 8)
+    assert settings.speed.length_grouped_pairs and settings.compile_decision.enabled is False
+    off = speed.settings_for(args, model, train, speed.SpeedSettings(eval_sized_reference_batches=False))
+    assert off.args.precompute_ref_batch_size is None
+    kwargs = dict(model=model, train_dataset=train, processing_class=word_tokenizer(False),
+                  peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    trainer = speed.CausalDPOTrainer(**settings.as_kwargs(), **kwargs)
+    assert trainer.args is settings.args and trainer.speed is settings.speed
+    with pytest.raises(ValueError, match="settings_for"):
+        speed.CausalDPOTrainer(args=args, **kwargs)
 
 
 def test_generation_is_untouched_by_the_patches(tmp_path):

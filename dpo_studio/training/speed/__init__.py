@@ -78,8 +78,10 @@ from dpo_studio.training.speed.trainer import (
     CausalDPOTrainer,
     FastSeq2SeqDPOTrainer,
     SpeedSettings,
+    TrainerSettings,
     cpu_training,
     fast_trainer,
+    settings_for,
     trainer_class_for,
 )
 
@@ -92,6 +94,8 @@ __all__ = [
     "FrozenCastLinear",
     "MIN_COMPILED_STEPS",
     "SpeedSettings",
+    "TrainerSettings",
+    "settings_for",
     "choose_compile",
     "planned_steps",
     "BUCKET_OVERHEAD_SHARE",

@@ -648,3 +648,17 @@ def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, f
     assert on_grads.keys() == off_grads.keys() and on_grads
     for name in on_grads:
         torch.testing.assert_close(on_grads[name], off_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_train_command_tunes_the_host_once_at_its_start_with_the_chosen_device(monkeypatch, tmp_path):
+    """`dpo-studio train` calls `tune_host` once, before training, with the device `config.precision` chose (this
+    CPU); the trainer itself never does (tests above)."""
+    from dpo_studio.cli.train import run_cli
+    from dpo_studio.training import pipeline
+    from dpo_studio.training.speed import host_tuning
+
+    calls = []
+    monkeypatch.setattr(host_tuning, "tune_host", lambda device: calls.append(("tune_host", device)))
+    monkeypatch.setattr(pipeline, "run", lambda *args: calls.append(("run",)) or [])
+    assert run_cli(["--demo", "--models", "gpt2", "--output-dir", str(tmp_path / "out")]) == 0
+    assert calls == [("tune_host", "cpu"), ("run",)]

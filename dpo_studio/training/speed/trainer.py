@@ -155,7 +155,7 @@ class _SpeedFeatures:
     def compute_ref_log_probs(self, model, inputs):
         """TRL's reference pass, served from the keyed store where it holds this batch (precomputed runs only)."""
         store = self.__dict__.get("reference_store")
-        if store is None or not self.precompute_ref_logps:
+        if store is None or not self.args.precompute_ref_log_probs:
             return super().compute_ref_log_probs(model, inputs)
         saved = store.lookup(inputs)
         if saved is not None:

@@ -662,3 +662,22 @@ def test_the_train_command_tunes_the_host_once_at_its_start_with_the_chosen_devi
     monkeypatch.setattr(pipeline, "run", lambda *args: calls.append(("run",)) or [])
     assert run_cli(["--demo", "--models", "gpt2", "--output-dir", str(tmp_path / "out")]) == 0
     assert calls == [("tune_host", "cpu"), ("run",)]
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_a_reference_scored_per_batch_reaches_trl_in_the_batch_without_flipping_its_switch(tmp_path, t5):
+    """`precompute_ref_log_probs=False`: `compute_loss` adds the reference log-probs to the batch (TRL's switch for
+    that is set once at construction and never changes), and `evaluate(dataset)` scores a passed dataset per batch
+    like the held-out split (TRL's upfront pass, keyed without a model hash, is not run)."""
+    trainer = build(tmp_path, t5, fast=True, precompute_ref_log_probs=False)
+    perturb_lora(trainer.model)
+    assert trainer.precompute_ref_logps is True
+    on_eval_split = trainer.evaluate()
+    passed = trainer.evaluate(eval_dataset=Dataset.from_list(rows(12, seed=2)))  # the same pairs as eval_dataset
+    assert passed["eval_loss"] == pytest.approx(on_eval_split["eval_loss"], abs=1e-6)
+    assert passed["eval_rewards/margins"] != 0  # the perturbed adapter moved the policy away from the reference
+    assert passed["eval_rewards/margins"] == pytest.approx(on_eval_split["eval_rewards/margins"], abs=1e-6)
+    batch = preference_batch(trainer, 12)
+    assert "ref_chosen_logps" not in batch
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer.precompute_ref_logps is True

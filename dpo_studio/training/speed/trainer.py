@@ -35,8 +35,9 @@ def _env_on(name: str) -> bool:
 
 @dataclasses.dataclass
 class SpeedSettings:
-    """Which speed features a trainer uses; every one is on by default and changes no pair's loss beyond float
-    rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier releases still apply.
+    """Which speed features a trainer uses; every one but the opt-in pair grouping is on by default and changes no
+    pair's loss beyond float rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier
+    releases still apply.
     Process-wide tuning (threads, malloc) is not a trainer's: the command applies it at its start (`host_tuning`)."""
 
     fused_gelu: bool = True  # GPT-2's gelu_new -> transformers' one-kernel GELUTanh submodule

@@ -43,7 +43,7 @@ from dpo_studio.config.precision import precision_of
 from dpo_studio.data.reading import to_dataset
 from dpo_studio.models.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.training.pipeline import build_trainer
-from dpo_studio.training.speed import configure_threads
+from dpo_studio.training.speed import tune_host
 
 SHAPES = {
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257),  # GPT-2-small, 124M parameters
@@ -74,7 +74,7 @@ def peaks() -> dict[str, float]:
 
 def run(opts: argparse.Namespace, precision: str) -> dict:
     """One product run in `precision`; prints its table and returns its figures."""
-    threads = configure_threads()
+    threads = tune_host("cpu").threads  # as `dpo-studio train` does at its start on a CPU
     shape = SHAPES[opts.preset]
     pairs = make_pairs(opts.pairs, opts.length_scale, seed=0)
     tokenizer = prepare_tokenizer(tokenizer_for(pairs, False), Architecture(False, "gpt2"))

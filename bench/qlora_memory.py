@@ -56,6 +56,7 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
         quantization_config,
     )
     from dpo_studio.training.pipeline import build_trainer
+    from dpo_studio.training.speed import tune_host
 
     after_imports = current_rss_mb()
     bf16, four, eight = VARIANTS[name]
@@ -67,6 +68,7 @@ def run_variant(name: str, base_dir: str, pairs_n: int, steps: int, length_scale
             **PRODUCT_DEFAULTS, "output_dir": tmp, "max_steps": steps, "report_to": "none", "save_strategy": "no",
             "logging_steps": 1, "disable_tqdm": True, "learning_rate": 1e-3, "seed": 0, "bf16": bf16})
         precision = precision_of(args)
+        tune_host(precision.device)  # as `dpo-studio train` does at its start
         quant = quantization_config(four, eight, precision)
         model = load_model(base_dir, arch, quantization_config=quant)
         loaded_rss, load_peak = current_rss_mb(), peak_rss_mb()

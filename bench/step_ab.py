@@ -23,7 +23,7 @@ from dpo_studio.training import speed
 from dpo_studio.training.pipeline import build_trainer
 
 prec = sys.argv[1]; rounds = int(sys.argv[2]); variants = sys.argv[3].split(",")
-speed.configure_threads()
+speed.tune_host("cpu")  # as `dpo-studio train` does at its start on a CPU
 shape = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)
 pairs = make_pairs(16, 0.35, seed=0)
 tok = prepare_tokenizer(tokenizer_for(pairs, False), Architecture(False, "gpt2"))

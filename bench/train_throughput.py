@@ -60,7 +60,7 @@ from dpo_studio.data.reading import to_dataset
 from dpo_studio.models.families import Architecture, architecture_of, prepare_tokenizer
 from dpo_studio.training.pipeline import build_trainer
 from dpo_studio.training.seq2seq_dpo import DataCollatorForSeq2SeqPreference, Seq2SeqDPOTrainer
-from dpo_studio.training.speed import configure_threads
+from dpo_studio.training.speed import tune_host
 
 TARGETS = {"gpt2": "3.5x", "t5": "2.5x"}  # issue 27: GPT-2 vs tuned stock TRL, T5 vs naive seq2seq DPO
 HUMAN_LIKE_PAIRS = 10_900  # HumanLLMs/Human-Like-DPO-Dataset
@@ -249,7 +249,7 @@ def main() -> None:
     n = opts.pairs or preset.pairs
     pairs = make_pairs(n, preset.length_scale, seed=0)
     if opts.child:
-        configure_threads()
+        tune_host("cpu")  # as `dpo-studio train` does at its start on a CPU
         name, kind, trainer_kind, precision, store = opts.child.split("|")
         with tempfile.TemporaryDirectory() as tmp:
             row = run_variant(name, kind, preset, pairs, make_tokenizer(kind, pairs), opts.epochs, tmp, trainer_kind,
@@ -265,7 +265,7 @@ def main() -> None:
             raise SystemExit(f"variant {name!r} failed:\n{out.stderr[-3000:]}")
         return json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
 
-    configure_threads()
+    tune_host("cpu")
     print(f"# train_throughput — preset {preset.name}: {n} pairs x {opts.epochs} epochs, --precision {opts.precision} "
           f"(resolves to {choose_precision(PRECISIONS[opts.precision], False).describe()}); {machine()}")
     print(f"# load average at start: {common.load_average()}")

@@ -50,8 +50,11 @@ def test_unset_torch_compile_is_auto_and_the_trainer_records_what_ran(tmp_path, 
     args = DPOTrainingArguments(output_dir=str(tmp_path), report_to=[], bf16=False, max_steps=1, save_strategy="no",
                                 per_device_train_batch_size=4, disable_tqdm=True)
     assert args.torch_compile is None
+    model, train = tiny_model(False), Dataset.from_list(rows(8, seed=1))
+    settings = speed.settings_for(args, model, train)
+    assert args.torch_compile is None  # settings_for is pure: the final arguments are a new object
     trainer = speed.CausalDPOTrainer(
-        model=tiny_model(False), args=args, train_dataset=Dataset.from_list(rows(8, seed=1)),
+        model=model, **settings.as_kwargs(), train_dataset=train,
         processing_class=word_tokenizer(False),
         peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"], fan_in_fan_out=True))
     assert trainer.compile_decision.as_dict() == {"enabled": False, "requested": "auto",

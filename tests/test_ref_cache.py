@@ -59,8 +59,9 @@ def trainer(tmp_path, t5: bool, store, train_rows=None, **overrides):
     lora = LoraConfig(task_type="SEQ_2_SEQ_LM" if t5 else "CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
                       target_modules=["q", "v"] if t5 else ["c_attn"], fan_in_fan_out=not t5)
     cls = speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer
-    return cls(model=tiny_model(t5), args=DPOConfig(**kwargs), reference_store=store,
-               train_dataset=Dataset.from_list(train_rows or rows(16, seed=1)),
+    model, train = tiny_model(t5), Dataset.from_list(train_rows or rows(16, seed=1))
+    return cls(model=model, **speed.settings_for(DPOConfig(**kwargs), model, train).as_kwargs(), reference_store=store,
+               train_dataset=train,
                eval_dataset=Dataset.from_list(rows(8, seed=2)), processing_class=word_tokenizer(t5), peft_config=lora)
 
 

@@ -24,7 +24,7 @@ from dpo_studio.training.seq2seq_dpo import Seq2SeqDPOTrainer  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def one_trainer_thread(single_thread):
-    """conftest's `single_thread`, kept by the trainers too: `fast_trainer`'s configure_threads honours OMP_NUM_THREADS."""
+    """conftest's `single_thread`; OMP_NUM_THREADS=1 keeps it for a `tune_host` call too (trainers never tune)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         yield
@@ -67,7 +67,8 @@ def build(tmp_path, t5: bool, fast: bool, speed_settings=None, **overrides):
                   processing_class=word_tokenizer(t5), peft_config=lora)
     if not fast:
         return cls(**kwargs)
-    return (speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer)(speed=speed_settings, **kwargs)
+    settings = speed.settings_for(kwargs.pop("args"), kwargs["model"], kwargs["train_dataset"], speed_settings)
+    return (speed.FastSeq2SeqDPOTrainer if t5 else speed.CausalDPOTrainer)(**settings.as_kwargs(), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------- sampler
@@ -216,6 +217,26 @@ def test_group_by_length_is_opt_in_and_reaches_similar_metrics(tmp_path, t5):
     assert fast_after["eval_rewards/accuracies"] == pytest.approx(stock_after["eval_rewards/accuracies"], abs=0.2)
 
 
+def test_the_trainer_receives_final_arguments_decided_by_settings_for(tmp_path):
+    """`settings_for` makes the argument decisions (eval-sized reference batches, our pair sampler, compile) without
+    changing the given arguments; the trainer keeps the arguments it receives, and refuses ones only
+    `settings_for` can serve."""
+    args = dpo_args(tmp_path, train_sampling_strategy="group_by_length")
+    model, train = tiny_model(False), Dataset.from_list(rows(24, seed=1))
+    settings = speed.settings_for(args, model, train)
+    assert (args.train_sampling_strategy, args.precompute_ref_batch_size) == ("group_by_length", None)  # unchanged
+    assert (settings.args.train_sampling_strategy, settings.args.precompute_ref_batch_size) == ("random", 8)
+    assert settings.speed.length_grouped_pairs and settings.compile_decision.enabled is False
+    off = speed.settings_for(args, model, train, speed.SpeedSettings(eval_sized_reference_batches=False))
+    assert off.args.precompute_ref_batch_size is None
+    kwargs = dict(model=model, train_dataset=train, processing_class=word_tokenizer(False),
+                  peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    trainer = speed.CausalDPOTrainer(**settings.as_kwargs(), **kwargs)
+    assert trainer.args is settings.args and trainer.speed is settings.speed
+    with pytest.raises(ValueError, match="settings_for"):
+        speed.CausalDPOTrainer(args=args, **kwargs)
+
+
 def test_generation_is_untouched_by_the_patches(tmp_path):
     for t5 in (False, True):
         trainer = build(tmp_path / str(t5), t5, fast=True)
@@ -273,13 +294,14 @@ def test_threads_follow_omp_num_threads_else_physical_cores(fake_cpuinfo, monkey
         torch.set_num_threads(previous)
 
 
-# A child process: with `keep_freed_memory_for_reuse` (or not) it mallocs and frees a 64 MiB block and reports
+# A child process: after SETUP (the tuning, or not; or constructing a trainer) it mallocs and frees a 64 MiB block and reports
 # how glibc's `mallinfo2` counters moved: without the tuning the block is an mmap() given back on free (hblkhd grows
 # while held); with it the block comes from the heap (arena grows) and stays there after free (fordblks: free bytes
 # kept in the heap).
 MALLOC_CHILD = """
 import ctypes, json, sys
 from dpo_studio.training.speed import keep_freed_memory_for_reuse
+SETUP
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -290,7 +312,7 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
-applied = keep_freed_memory_for_reuse()
+applied = APPLY
 size = 64 << 20
 before = libc.mallinfo2()  # importing torch has mmapped blocks of its own: compare against this
 block = libc.malloc(size)
@@ -303,13 +325,15 @@ print(json.dumps({"applied": applied, "held_mmapped": held.hblkhd - before.hblkh
 """
 
 
-def _malloc_child(tuning: str) -> dict:
+def _malloc_child(tuning: str, setup: str = "", apply: str = "keep_freed_memory_for_reuse()") -> dict:
     import json
     import subprocess
     import sys
 
     env = {**os.environ, "DPO_STUDIO_MALLOC_TUNING": tuning}
-    out = subprocess.run([sys.executable, "-c", MALLOC_CHILD], env=env, capture_output=True, text=True, check=True)
+    code = MALLOC_CHILD.replace("SETUP", setup).replace("APPLY", apply)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(__file__))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -330,6 +354,42 @@ def test_malloc_tuning_keeps_large_freed_blocks_in_the_heap():
     # and free keeps the heap at its size for reuse (no trim).
     assert tuned["held_mmapped"] == 0 and tuned["held_in_heap"] >= 64 << 20
     assert tuned["heap_trimmed_on_free"] == 0
+
+
+# Builds the product's trainer (CPU, tiny GPT-2 LoRA) in the child, with the malloc tuning allowed by the environment.
+TRAINER_SETUP = """
+import os, tempfile
+snapshot = dict(os.environ)
+import test_speed
+trainer = test_speed.build(tempfile.mkdtemp(), False, fast=True)
+assert dict(os.environ) == snapshot, "the trainer changed the environment"
+"""
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's mallopt/mallinfo2 only")
+def test_constructing_a_trainer_leaves_malloc_and_the_environment_alone():
+    """The trainer constructor applies no process tuning: after building one, a 64 MiB block is still mmapped as
+    stock glibc does (the tuning, allowed here, would put it in the heap) and os.environ is unchanged."""
+    built = _malloc_child("1", TRAINER_SETUP, "False")
+    assert built["held_mmapped"] >= 64 << 20 and built["unmapped_on_free"] >= 64 << 20
+
+
+def test_constructing_a_trainer_leaves_threads_alone_and_the_command_start_tunes(fake_cpuinfo, monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 4 physical cores (FAKE_CPUINFO)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("DPO_STUDIO_MALLOC_TUNING", "0")  # this process's allocator stays as it is
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for t5 in (False, True):
+            build(tmp_path / str(t5), t5, fast=True)
+            assert torch.get_num_threads() == 1
+        assert speed.tune_host("cuda") == speed.HostTuning(threads=None, malloc_reuse=False)  # a GPU run: untouched
+        assert torch.get_num_threads() == 1
+        assert speed.tune_host("cpu") == speed.HostTuning(threads=4, malloc_reuse=False)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_fused_gelu_matches_gpt2_gelu_new_in_values_and_gradients():
@@ -588,3 +648,36 @@ def test_each_speed_feature_keeps_loss_gradients_and_metrics(tmp_path, family, f
     assert on_grads.keys() == off_grads.keys() and on_grads
     for name in on_grads:
         torch.testing.assert_close(on_grads[name], off_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_train_command_tunes_the_host_once_at_its_start_with_the_chosen_device(monkeypatch, tmp_path):
+    """`dpo-studio train` calls `tune_host` once, before training, with the device `config.precision` chose (this
+    CPU); the trainer itself never does (tests above)."""
+    from dpo_studio.cli.train import run_cli
+    from dpo_studio.training import pipeline
+    from dpo_studio.training.speed import host_tuning
+
+    calls = []
+    monkeypatch.setattr(host_tuning, "tune_host", lambda device: calls.append(("tune_host", device)))
+    monkeypatch.setattr(pipeline, "run", lambda *args: calls.append(("run",)) or [])
+    assert run_cli(["--demo", "--models", "gpt2", "--output-dir", str(tmp_path / "out")]) == 0
+    assert calls == [("tune_host", "cpu"), ("run",)]
+
+
+@pytest.mark.parametrize("t5", [False, True], ids=["gpt2", "t5"])
+def test_a_reference_scored_per_batch_reaches_trl_in_the_batch_without_flipping_its_switch(tmp_path, t5):
+    """`precompute_ref_log_probs=False`: `compute_loss` adds the reference log-probs to the batch (TRL's switch for
+    that is set once at construction and never changes), and `evaluate(dataset)` scores a passed dataset per batch
+    like the held-out split (TRL's upfront pass, keyed without a model hash, is not run)."""
+    trainer = build(tmp_path, t5, fast=True, precompute_ref_log_probs=False)
+    perturb_lora(trainer.model)
+    assert trainer.precompute_ref_logps is True
+    on_eval_split = trainer.evaluate()
+    passed = trainer.evaluate(eval_dataset=Dataset.from_list(rows(12, seed=2)))  # the same pairs as eval_dataset
+    assert passed["eval_loss"] == pytest.approx(on_eval_split["eval_loss"], abs=1e-6)
+    assert passed["eval_rewards/margins"] != 0  # the perturbed adapter moved the policy away from the reference
+    assert passed["eval_rewards/margins"] == pytest.approx(on_eval_split["eval_rewards/margins"], abs=1e-6)
+    batch = preference_batch(trainer, 12)
+    assert "ref_chosen_logps" not in batch
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer.precompute_ref_logps is True

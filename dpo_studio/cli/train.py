@@ -99,6 +99,7 @@ def _run_command(argv: list[str] | None) -> int:
     """--check-data, --evaluate, --push-only or training (+ --push), after the push rights are checked."""
     from dpo_studio.config.arguments import parse_config
     from dpo_studio.training.pipeline import is_main_process, run
+    from dpo_studio.training.speed.host_tuning import tune_host  # process-wide: once per command, CPU runs only
 
     join_cpu_ranks()
     script_args, training_args, model_args = parse_config(argv)
@@ -113,6 +114,7 @@ def _run_command(argv: list[str] | None) -> int:
         if script_args.estimate:  # a few timed steps in a temporary folder, removed afterwards
             from dpo_studio.training.estimate import report_lines
 
+            tune_host(training_args.precision.device)  # timed as training runs
             print(report_lines(script_args, training_args, model_args))
         return 0
     target = _push_target(script_args) if script_args.push or script_args.push_only else None
@@ -122,6 +124,7 @@ def _run_command(argv: list[str] | None) -> int:
     if script_args.push_only:
         pushed = push_outputs(Path(script_args.push_only), target)
     else:
+        tune_host(training_args.precision.device)
         results = run(script_args, training_args, model_args)
         pushed = {}
         if target is not None and is_main_process():

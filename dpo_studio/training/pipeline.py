@@ -53,7 +53,7 @@ from dpo_studio.outputs.report import write_plots, write_report_html
 from dpo_studio.public_refs import public_ref
 from dpo_studio.training.progress_log import PROGRESS_FILE, ProgressLog, carry
 from dpo_studio.training.signals import StopOnSignal, TrainingInterrupted
-from dpo_studio.training.speed import trainer_class_for
+from dpo_studio.training.speed import settings_for, trainer_class_for
 from dpo_studio.training.tracking import log_held_out, tracking_record, with_tracking_defaults
 
 logger = logging.getLogger(__name__)
@@ -271,8 +271,9 @@ def build_trainer(
         lora_config: PEFT's `LoraConfig`, or None for full-parameter DPO.
         reference_store: folder of the keyed reference log-probs (`speed.ref_cache`), or None: computed afresh.
     """
+    settings = settings_for(args, model, train_ds)  # the final arguments: compile, reference batches, sampler
     trainer = trainer_class_for(arch)(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        model=model, **settings.as_kwargs(), train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=lora_config, reference_store=reference_store,
     )
     warn_if_fsdp_not_applied(args, trainer.accelerator.distributed_type.value)

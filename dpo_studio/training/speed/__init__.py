@@ -14,7 +14,8 @@ What TRL 1.16 leaves on the table for the small LoRA runs this tool does:
 * **LM head on every position.** Off Triton (CPU), TRL's fused LM head scores every position, prompt and padding
   included; `CompactCausalForward` scores only the completion tokens (TRL's own chunked log-prob kernel, fed the
   compact selection TRL uses on CUDA).
-* **Threads.** `configure_threads` uses one thread per physical core unless the user set `OMP_NUM_THREADS`.
+* **Threads.** `configure_threads` uses one thread per physical core unless the user set `OMP_NUM_THREADS` (with the
+  allocator below, applied once at the training command's start by `host_tuning.tune_host`, CPU runs only).
 * **Fused GELU.** GPT-2's `gelu_new` is a chain of elementwise ops in transformers; `use_fused_gelu` swaps in the
   one-kernel `GELUTanh` (same formula).
 * **Allocator.** `keep_freed_memory_for_reuse` stops glibc from mmap()ing and unmapping every activation tensor, which
@@ -66,13 +67,21 @@ from dpo_studio.training.speed.bf16 import (
 )
 from dpo_studio.training.speed.compile import MIN_COMPILED_STEPS, CompileDecision, choose_compile, planned_steps
 from dpo_studio.training.speed.heads import CPU_HEAD_ENV, LOGPROB_TILE_TOKENS, CompactCausalForward, CpuLogProbHead
-from dpo_studio.training.speed.host_tuning import configure_threads, keep_freed_memory_for_reuse, physical_cores
+from dpo_studio.training.speed.host_tuning import (
+    HostTuning,
+    configure_threads,
+    keep_freed_memory_for_reuse,
+    physical_cores,
+    tune_host,
+)
 from dpo_studio.training.speed.trainer import (
     CausalDPOTrainer,
     FastSeq2SeqDPOTrainer,
     SpeedSettings,
+    TrainerSettings,
     cpu_training,
     fast_trainer,
+    settings_for,
     trainer_class_for,
 )
 
@@ -85,6 +94,8 @@ __all__ = [
     "FrozenCastLinear",
     "MIN_COMPILED_STEPS",
     "SpeedSettings",
+    "TrainerSettings",
+    "settings_for",
     "choose_compile",
     "planned_steps",
     "BUCKET_OVERHEAD_SHARE",
@@ -100,6 +111,8 @@ __all__ = [
     "bucketed_rows",
     "run_buckets",
     "configure_threads",
+    "HostTuning",
+    "tune_host",
     "cpu_autocast_dtype",
     "cpu_training",
     "drop_frozen_weight_copies",

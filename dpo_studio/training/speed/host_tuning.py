@@ -1,10 +1,12 @@
-"""CPU process settings for training: intra-op threads (one per physical core) and glibc malloc reuse."""
+"""CPU process settings for training: intra-op threads (one per physical core) and glibc malloc reuse, applied once
+at a command's start through `tune_host` (they are process-wide, so no trainer or model applies them)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -59,3 +61,22 @@ def keep_freed_memory_for_reuse() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class HostTuning:
+    """What `tune_host` set for this process: the intra-op thread count (None: left alone) and whether glibc keeps
+    freed memory for reuse."""
+
+    threads: int | None
+    malloc_reuse: bool
+
+
+def tune_host(device: str) -> HostTuning:
+    """The process-wide CPU tuning of a training command, called once at its start (`cli.train`), never by a trainer:
+    threads (`configure_threads`) and malloc reuse (`keep_freed_memory_for_reuse`), on CPU runs only; `device` is
+    the run's device as `config.precision` chose it ("cpu" or "cuda"). A CUDA run leaves both alone. Opt-outs:
+    OMP_NUM_THREADS (threads) and DPO_STUDIO_MALLOC_TUNING=0 (malloc)."""
+    if device != "cpu":
+        return HostTuning(threads=None, malloc_reuse=False)
+    return HostTuning(threads=configure_threads(), malloc_reuse=keep_freed_memory_for_reuse())

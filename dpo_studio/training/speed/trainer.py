@@ -25,7 +25,6 @@ from dpo_studio.training.speed.bf16 import (
 )
 from dpo_studio.training.speed.compile import CompileDecision, choose_compile, planned_steps
 from dpo_studio.training.speed.heads import CompactCausalForward
-from dpo_studio.training.speed.host_tuning import configure_threads, keep_freed_memory_for_reuse
 from dpo_studio.training.speed.ref_cache import ReferenceLogpStore, reference_key
 from dpo_studio.training.trainer_seams import PreferenceForwardSeams
 
@@ -36,17 +35,20 @@ def _env_on(name: str) -> bool:
 
 @dataclasses.dataclass
 class SpeedSettings:
-    """Which speed features a trainer uses; every one is on by default and changes no pair's loss beyond float
-    rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier releases still apply."""
+    """Which speed features a trainer uses; every one but the opt-in pair grouping is on by default and changes no
+    pair's loss beyond float rounding (tests/test_speed.py checks each on vs off). The environment opt-outs of earlier
+    releases still apply.
+    Process-wide tuning (threads, malloc) is not a trainer's: the command applies it at its start (`host_tuning`)."""
 
-    threads: bool = True  # one intra-op thread per physical core unless OMP_NUM_THREADS is set
-    malloc_reuse: bool = True  # glibc keeps freed activation memory for reuse (CPU only)
     fused_gelu: bool = True  # GPT-2's gelu_new -> transformers' one-kernel GELUTanh submodule
     frozen_weight_casts: bool = dataclasses.field(default_factory=lambda: _env_on(FROZEN_COPIES_ENV))  # CPU bf16
     eager_attention_bf16: bool = dataclasses.field(default_factory=lambda: _env_on(EAGER_ATTENTION_ENV))  # CPU bf16
     compact_head: bool = True  # causal, CPU: backbone per length bucket, LM head on completion tokens only
     seq2seq_buckets: bool = True  # seq2seq, CPU: decoder rows per length bucket
     eval_sized_reference_batches: bool = True  # the one-off reference pass in eval-sized batches
+    # Opt-in: pairs of similar length share a batch (our sampler); `settings_for` sets it from
+    # `--train_sampling_strategy group_by_length`.
+    length_grouped_pairs: bool = False
 
 
 def cpu_training(args) -> bool:
@@ -68,31 +70,62 @@ def _compile_decision(args, model: torch.nn.Module, train_dataset) -> CompileDec
     return choose_compile(requested, precision_of(args).compute, device, planned_steps(args, pairs), bool(quantized))
 
 
-class _SpeedFeatures:
-    """What both trainers add to TRL's; mixed in before the TRL trainer class."""
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What a trainer is built with, decided before construction by `settings_for`: the final arguments TRL and
+    transformers see, the speed features, and the compile decision (recorded in metrics.json)."""
 
-    def __init__(self, model, *, args, speed: SpeedSettings | None = None, reference_store: str | os.PathLike | None = None,
+    args: Any
+    speed: SpeedSettings
+    compile_decision: CompileDecision
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"args": self.args, "speed": self.speed, "compile_decision": self.compile_decision}
+
+
+def settings_for(args, model: torch.nn.Module, train_dataset=None, speed: SpeedSettings | None = None) -> TrainerSettings:
+    """The trainer's final arguments and speed settings for `args` as the user gave them (pure: `args` is not changed).
+
+    * `torch_compile` unset (None = auto) is resolved by `speed.compile`'s rule; explicit values are honoured.
+    * `eval_sized_reference_batches`: no gradients in the reference pass, so eval-sized batches (TRL would use the
+      train batch size). The held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same
+      rounding, so before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0).
+    * `--train_sampling_strategy group_by_length` is served by our pair sampler (`length_grouped_pairs`);
+      transformers' own grouping, for training and for evaluation, needs a `length` column TRL's pairs lack, so the
+      arguments TRL and transformers see keep the default order (held-out pairs stay sequential).
+    """
+    speed = speed or SpeedSettings()
+    decision = _compile_decision(args, model, train_dataset)
+    changes: dict[str, Any] = {}
+    if args.torch_compile is not decision.enabled:
+        changes["torch_compile"] = decision.enabled
+    if speed.eval_sized_reference_batches and args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
+        changes["precompute_ref_batch_size"] = args.per_device_eval_batch_size
+    if args.train_sampling_strategy == "group_by_length":
+        changes["train_sampling_strategy"] = "random"
+        speed = dataclasses.replace(speed, length_grouped_pairs=True)
+    return TrainerSettings(dataclasses.replace(args, **changes) if changes else args, speed, decision)
+
+
+def _as_given(args) -> CompileDecision:
+    """The record for a trainer built without `settings_for`: what its arguments say (None: the Trainer's default)."""
+    enabled = bool(args.torch_compile)
+    requested = "auto" if args.torch_compile is None else str(enabled).lower()
+    return CompileDecision(enabled, requested, "as the trainer's arguments say (built without speed.settings_for)")
+
+
+class _SpeedFeatures:
+    """What both trainers add to TRL's; mixed in before the TRL trainer class. The constructor takes the final
+    arguments (`settings_for(args, model, train_dataset, speed).as_kwargs()`) and changes no process-wide state."""
+
+    def __init__(self, model, *, args, speed: SpeedSettings | None = None,
+                 compile_decision: CompileDecision | None = None, reference_store: str | os.PathLike | None = None,
                  **kwargs: Any):
+        if args.train_sampling_strategy == "group_by_length":
+            raise ValueError("train_sampling_strategy='group_by_length' needs a length column TRL's pairs lack: build "
+                             "the arguments with speed.settings_for (our pair sampler serves it)")
         self.speed = speed = speed or SpeedSettings()
-        if cpu_training(args):  # process tuning for CPU runs only: a CUDA run leaves threads and malloc alone
-            if speed.threads:
-                configure_threads()
-            if speed.malloc_reuse:
-                keep_freed_memory_for_reuse()
-        self.compile_decision = _compile_decision(args, model, kwargs.get("train_dataset"))
-        if args.torch_compile is not self.compile_decision.enabled:
-            args = dataclasses.replace(args, torch_compile=self.compile_decision.enabled)
-        if speed.eval_sized_reference_batches and args.precompute_ref_log_probs and args.precompute_ref_batch_size is None:
-            # No gradients in the reference pass, so eval-sized batches (TRL would use the train batch size). The
-            # held-out pairs are then scored in the same batches as in `evaluate`: same buckets, same rounding, so
-            # before training the policy's log-probs equal the reference's exactly, also in bf16 (rewards 0).
-            args = dataclasses.replace(args, precompute_ref_batch_size=args.per_device_eval_batch_size)
-        # `--train_sampling_strategy group_by_length` is served by our pair sampler (`_get_train_sampler`);
-        # transformers' own grouping, for training and for evaluation, needs a `length` column TRL's pairs lack, so
-        # the arguments TRL and transformers see keep the default order (held-out pairs stay sequential).
-        self.length_grouped_pairs = args.train_sampling_strategy == "group_by_length"
-        if self.length_grouped_pairs:
-            args = dataclasses.replace(args, train_sampling_strategy="random")
+        self.compile_decision = compile_decision or _as_given(args)
         self.reference_store = self._open_reference_store(reference_store, model, args, kwargs)
         base = _base(model)
         forget_earlier_accelerate_prepare(model)
@@ -123,7 +156,7 @@ class _SpeedFeatures:
     def compute_ref_log_probs(self, model, inputs):
         """TRL's reference pass, served from the keyed store where it holds this batch (precomputed runs only)."""
         store = self.__dict__.get("reference_store")
-        if store is None or not self.precompute_ref_logps:
+        if store is None or not self.args.precompute_ref_log_probs:
             return super().compute_ref_log_probs(model, inputs)
         saved = store.lookup(inputs)
         if saved is not None:
@@ -136,7 +169,7 @@ class _SpeedFeatures:
     def _uses_length_groups(self, dataset) -> bool:
         columns = getattr(dataset, "column_names", None) or []
         return (
-            self.length_grouped_pairs and self.args.world_size <= 1
+            self.speed.length_grouped_pairs and self.args.world_size <= 1
             and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns)
         )
 
@@ -186,7 +219,10 @@ def trainer_class_for(arch) -> type:
     return FastSeq2SeqDPOTrainer if arch.is_encoder_decoder else CausalDPOTrainer
 
 
-def fast_trainer(trainer_class: type, model: torch.nn.Module, args, **kwargs: Any):
-    """The speed-enabled trainer for `trainer_class` (TRL's DPOTrainer or our Seq2SeqDPOTrainer), constructed."""
+def fast_trainer(trainer_class: type, model: torch.nn.Module, args, speed: SpeedSettings | None = None,
+                 **kwargs: Any):
+    """The speed-enabled trainer for `trainer_class` (TRL's DPOTrainer or our Seq2SeqDPOTrainer), constructed with
+    `settings_for(args, ...)`."""
     cls = FastSeq2SeqDPOTrainer if issubclass(trainer_class, Seq2SeqDPOTrainer) else CausalDPOTrainer
-    return cls(model=model, args=args, **kwargs)
+    settings = settings_for(args, model, kwargs.get("train_dataset"), speed)
+    return cls(model=model, **settings.as_kwargs(), **kwargs)

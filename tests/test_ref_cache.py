@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 from trl import DPOConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer_helpers import EOS, PAD, WORDS, word_tokenizer  # noqa: E402
+from trainer_helpers import rows, tiny_model, word_tokenizer  # noqa: E402
 
 from dpo_studio.training import speed  # noqa: E402
 from dpo_studio.training.speed.ref_cache import STORE_FILE  # noqa: E402
@@ -29,25 +27,6 @@ def one_trainer_thread(single_thread):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         yield
-
-
-def rows(n: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-
-    def words(prefix: str, lo: int, hi: int) -> str:
-        return " ".join(f"{prefix}{rng.randrange(10)}" for _ in range(rng.randint(lo, hi)))
-
-    return [{"prompt": words("p", 2, 6), "chosen": words("a", 1, 12), "rejected": words("b", 1, 20)} for _ in range(n)]
-
-
-def tiny_model(t5: bool):
-    torch.manual_seed(0)
-    if t5:
-        return T5ForConditionalGeneration(T5Config(
-            vocab_size=len(WORDS), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=2,
-            decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS))
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                      eos_token_id=EOS, pad_token_id=PAD))
 
 
 def trainer(tmp_path, t5: bool, store, train_rows=None, **overrides):

@@ -52,6 +52,7 @@ from dpo_studio.hub.publish import (
 from dpo_studio.models.licenses import PROJECT_LICENSE
 from dpo_studio.names import family_label
 from dpo_studio.outputs.cards import TEMPLATES
+from dpo_studio.run_layout import FamilyPaths
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # the installed dpo_studio (site-packages or a checkout)
 SPACE_FILES = PACKAGE_DIR / "space_files"  # package data: the Space's app.py and its requirements per hardware
@@ -90,7 +91,7 @@ def _family_config(from_dir: Path, target: PushTarget) -> dict[str, dict[str, st
     """app_config.yaml's `families`: the pushed repos of every finished family in `from_dir`."""
     config: dict[str, dict[str, str]] = {}
     for family_dir in finished_families(from_dir):
-        metrics = json.loads((family_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads(FamilyPaths(family_dir).metrics.read_text(encoding="utf-8"))
         ids = repo_ids_for(family_dir, metrics, target)
         config[metrics["family"]] = {"label": family_label(metrics["family"]), "base": ids.base,
                                      "adapter": ids.adapter, "merged": ids.merged}

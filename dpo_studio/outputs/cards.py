@@ -25,6 +25,7 @@ from dpo_studio.outputs.card_conventions import (
     version_rows,
 )
 from dpo_studio.public_refs import is_hub_id
+from dpo_studio.run_layout import FamilyPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (space.py stages app.py from it)
 TEMPLATES = resources.files("dpo_studio") / "model_cards"  # package data: works from an installed copy too
@@ -46,8 +47,9 @@ class RepoIds:
 
 def local_repo_ids(family_dir: Path, metrics: dict[str, Any]) -> RepoIds:
     name = metrics.get("family") or family_dir.name
-    demo = (family_dir / "base").is_dir()
-    return RepoIds(f"{name}/merged", f"{name}/adapter", f"{name}/base" if demo else metrics["base_model"],
+    demo = FamilyPaths(family_dir).base.is_dir()
+    local = FamilyPaths(Path(name))  # the cards of a local run name the sibling folders, as `../merged`
+    return RepoIds(local.merged.as_posix(), local.adapter.as_posix(), local.base.as_posix() if demo else metrics["base_model"],
                    base_is_ours=demo, on_hub=False)
 
 
@@ -72,8 +74,8 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
     url = (lambda ref: f"{constants.ENDPOINT}/{ref}") if ids.on_hub else (lambda ref: f"../{ref.split('/', 1)[-1]}")
     ctx: dict[str, Any] = {
         "family": metrics["family"], "demo": ids.base_is_ours, "on_hub": ids.on_hub, "seq2seq": seq2seq,
-        "has_adapter": (family_dir / "adapter").is_dir(),  # absent after full DPO (--use-peft false)
-        "full_dpo": not (family_dir / "adapter").is_dir(),
+        "has_adapter": FamilyPaths(family_dir).adapter.is_dir(),  # absent after full DPO (--use-peft false)
+        "full_dpo": not FamilyPaths(family_dir).adapter.is_dir(),
         "precision": (metrics.get("precision") or {}).get("description"),
         "quantization": metrics.get("quantization"),
         "arch_label": "encoder-decoder (seq2seq) language model" if seq2seq else "decoder-only (causal) language model",
@@ -93,8 +95,8 @@ def card_context(metrics: dict[str, Any], ids: RepoIds, family_dir: Path) -> dic
         "dataset_license": data.get("license"), "lineage": metrics.get("base_lineage"),
         "trackio": (metrics.get("tracking") or {}).get("trackio"), "trackio_badge": TRACKIO_BADGE,
         "advice": (metrics.get("degeneration") or {}).get("advice"),
-        "plots": [{"title": p.stem.capitalize(), "path": f"{'' if ids.on_hub else '../'}plots/{p.name}"}
-                  for p in sorted((family_dir / "plots").glob("*.png"), key=lambda p: (PLOT_ORDER.get(p.stem, 9), p.name))],
+        "plots": [{"title": p.stem.capitalize(), "path": f"{'' if ids.on_hub else '../'}{FamilyPaths.PLOTS_DIR}/{p.name}"}
+                  for p in sorted(FamilyPaths(family_dir).plots.glob("*.png"), key=lambda p: (PLOT_ORDER.get(p.stem, 9), p.name))],
         "warnings": metrics.get("generation_warnings") or [],
         "samples": [{k: markdown_cell(s.get(k, "")) for k in ("prompt", "base", "dpo")} for s in metrics.get("samples") or []][:6],
     }
@@ -154,9 +156,10 @@ def write_model_cards(family_dir: Path, metrics: dict[str, Any], repo_ids: RepoI
     """Write README.md into `family_dir/merged`, `/adapter` and `/base` (demo); local paths when repo_ids is None."""
     family_dir = Path(family_dir)
     ids = repo_ids or local_repo_ids(family_dir, metrics)
-    for kind in ("merged", "adapter", "base"):
-        if (family_dir / kind).is_dir() and (kind != "base" or ids.base_is_ours):
-            write_unlinked(family_dir / kind / "README.md", str(render_card(kind, metrics, ids, family_dir)))
+    paths = FamilyPaths(family_dir)
+    for kind, folder in (("merged", paths.merged), ("adapter", paths.adapter), ("base", paths.base)):
+        if folder.is_dir() and (kind != "base" or ids.base_is_ours):
+            write_unlinked(folder / "README.md", str(render_card(kind, metrics, ids, family_dir)))
 
 
 def write_unlinked(path: Path, text: str) -> None:

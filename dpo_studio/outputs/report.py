@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dpo_studio.evaluation.held_out import EVAL_METRICS  # noqa: E402  (TRL's metric names of the held-out table)
+from dpo_studio.run_layout import FamilyPaths  # noqa: E402
 
 # One PNG per panel: file name -> (title, [(log key, legend label), ...]).
 PLOTS = {
@@ -137,7 +138,7 @@ def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
         "<h2>Training curves</h2><div class='plots'>",
     ]
     for file_name in PLOTS:
-        png = family_dir / "plots" / file_name
+        png = FamilyPaths(family_dir).plots / file_name
         if png.exists():
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(f"<img alt='{html.escape(file_name)}' src='data:image/png;base64,{data}'>")
@@ -145,6 +146,6 @@ def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
     if "generation_before" in metrics:
         parts += _generation_section(metrics)
     parts.append("</body></html>")
-    path = family_dir / "report.html"
+    path = FamilyPaths(family_dir).report
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

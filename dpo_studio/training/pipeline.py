@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import DPOConfig
 
 from dpo_studio.config.arguments import ConfigError, ModelArguments, ScriptArguments
@@ -67,6 +67,20 @@ class FamilyResult:
     output_dir: Path
     metrics: dict[str, Any]
     skipped: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What `train` hands on to `measure` and to the rank-0 tail: the trainer as trained and what it measured."""
+
+    trainer: Any  # the family's named DPO trainer (`speed.trainer_class_for`), after `train`
+    output: TrainOutput  # `Trainer.train`'s return (training_loss, global_step, ...)
+    runtime_s: float  # wall-clock seconds of `Trainer.train` in this process
+    truncation: dict[str, dict[str, int]]  # per split: pairs truncated / dropped to fit max_length (`count_truncation`)
+    lora_config: Any  # PEFT's `LoraConfig`, or None for full-parameter DPO
+    train_pairs: int
+    eval_before: dict[str, float]  # held-out metrics of the base (TRL's names, `evaluation.held_out`)
+    eval_after: dict[str, float]  # the same after DPO
 
 
 def is_main_process() -> bool:
@@ -391,11 +405,9 @@ def family_args(training_args: DPOConfig, precision: Precision | None, **changes
 
 
 def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments,
-          progress: ProgressLog | None = None, precision: Precision | None = None) -> dict[str, Any]:
+          progress: ProgressLog | None = None, precision: Precision | None = None) -> TrainOutcome:
     """Held-out metrics before, DPO (stoppable by a signal, resumable; its steps and logs in `progress`), held-out
-    metrics after, in the family's `precision`.
-
-    Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
+    metrics after, in the family's `precision`."""
     arch = job.arch
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
@@ -436,24 +448,22 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
     )
     eval_after = evaluate_pairs(trainer)
     log_held_out(args, [(0, eval_before), (trainer.state.global_step, eval_after)])
-    return {
-        "trainer": trainer, "output": train_output, "runtime": runtime, "truncation": truncation,
-        "lora_config": lora_config, "train_pairs": len(train_ds), "eval_before": eval_before,
-        "eval_after": eval_after,
-    }
+    return TrainOutcome(trainer=trainer, output=train_output, runtime_s=runtime, truncation=truncation,
+                        lora_config=lora_config, train_pairs=len(train_ds), eval_before=eval_before,
+                        eval_after=eval_after)
 
 
 def measure(
-    job: FamilyRun, data: PreparedData, trained: dict[str, Any], model_args: ModelArguments, precision: Precision
+    job: FamilyRun, data: PreparedData, trained: TrainOutcome, model_args: ModelArguments, precision: Precision
 ) -> dict[str, Any]:
     """metrics.json's content (without the generation evidence)."""
-    trainer, runtime, lora_config = trained["trainer"], trained["runtime"], trained["lora_config"]
+    trainer, runtime, lora_config = trained.trainer, trained.runtime_s, trained.lora_config
     args = trainer.args  # the settings as trained
     # Pairs trained in this process (a resumed run counts only the steps it ran itself).
     start_step = int(job.last_checkpoint.rsplit("-", 1)[-1]) if job.last_checkpoint else 0
     steps_run = trainer.state.global_step - start_step
     pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    pairs_seen = min(steps_run * pairs_per_step, trained["train_pairs"] * float(args.num_train_epochs))
+    pairs_seen = min(steps_run * pairs_per_step, trained.train_pairs * float(args.num_train_epochs))
     built_locally, base_model_id = job.built_locally, job.base_model_id
     return {
         "family": job.name,
@@ -466,8 +476,8 @@ def measure(
         "data": data.info,
         "train_runtime_s": round(runtime, 3),
         "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
-        "train_loss": trained["output"].training_loss,
-        "truncation": trained["truncation"],
+        "train_loss": trained.output.training_loss,
+        "truncation": trained.truncation,
         "resumed_from_step": start_step or None,
         "world_size": args.world_size,
         "distributed": str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
@@ -475,8 +485,8 @@ def measure(
         "compile": trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
         "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
         "quantization": describe_quantization(job.quant),
-        "eval_before": trained["eval_before"],
-        "eval_after": trained["eval_after"],
+        "eval_before": trained.eval_before,
+        "eval_after": trained.eval_after,
         "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
         "prompt_format": dataclasses.asdict(job.arch.prompt_format),
         "versions": framework_versions(),  # as ran: the cards' "Framework versions"
@@ -583,7 +593,7 @@ def _train_family(
     precision = precision or precision_of(training_args)
     load_base(job, data, script_args, model_args, training_args.seed, precision)
     trained = train(job, data, training_args, model_args, progress, precision)
-    trainer = trained["trainer"]
+    trainer = trained.trainer
     metrics = measure(job, data, trained, model_args, precision)
     saved = save_trained(job, trainer)  # every rank (sharded weights are gathered collectively)
     if trainer.is_world_process_zero():

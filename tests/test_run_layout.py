@@ -1,12 +1,15 @@
-"""The output folder's layout has one owner (`run_layout.FamilyPaths`): the names it gives, and no other module of
-the package spelling them (checked on the source with `ast`)."""
+"""The output folder has one owner (`run_layout`): the names `FamilyPaths` gives, no other module of the package
+spelling them (checked on the source with `ast`), and metrics.json read and written through `RunMetrics` only."""
 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
-from dpo_studio.run_layout import FamilyPaths
+import pytest
+
+from dpo_studio.run_layout import SCHEMA_VERSION, FamilyPaths, MetricsFileError, RunMetrics
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dpo_studio"
 
@@ -70,3 +73,53 @@ def test_no_other_module_spells_the_layout():
              FamilyPaths.REF_LOGPS_DIR, FamilyPaths.OLD_SUFFIX, FamilyPaths.PLOTS_DIR, "staging", "checkpoints"]
     spelled = [hit for name in names for hit in _spelled_paths(name)]
     assert not spelled, "output folder names outside run_layout.py: " + "; ".join(spelled)
+
+
+# ------------------------------------------------------------------------------------------------ RunMetrics
+OLD_FILE = {  # a metrics.json from before schema_version, with a key this version does not know
+    "family": "gpt2", "architecture": "causal", "base_model": "openai-community/gpt2", "dataset": "me/prefs",
+    "data": {"train_pairs": 8, "eval_pairs": 2}, "train_runtime_s": 1.5, "train_pairs_per_s": 5.333,
+    "eval_before": {"rewards/accuracies": 0.5, "logps/chosen": -20.0}, "eval_after": {"rewards/accuracies": 1.0},
+    "hyperparameters": {"beta": 0.1}, "log_history": [{"step": 1, "loss": 0.69}],
+    "generation_before": {"distinct_1": 0.5}, "generation_after": {"distinct_1": 0.4},
+    "from_a_future_field": {"kept": True},
+}
+
+
+def test_an_old_metrics_file_loads_and_writes_back_every_key(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(OLD_FILE), encoding="utf-8")
+    metrics = RunMetrics.load(path)
+    assert metrics.family == "gpt2" and metrics.eval_before["rewards/accuracies"] == 0.5  # TRL's names, as written
+    assert metrics.train_pairs_per_s == 5.333 and metrics.generation_after == {"distinct_1": 0.4}
+    assert metrics.schema_version == SCHEMA_VERSION and metrics.extra == {"from_a_future_field": {"kept": True}}
+    metrics.save(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
+    assert {k: again[k] for k in OLD_FILE} == OLD_FILE  # nothing lost, nothing renamed
+    assert again["schema_version"] == SCHEMA_VERSION and list(again)[0] == "schema_version"
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically (json_files.write_json_atomic)
+
+
+def test_evidence_keys_are_written_only_when_measured(tmp_path):
+    metrics = RunMetrics(family="t5", base_model="google-t5/t5-small", dataset="d", eval_before={}, eval_after={})
+    metrics.save(tmp_path / "metrics.json")
+    written = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert "generation_before" not in written and "degeneration" not in written and "extra" not in written
+    assert {"family", "base_model", "dataset", "train_runtime_s", "train_pairs_per_s", "eval_before", "eval_after",
+            "log_history"} <= set(written)
+    assert RunMetrics.load(tmp_path / "metrics.json") == metrics
+
+
+def test_unreadable_or_newer_metrics_are_refused_in_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(MetricsFileError, match=r"bad\.json: cannot read metrics\.json"):
+        RunMetrics.load(bad)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**OLD_FILE, "schema_version": SCHEMA_VERSION + 1}), encoding="utf-8")
+    with pytest.raises(MetricsFileError, match="newer than this dpo-studio reads"):
+        RunMetrics.load(newer)
+    listed = tmp_path / "list.json"
+    listed.write_text("[]", encoding="utf-8")
+    with pytest.raises(MetricsFileError, match="expected a JSON object"):
+        RunMetrics.load(listed)

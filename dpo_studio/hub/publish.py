@@ -43,7 +43,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from dpo_studio.names import DPO_CONFIG_FILE
 from dpo_studio.outputs.cards import RepoIds, render_card, write_unlinked
-from dpo_studio.run_layout import FamilyPaths
+from dpo_studio.run_layout import FamilyPaths, RunMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,13 @@ def parse_repo_ids(spec: str | None) -> dict[str, str]:
     return ids
 
 
-def repo_ids_for(family_dir: Path, metrics: dict[str, Any], target: PushTarget) -> RepoIds:
-    family = metrics.get("family") or family_dir.name
+def repo_ids_for(family_dir: Path, metrics: RunMetrics, target: PushTarget) -> RepoIds:
+    family = metrics.family or family_dir.name
     merged = (target.explicit or {}).get(family) or f"{target.namespace}/{family}-dpo"
     if merged.startswith("None/"):
         raise PushAccessError(f"no repo id for family {family!r}: give --hub-namespace or --hub-repo-ids")
     demo = FamilyPaths(family_dir).base.is_dir()
-    return RepoIds(merged, f"{merged}-lora", f"{merged}-base" if demo else metrics["base_model"], base_is_ours=demo)
+    return RepoIds(merged, f"{merged}-lora", f"{merged}-base" if demo else metrics.base_model, base_is_ours=demo)
 
 
 def push_requested(argv: list[str]) -> bool:
@@ -228,7 +228,7 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
     """Push merged, adapter and (demo) base repos of one finished family; returns {repo id: head commit}."""
     api = api or HfApi()
     paths = FamilyPaths(family_dir)
-    metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
+    metrics = RunMetrics.load(paths.metrics)
     ids = repo_ids_for(family_dir, metrics, target)
     pushed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dpo-studio-push-") as tmp:
@@ -256,7 +256,7 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
         for kind, (repo_id, folder) in folders.items():
             write_unlinked(folder / "README.md", str(render_card(kind, metrics, ids, family_dir)))
             pushed[repo_id] = upload_repo(api, repo_id, folder, target, **retry)
-            logger.info("[%s] %s -> %s/%s (commit %s)", metrics["family"], kind, api.endpoint, repo_id,
+            logger.info("[%s] %s -> %s/%s (commit %s)", metrics.family, kind, api.endpoint, repo_id,
                         pushed[repo_id][:10])
     return pushed
 
@@ -264,7 +264,7 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
 def push_outputs(out_dir: Path, target: PushTarget, families: list[Path] | None = None, **retry: Any) -> dict[str, str]:
     """Push every finished family of `out_dir`; on failure, a PublishError naming the command that finishes it."""
     families = families or finished_families(out_dir)
-    unknown = set(target.explicit or {}) - {json.loads(FamilyPaths(f).metrics.read_text())["family"] for f in families}
+    unknown = set(target.explicit or {}) - {RunMetrics.load(FamilyPaths(f).metrics).family for f in families}
     if unknown:
         raise PushAccessError(f"--hub-repo-ids names families not in {out_dir}: {', '.join(sorted(unknown))}")
     pushed: dict[str, str] = {}

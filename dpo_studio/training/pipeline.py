@@ -48,7 +48,7 @@ from dpo_studio.names import DPO_CONFIG_FILE  # beta etc., read back by the app 
 from dpo_studio.outputs.card_conventions import framework_versions
 from dpo_studio.outputs.report import write_plots, write_report_html
 from dpo_studio.public_refs import public_ref
-from dpo_studio.run_layout import FamilyPaths
+from dpo_studio.run_layout import FamilyPaths, RunMetrics
 from dpo_studio.training.progress_log import ProgressLog, carry
 from dpo_studio.training.signals import StopOnSignal, TrainingInterrupted
 from dpo_studio.training.speed import trainer_class_for
@@ -65,7 +65,7 @@ class OutputExistsError(RuntimeError):
 class FamilyResult:
     family: str
     output_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics | None  # None when skipped
     skipped: bool = False
 
 
@@ -149,7 +149,7 @@ def save_outputs(
     base_dir: Path | None,
     base_model_id: str,
     training_args: DPOConfig,
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
 ) -> None:
     """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder.
 
@@ -158,7 +158,7 @@ def save_outputs(
         model: the trained model (a PeftModel, or the full model with `--use-peft false`).
         base_dir: the locally built base (demo) to copy into base/, else None.
         base_model_id: the base's public ref (Hub id), recorded in the adapter config and the cards.
-        metrics: metrics.json's content, written last.
+        metrics: what metrics.json will hold (written last, by `save`).
     """
     prompt_format: PromptFormat = arch.prompt_format
     dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
@@ -181,7 +181,7 @@ def save_outputs(
     write_json(merged_dir / DPO_CONFIG_FILE, dpo_settings)
     if base_dir is not None:
         shutil.copytree(base_dir, stage.base, ignore=shutil.ignore_patterns(FamilyPaths.METRICS_FILE))
-    write_plots(metrics["log_history"], stage.plots, title_prefix=f"{metrics['family']}: ")
+    write_plots(metrics.log_history, stage.plots, title_prefix=f"{metrics.family}: ")
     write_report_html(stage.folder, metrics)
     from dpo_studio.outputs.cards import write_model_cards
 
@@ -455,7 +455,7 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
 
 def measure(
     job: FamilyRun, data: PreparedData, trained: TrainOutcome, model_args: ModelArguments, precision: Precision
-) -> dict[str, Any]:
+) -> RunMetrics:
     """metrics.json's content (without the generation evidence)."""
     trainer, runtime, lora_config = trained.trainer, trained.runtime_s, trained.lora_config
     args = trainer.args  # the settings as trained
@@ -465,44 +465,44 @@ def measure(
     pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     pairs_seen = min(steps_run * pairs_per_step, trained.train_pairs * float(args.num_train_epochs))
     built_locally, base_model_id = job.built_locally, job.base_model_id
-    return {
-        "family": job.name,
-        "architecture": job.arch.kind,
-        "model_type": job.arch.model_type,
-        "base_model": public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
-        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
-        "base_lineage": base_lineage(base_model_id, built_locally=built_locally),  # round two: round one's repo
-        "dataset": data.info["dataset"],
-        "data": data.info,
-        "train_runtime_s": round(runtime, 3),
-        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
-        "train_loss": trained.output.training_loss,
-        "truncation": trained.truncation,
-        "resumed_from_step": start_step or None,
-        "world_size": args.world_size,
-        "distributed": str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
-        "precision": precision.as_dict(),
-        "compile": trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
-        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
-        "quantization": describe_quantization(job.quant),
-        "eval_before": trained.eval_before,
-        "eval_after": trained.eval_after,
-        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
-        "prompt_format": dataclasses.asdict(job.arch.prompt_format),
-        "versions": framework_versions(),  # as ran: the cards' "Framework versions"
-        "tracking": tracking_record(args),  # trackio's project/run (cards: TRL's `trackio` tag, dashboard link)
-        "log_history": trainer.state.log_history,
-    }
+    return RunMetrics(
+        family=job.name,
+        architecture=job.arch.kind,
+        model_type=job.arch.model_type,
+        base_model=public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
+        base_license=base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
+        base_lineage=base_lineage(base_model_id, built_locally=built_locally),  # round two: round one's repo
+        dataset=data.info["dataset"],
+        data=data.info,
+        train_runtime_s=round(runtime, 3),
+        train_pairs_per_s=round(pairs_seen / runtime, 3) if runtime > 0 else None,
+        train_loss=trained.output.training_loss,
+        truncation=trained.truncation,
+        resumed_from_step=start_step or None,
+        world_size=args.world_size,
+        distributed=str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
+        precision=precision.as_dict(),
+        compile=trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
+        training="full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
+        quantization=describe_quantization(job.quant),
+        eval_before=trained.eval_before,
+        eval_after=trained.eval_after,
+        hyperparameters=selected_hyperparameters(args, model_args, lora_config),
+        prompt_format=dataclasses.asdict(job.arch.prompt_format),
+        versions=framework_versions(),  # as ran: the cards' "Framework versions"
+        tracking=tracking_record(args),  # trackio's project/run (cards: TRL's `trackio` tag, dashboard link)
+        log_history=trainer.state.log_history,
+    )
 
 
-def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
+def save(job: FamilyRun, model, args: DPOConfig, metrics: RunMetrics, keep_checkpoints: bool) -> None:
     """Assemble the outputs in staging, metrics.json last, then swap them into DIR/F (rank 0 only)."""
     stage = job.paths.staging
     shutil.rmtree(stage.folder, ignore_errors=True)
     stage.folder.mkdir(parents=True)
     base_dir = job.paths.demo_base.folder if job.built_locally else None
     save_outputs(stage, model, job.tokenizer, job.arch, base_dir, job.base_model_id, args, metrics)
-    write_json(stage.metrics, metrics)  # last file: its presence marks the folder complete
+    metrics.save(stage.metrics)  # last file: its presence marks the folder complete
     carry(job.paths, stage)  # the live progress log goes on in the swapped-in folder
     publish_staging(stage.folder, job.paths)
     if not keep_checkpoints:
@@ -538,9 +538,10 @@ def reload_trained(job: FamilyRun, saved: Path, load_full_precision_base, device
 
 
 def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData, script_args: ScriptArguments,
-                        metrics: dict[str, Any]) -> None:
+                        metrics: RunMetrics) -> RunMetrics:
     """Merge (QLoRA: onto the full-precision base), generate the evidence and write the outputs, all on the trained
-    model's device. Whatever fails here, the trained adapter stays in `saved` and the error says so."""
+    model's device; returns the metrics as written. Whatever fails here, the trained adapter stays in `saved` and the
+    error says so."""
 
     def load_full_precision_base(device: torch.device | str = "cpu") -> PreTrainedModel:
         return job.load_full_precision_base(script_args.trust_remote_code_models, device)
@@ -554,13 +555,14 @@ def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData
             logger.info("[%s] generating from base and DPO on %d held-out prompts", job.family,
                         script_args.eval_generations)
             pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
-            metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
-            for warning in metrics["generation_warnings"]:
+            metrics = dataclasses.replace(metrics, **generation_evidence(pair, data, script_args, trainer.args.seed))
+            for warning in metrics.generation_warnings:
                 logger.warning("[%s] %s", job.family, warning)
-        metrics["degeneration"] = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
-        if metrics["degeneration"]["advice"]:
-            logger.warning("[%s] %s", job.family, metrics["degeneration"]["advice"])
+        metrics.degeneration = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
+        if metrics.degeneration["advice"]:
+            logger.warning("[%s] %s", job.family, metrics.degeneration["advice"])
         save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
+        return metrics
     except BaseException:
         logger.error("[%s] the trained weights are kept in %s (nothing was published)", job.family, saved)
         raise
@@ -579,7 +581,7 @@ def train_family(
     `precision`: the family's own (`precision.for_family`), else the one its arguments carry."""
     job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
     if job is None:
-        return FamilyResult(family, FamilyPaths.of(training_args.output_dir, family).folder, {}, skipped=True)
+        return FamilyResult(family, FamilyPaths.of(training_args.output_dir, family).folder, None, skipped=True)
     progress = ProgressLog(job.paths.progress, append=script_args.resume, enabled=is_main_process())
     with progress.outcome():  # its last line: finished (outputs saved), failed or cancelled
         return _train_family(job, data, script_args, training_args, model_args, precision, progress)
@@ -597,7 +599,7 @@ def _train_family(
     metrics = measure(job, data, trained, model_args, precision)
     saved = save_trained(job, trainer)  # every rank (sharded weights are gathered collectively)
     if trainer.is_world_process_zero():
-        finish_on_rank_zero(job, trainer, saved, data, script_args, metrics)
+        metrics = finish_on_rank_zero(job, trainer, saved, data, script_args, metrics)
     trainer.accelerator.wait_for_everyone()  # DDP: the other ranks wait here while rank 0 writes
     return FamilyResult(job.family, job.final, metrics)
 

@@ -1,5 +1,5 @@
 """Names several rooms must agree on: files training writes next to a model, PEFT's adapter names, family labels,
-output folder names (light: the app reads them without the training stack)."""
+the output folder's name per family (its layout: run_layout.py) (light: the app reads them without the training stack)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ DPO_CONFIG_FILE = "dpo_config.json"  # {"beta": ..., "base_model": ...} written 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 BASE_ADAPTER = "__base__"  # PEFT's adapter name for "adapters off" rows of a mixed batch
 DPO_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the loaded adapter
-FINISHED_MARKER = "metrics.json"  # written last into a family's output folder: a folder with it is complete
 FAMILY_LABELS = {"gpt2": "GPT-2", "t5": "T5"}  # display names of the short family names
 DEFAULT_MODEL_IDS = {"gpt2": "openai-community/gpt2", "t5": "google-t5/t5-small"}  # the short names' base models
 PUBLISHED_REPOS = {"gpt2": "dpo-studio/gpt2-dpo", "t5": "dpo-studio/t5-dpo"}  # the app's defaults; adapters at `-lora`

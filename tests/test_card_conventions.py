@@ -3,6 +3,7 @@
 installed, DPO and TRL BibTeX, and the dataset's license beside the model's (read from the dataset's own card)."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -19,6 +20,7 @@ from dpo_studio.data.prompt_format import PromptFormat
 from dpo_studio.hub.publish import PushTarget, push_outputs
 from dpo_studio.models.licenses import base_lineage, dataset_license
 from dpo_studio.outputs.cards import RepoIds, render_card
+from dpo_studio.run_layout import RunMetrics
 from dpo_studio.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -54,7 +56,7 @@ def code_blocks(text: str, lang: str) -> list[str]:
 
 
 def test_base_model_relation_per_kind(outputs, tmp_path):
-    metrics = json.loads((outputs / "gpt2" / "metrics.json").read_text())
+    metrics = RunMetrics.load(outputs / "gpt2" / "metrics.json")
     for kind, relation in (("merged", "merge"), ("adapter", "adapter")):
         data, text = parsed(render_card(kind, metrics, HUB_IDS, outputs / "gpt2"))
         assert data["base_model"] == "me/gpt2-dpo-base" and data["base_model_relation"] == relation, kind
@@ -75,8 +77,8 @@ def test_round_two_card_points_to_round_one(outputs, local_hub):
     assert lineage == {"previous_round": f"{ns}/gpt2-dpo", "its_base": f"{ns}/gpt2-dpo-base"}
     assert base_lineage(f"{ns}/gpt2-dpo-base") is None  # the demo base is not a DPO round
 
-    metrics = json.loads((outputs / "gpt2" / "metrics.json").read_text())
-    metrics.update(base_model=f"{ns}/gpt2-dpo", base_lineage=lineage)
+    metrics = RunMetrics.load(outputs / "gpt2" / "metrics.json")
+    metrics = dataclasses.replace(metrics, base_model=f"{ns}/gpt2-dpo", base_lineage=lineage)
     ids = RepoIds(f"{ns}/gpt2-dpo-round2", f"{ns}/gpt2-dpo-round2-lora", f"{ns}/gpt2-dpo")
     for kind, relation in (("merged", "merge"), ("adapter", "adapter")):
         data, text = parsed(render_card(kind, metrics, ids, outputs / "gpt2"))
@@ -110,7 +112,7 @@ def test_quick_start_per_kind_runs_against_the_pushed_repos(outputs, local_hub, 
 
 
 def test_versions_citations_and_trl_conventions(outputs):
-    metrics = json.loads((outputs / "t5" / "metrics.json").read_text())
+    metrics = RunMetrics.load(outputs / "t5" / "metrics.json")
     _, text = parsed(render_card("merged", metrics, HUB_IDS, outputs / "t5"))
     versions = section(text, "Framework versions")
     for label, dist in (("TRL", "trl"), ("Transformers", "transformers"), ("PEFT", "peft"), ("PyTorch", "torch"),
@@ -135,9 +137,9 @@ def test_dataset_license_read_from_its_card_and_shown_beside_the_models(outputs,
     bundled = resources.files("dpo_studio") / "examples" / "data" / "train.jsonl"
     assert dataset_license(str(bundled)) == {"license": "apache-2.0", "source": "project"}
 
-    metrics = json.loads((outputs / "gpt2" / "metrics.json").read_text())
-    assert metrics["data"]["license"]["source"] == "local file"  # recorded by the run
-    metrics["dataset"], metrics["data"]["license"] = f"{ns}/prefs", dataset_license(f"{ns}/prefs")
+    metrics = RunMetrics.load(outputs / "gpt2" / "metrics.json")
+    assert metrics.data["license"]["source"] == "local file"  # recorded by the run
+    metrics.dataset, metrics.data["license"] = f"{ns}/prefs", dataset_license(f"{ns}/prefs")
     data, text = parsed(render_card("merged", metrics, HUB_IDS, outputs / "gpt2"))
     limits = section(text, "Limitations")
     assert "License: `apache-2.0`" in limits and "Training data license: `llama3`" in limits

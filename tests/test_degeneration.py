@@ -13,6 +13,7 @@ from toy_data import write_toy_pairs
 
 from dpo_studio.config.arguments import parse_config
 from dpo_studio.evaluation.degeneration import advice, degeneration_signs, diagnose
+from dpo_studio.run_layout import RunMetrics
 from dpo_studio.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -25,7 +26,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("degeneration")
     data = write_toy_pairs(root / "pairs.jsonl", 48)
 
-    def train(name: str, *extra: str) -> tuple[dict, object]:
+    def train(name: str, *extra: str) -> tuple[RunMetrics, object]:
         out = root / name
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_HUB_OFFLINE", "1")
@@ -34,20 +35,20 @@ def runs(tmp_path_factory):
 
     plain, plain_dir = train("plain")
     # The remedies, read from the advice itself: the flags it names, applied to the same run.
-    flags = re.findall(r"`(--[^`]+)`", plain["degeneration"]["advice"] or "")
+    flags = re.findall(r"`(--[^`]+)`", plain.degeneration["advice"] or "")
     sft = next(f for f in flags if f.startswith("--loss_type"))
     assert "--learning_rate" in flags
     rpo, _ = train("rpo", *shlex.split(sft))
-    slower, _ = train("slower", "--learning_rate", f"{plain['hyperparameters']['learning_rate'] / 10:g}")
+    slower, _ = train("slower", "--learning_rate", f"{plain.hyperparameters['learning_rate'] / 10:g}")
     return {"plain": (plain, plain_dir), "rpo": rpo, "slower": slower}
 
 
 def test_plain_dpo_degenerates_and_every_output_says_what_to_do(runs):
     metrics, family = runs["plain"]
-    found = metrics["degeneration"]
+    found = metrics.degeneration
     assert "falling chosen log-probs" in found["signs"]
-    drop = (metrics["eval_before"]["logps/chosen"] - metrics["eval_after"]["logps/chosen"]) / abs(
-        metrics["eval_before"]["logps/chosen"])
+    drop = (metrics.eval_before["logps/chosen"] - metrics.eval_after["logps/chosen"]) / abs(
+        metrics.eval_before["logps/chosen"])
     assert found["chosen_logp_rel_drop"] == pytest.approx(drop, abs=1e-6) and drop > 0.02
     on_disk = json.loads((family / "metrics.json").read_text())
     assert on_disk["degeneration"] == found
@@ -60,14 +61,14 @@ def test_plain_dpo_degenerates_and_every_output_says_what_to_do(runs):
 
 
 def test_the_remedies_reduce_the_fall_of_chosen_log_probs(runs):
-    plain = runs["plain"][0]["degeneration"]["chosen_logp_rel_drop"]
+    plain = runs["plain"][0].degeneration["chosen_logp_rel_drop"]
     for name in ("rpo", "slower"):
-        remedied = runs[name]["degeneration"]
+        remedied = runs[name].degeneration
         assert remedied["chosen_logp_rel_drop"] < plain / 2, (name, remedied, plain)
         assert "falling chosen log-probs" not in remedied["signs"] and remedied["advice"] is None
     # The remedies still learn the preference (not a remedy by doing nothing).
-    assert runs["rpo"]["eval_after"]["rewards/accuracies"] > runs["rpo"]["eval_before"]["rewards/accuracies"]
-    assert runs["rpo"]["hyperparameters"]["loss_type"] == "sigmoid,sft"
+    assert runs["rpo"].eval_after["rewards/accuracies"] > runs["rpo"].eval_before["rewards/accuracies"]
+    assert runs["rpo"].hyperparameters["loss_type"] == "sigmoid,sft"
 
 
 HEALTHY = {"repeated_trigram_rate": 0.02, "distinct_2": 0.8, "mean_length_tokens": 40.0, "empty_rate": 0.0}
@@ -76,15 +77,15 @@ HEALTHY = {"repeated_trigram_rate": 0.02, "distinct_2": 0.8, "mean_length_tokens
 def test_signs_from_the_generations():
     base = {"eval_before": {"logps/chosen": -100.0}, "eval_after": {"logps/chosen": -100.5},
             "generation_before": HEALTHY}
-    assert degeneration_signs({**base, "generation_after": HEALTHY}) == []
+    assert degeneration_signs(RunMetrics(**base, generation_after=HEALTHY)) == []
     looping = {**HEALTHY, "repeated_trigram_rate": 0.4, "distinct_2": 0.3}
-    assert degeneration_signs({**base, "generation_after": looping}) == ["repetition"]
+    assert degeneration_signs(RunMetrics(**base, generation_after=looping)) == ["repetition"]
     short = {**HEALTHY, "mean_length_tokens": 8.0}
-    assert degeneration_signs({**base, "generation_after": short}) == ["length collapse"]
+    assert degeneration_signs(RunMetrics(**base, generation_after=short)) == ["length collapse"]
     longer = {**HEALTHY, "mean_length_tokens": 90.0}  # a drift, but not a collapse (the health warning covers it)
-    assert degeneration_signs({**base, "generation_after": longer}) == []
+    assert degeneration_signs(RunMetrics(**base, generation_after=longer)) == []
     falling = {**base, "eval_after": {"logps/chosen": -110.0}, "generation_after": short}
-    assert degeneration_signs(falling) == ["falling chosen log-probs", "length collapse"]
-    assert diagnose({**base, "generation_after": HEALTHY})["advice"] is None
+    assert degeneration_signs(RunMetrics(**falling)) == ["falling chosen log-probs", "length collapse"]
+    assert diagnose(RunMetrics(**base, generation_after=HEALTHY))["advice"] is None
     again = advice(["repetition"], {"loss_type": "sigmoid,sft", "learning_rate": 1e-3, "beta": 0.1})
     assert "--loss_weights 1.0 2.0" in again and "(now 0.001)" in again  # already RPO: weigh the SFT term up

@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 from dpo_studio.config.arguments import parse_config
 from dpo_studio.inference.generation import LoadedPair
 from dpo_studio.models.families import architecture_of, load_architecture, load_model, prepare_tokenizer
-from dpo_studio.training.pipeline import TRAINED_DIR, published_model, run, serving_pair
+from dpo_studio.run_layout import FamilyPaths
+from dpo_studio.training.pipeline import published_model, run, serving_pair
 
 META = torch.device("meta")
 
@@ -119,7 +120,7 @@ def test_trained_adapter_is_saved_before_the_evidence_step_fails(tmp_path, monke
     ])
     with pytest.raises(RuntimeError, match="same device"):
         run(*args)
-    saved = out / ".work" / "gpt2" / TRAINED_DIR
+    saved = FamilyPaths(out / "gpt2").trained
     assert not (out / "gpt2" / "metrics.json").exists()
     assert str(saved) in caplog.text and "nothing was published" in caplog.text
     base = load_model(str(out / ".work" / "gpt2" / "base"), architecture_of_dir(out / ".work" / "gpt2" / "base"))

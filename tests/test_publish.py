@@ -1,5 +1,6 @@
 """Publishing, proven over HTTP against the local Hub: real pipeline outputs -> repos -> from_pretrained elsewhere."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from dpo_studio.hub.publish import (
 )
 from dpo_studio.hub.space import deploy_space
 from dpo_studio.outputs.cards import RepoIds, render_card, write_model_cards
+from dpo_studio.run_layout import RunMetrics
 from dpo_studio.training.pipeline import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +141,7 @@ def test_cards_parse_back_with_real_metrics_and_plots(outputs, local_hub):
 
 
 def test_t5_card_uses_seq2seq_classes_and_format(outputs):
-    metrics = json.loads((outputs / "t5" / "metrics.json").read_text())
+    metrics = RunMetrics.load(outputs / "t5" / "metrics.json")
     card = render_card("merged", metrics, repo_ids_for(outputs / "t5", metrics, PushTarget("me")), outputs / "t5")
     assert "AutoModelForSeq2SeqLM.from_pretrained(\"me/t5-dpo\")" in card.text
     assert "AutoModelForCausalLM" not in card.text
@@ -152,7 +154,7 @@ def test_optional_evidence_sections_render_only_when_present(outputs, tmp_path):
     import shutil
 
     shutil.copytree(outputs / "gpt2", family)
-    metrics = json.loads((family / "metrics.json").read_text())
+    metrics = RunMetrics.load(family / "metrics.json")
     write_model_cards(family, metrics)
     plain = (family / "merged" / "README.md").read_text()
     assert "Generation evidence" not in plain and "### Samples" not in plain
@@ -160,7 +162,8 @@ def test_optional_evidence_sections_render_only_when_present(outputs, tmp_path):
     assert "](../plots/loss.png)" in plain and (family / "adapter" / "README.md").is_file()
     assert (family / "base" / "README.md").is_file()
 
-    metrics.update(
+    metrics = dataclasses.replace(
+        metrics,
         generation_before={"preferred_style_rate": 0.25, "distinct_1": 0.5},
         generation_after={"preferred_style_rate": 0.875, "distinct_1": 0.4375},
         generation_comparison={"dpo_win_rate": 0.8125},
@@ -317,11 +320,11 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
     (local_dir / "README.md").write_text("---\nlicense: other\nlicense_name: my-terms\n---\n", encoding="utf-8")
     assert base_model_license(str(local_dir)) == {"license": "other", "license_name": "my-terms", "source": "base card"}
 
-    metrics = json.loads((outputs / "gpt2" / "metrics.json").read_text())
-    assert metrics["base_license"] == {"license": "apache-2.0", "source": "project"}  # the demo's own models
+    metrics = RunMetrics.load(outputs / "gpt2" / "metrics.json")
+    assert metrics.base_license == {"license": "apache-2.0", "source": "project"}  # the demo's own models
     for base, license_id, phrase in (("test-user/tiny-gpt2", "mit", "the\n  base model's, as its card states"),
                                      ("test-user/no-card", "other", "**License unknown**")):
-        hub_metrics = {**metrics, "base_model": base, "base_license": base_model_license(base)}
+        hub_metrics = dataclasses.replace(metrics, base_model=base, base_license=base_model_license(base))
         ids = RepoIds("test-user/tiny-gpt2-dpo", "test-user/tiny-gpt2-dpo-lora", base)
         for kind in ("merged", "adapter"):
             card = render_card(kind, hub_metrics, ids, outputs / "gpt2")
@@ -331,8 +334,8 @@ def test_card_license_comes_from_the_base_models_card(outputs, local_hub, tmp_pa
             if license_id == "other":
                 assert parsed.data.license_name == "unknown"
     # metrics.json written before the license was recorded: looked up on the Hub when the card is rendered
-    legacy = {key: value for key, value in metrics.items() if key != "base_license"}
-    legacy["base_model"] = "test-user/tiny-gpt2"
+    legacy = RunMetrics.from_dict({key: value for key, value in metrics.to_dict().items() if key != "base_license"})
+    legacy.base_model = "test-user/tiny-gpt2"
     ids = RepoIds("test-user/x-dpo", "test-user/x-dpo-lora", "test-user/tiny-gpt2")
     assert ModelCard(str(render_card("merged", legacy, ids, outputs / "gpt2"))).data.license == "mit"
 

@@ -145,8 +145,8 @@ def test_the_pipeline_keeps_them_beside_the_run_and_a_beta_rerun_reuses_them(tmp
     messages = [r.getMessage() for r in caplog.records]
     assert any("reference log-probs: reusing" in m for m in messages), messages
     assert not any("recomputed" in m for m in messages)
-    assert second["hyperparameters"]["beta"] == 0.3
+    assert second.hyperparameters["beta"] == 0.3
     # Before training the policy is the reference: the held-out log-probs (policy) and rewards (policy - reference)
     # agree with the first run's, so the served reference values are the ones the first run computed.
     for name in ("logps/chosen", "logps/rejected", "rewards/margins"):
-        assert second["eval_before"][name] == first["eval_before"][name]
+        assert second.eval_before[name] == first.eval_before[name]

@@ -23,7 +23,8 @@ from toy_data import toy_rows
 from dpo_studio import ui
 from dpo_studio.arena.votes import VoteStore, make_vote
 from dpo_studio.inference.model_sources import ModelRegistry, discover_models_dir
-from dpo_studio.training.progress_log import PROGRESS_FILE, read_progress
+from dpo_studio.run_layout import FamilyPaths
+from dpo_studio.training.progress_log import read_progress
 from dpo_studio.ui.owner import OWNER_SECRET_ENV
 from dpo_studio.ui.round_training import MIN_DECISIVE_VOTES, TrainSettings
 from dpo_studio.ui.tabs import train as train_tab
@@ -99,7 +100,7 @@ def test_a_round_trained_from_the_train_tab_joins_the_arena(models_dir, tmp_path
     rows = [json.loads(line) for line in (job.folder / "votes.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {r["family"] for r in rows} == {"gpt2"}
     # The progress log: a line per step, and the Trainer's own logged losses (metrics.json's log history).
-    lines = read_progress(job.output / PROGRESS_FILE)
+    lines = read_progress(FamilyPaths(job.output).progress)
     metrics = json.loads((job.output / "metrics.json").read_text())
     steps = [r for r in lines if r["event"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1)) and {r["max_steps"] for r in steps} == {STEPS}
@@ -155,7 +156,7 @@ def test_cancel_stops_the_run_and_nothing_looks_finished(models_dir, tmp_path):
     with pytest.raises(ProcessLookupError):  # the whole process group is gone
         os.killpg(job.process.pid, 0)
     assert not list(job.folder.rglob("metrics.json")), "a cancelled run must not look finished"
-    assert read_progress(job.output / PROGRESS_FILE)[-1]["status"] == "cancelled"
+    assert read_progress(FamilyPaths(job.output).progress)[-1]["status"] == "cancelled"
     assert "checkpoint saved at step" in job.log_path.read_text()  # the CLI's own clean stop (SIGINT), not a kill
     assert studio.registry.source("gpt2").model_names == ("base", "dpo")
     assert training.cancel() == "No training is running."

@@ -36,11 +36,11 @@ def summary_table(results: list["FamilyResult"]) -> str:
         if result.skipped:
             lines.append(f"{result.family:<10} (already finished, skipped)")
             continue
-        before, after = result.metrics["eval_before"], result.metrics["eval_after"]
+        before, after = result.metrics.eval_before, result.metrics.eval_after
         lines.append(
             f"{result.family:<10} {before['rewards/accuracies']:>10.3f} {after['rewards/accuracies']:>10.3f} "
             f"{after['rewards/margins']:>12.3f} {before['logps/gap']:>15.2f} {after['logps/gap']:>14.2f} "
-            f"{result.metrics['train_pairs_per_s']:>8.1f}"
+            f"{result.metrics.train_pairs_per_s:>8.1f}"
         )
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpo_studio.evaluation.texts import HEALTH_CHECKS
+from dpo_studio.run_layout import RunMetrics
 
 # The held-out chosen replies' mean summed log-probability falling by more than this share of its base value: DPO
 # made the replies it was asked to prefer less likely (nats are summed per reply, so a relative threshold).
@@ -30,13 +31,13 @@ def chosen_logp_drop(eval_before: Mapping[str, Any], eval_after: Mapping[str, An
     return (before - after) / abs(before)
 
 
-def degeneration_signs(metrics: Mapping[str, Any]) -> list[str]:
+def degeneration_signs(metrics: RunMetrics) -> list[str]:
     """The signs of degeneration a run's metrics show, in a fixed order."""
     signs = []
-    drop = chosen_logp_drop(metrics.get("eval_before", {}), metrics.get("eval_after", {}))
+    drop = chosen_logp_drop(metrics.eval_before, metrics.eval_after)
     if drop is not None and drop > CHOSEN_LOGP_MAX_REL_DROP:
         signs.append("falling chosen log-probs")
-    before, after = metrics.get("generation_before"), metrics.get("generation_after")
+    before, after = metrics.generation_before, metrics.generation_after
     if before and after:
         checks = {key: worse for key, worse, _ in HEALTH_CHECKS}
         for sign, keys in SIGN_CHECKS.items():
@@ -66,9 +67,9 @@ def advice(signs: list[str], hyperparameters: Mapping[str, Any]) -> str | None:
             f"`--learning_rate`{now(lr)} or a higher `--beta`{now(beta)}.")
 
 
-def diagnose(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def diagnose(metrics: RunMetrics) -> dict[str, Any]:
     """metrics.json's `degeneration`: the signs found, the chosen log-prob drop they were judged by, and the advice."""
     signs = degeneration_signs(metrics)
-    drop = chosen_logp_drop(metrics.get("eval_before", {}), metrics.get("eval_after", {}))
+    drop = chosen_logp_drop(metrics.eval_before, metrics.eval_after)
     return {"signs": signs, "chosen_logp_rel_drop": None if drop is None else round(drop, 6),
-            "advice": advice(signs, metrics.get("hyperparameters", {}))}
+            "advice": advice(signs, metrics.hyperparameters)}

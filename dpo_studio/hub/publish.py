@@ -43,6 +43,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from dpo_studio.names import DPO_CONFIG_FILE
 from dpo_studio.outputs.cards import RepoIds, render_card, write_unlinked
+from dpo_studio.run_layout import FamilyPaths, RunMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +94,13 @@ def parse_repo_ids(spec: str | None) -> dict[str, str]:
     return ids
 
 
-def repo_ids_for(family_dir: Path, metrics: dict[str, Any], target: PushTarget) -> RepoIds:
-    family = metrics.get("family") or family_dir.name
+def repo_ids_for(family_dir: Path, metrics: RunMetrics, target: PushTarget) -> RepoIds:
+    family = metrics.family or family_dir.name
     merged = (target.explicit or {}).get(family) or f"{target.namespace}/{family}-dpo"
     if merged.startswith("None/"):
         raise PushAccessError(f"no repo id for family {family!r}: give --hub-namespace or --hub-repo-ids")
-    demo = (family_dir / "base").is_dir()
-    return RepoIds(merged, f"{merged}-lora", f"{merged}-base" if demo else metrics["base_model"], base_is_ours=demo)
+    demo = FamilyPaths(family_dir).base.is_dir()
+    return RepoIds(merged, f"{merged}-lora", f"{merged}-base" if demo else metrics.base_model, base_is_ours=demo)
 
 
 def push_requested(argv: list[str]) -> bool:
@@ -215,46 +216,47 @@ def upload_repo(api: HfApi, repo_id: str, folder: Path, target: PushTarget, repo
 
 def finished_families(out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
-    if (out_dir / "metrics.json").is_file():  # DIR is itself one family folder
+    if FamilyPaths(out_dir).is_finished():  # DIR is itself one family folder
         return [out_dir]
-    families = sorted(p.parent for p in out_dir.glob("*/metrics.json"))
+    families = [paths.folder for paths in FamilyPaths.finished_in(out_dir)]
     if not families:
-        raise PushAccessError(f"{out_dir}: no finished outputs (no */metrics.json) to publish")
+        raise PushAccessError(f"{out_dir}: no finished outputs (no */{FamilyPaths.METRICS_FILE}) to publish")
     return families
 
 
 def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, **retry: Any) -> dict[str, str]:
     """Push merged, adapter and (demo) base repos of one finished family; returns {repo id: head commit}."""
     api = api or HfApi()
-    metrics = json.loads((family_dir / "metrics.json").read_text(encoding="utf-8"))
+    paths = FamilyPaths(family_dir)
+    metrics = RunMetrics.load(paths.metrics)
     ids = repo_ids_for(family_dir, metrics, target)
     pushed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dpo-studio-push-") as tmp:
-        stage = Path(tmp)
+        stage = FamilyPaths(Path(tmp))  # laid out as the family folder
         folders: dict[str, tuple[str, Path]] = {}
         if ids.base_is_ours:
-            folders["base"] = (ids.base, stage_tree(family_dir / "base", stage / "base"))
-        if (family_dir / "adapter").is_dir():  # absent when trained with --use-peft false
-            adapter = stage_tree(family_dir / "adapter", stage / "adapter")
+            folders["base"] = (ids.base, stage_tree(paths.base, stage.base))
+        if paths.adapter.is_dir():  # absent when trained with --use-peft false
+            adapter = stage_tree(paths.adapter, stage.adapter)
             folders["adapter"] = (ids.adapter, adapter)
             config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = ids.base  # the local path of training means nothing on the Hub
             write_unlinked(adapter / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-        merged = stage_tree(family_dir / "merged", stage / "merged")
-        for folder in (stage / "adapter", merged):  # dpo_config.json names the base as this machine knows it
+        merged = stage_tree(paths.merged, stage.merged)
+        for folder in (stage.adapter, merged):  # dpo_config.json names the base as this machine knows it
             settings_file = folder / DPO_CONFIG_FILE
             if settings_file.is_file():
                 settings = json.loads(settings_file.read_text(encoding="utf-8"))
                 settings["base_model"] = ids.base
                 write_unlinked(settings_file, json.dumps(settings, indent=2) + "\n")
-        shutil.copy2(family_dir / "metrics.json", merged / "metrics.json")
-        if (family_dir / "plots").is_dir():
-            stage_tree(family_dir / "plots", merged / "plots")
+        shutil.copy2(paths.metrics, merged / FamilyPaths.METRICS_FILE)  # the merged repo carries the run's record
+        if paths.plots.is_dir():
+            stage_tree(paths.plots, merged / FamilyPaths.PLOTS_DIR)
         folders["merged"] = (ids.merged, merged)
         for kind, (repo_id, folder) in folders.items():
             write_unlinked(folder / "README.md", str(render_card(kind, metrics, ids, family_dir)))
             pushed[repo_id] = upload_repo(api, repo_id, folder, target, **retry)
-            logger.info("[%s] %s -> %s/%s (commit %s)", metrics["family"], kind, api.endpoint, repo_id,
+            logger.info("[%s] %s -> %s/%s (commit %s)", metrics.family, kind, api.endpoint, repo_id,
                         pushed[repo_id][:10])
     return pushed
 
@@ -262,7 +264,7 @@ def push_family(family_dir: Path, target: PushTarget, api: HfApi | None = None, 
 def push_outputs(out_dir: Path, target: PushTarget, families: list[Path] | None = None, **retry: Any) -> dict[str, str]:
     """Push every finished family of `out_dir`; on failure, a PublishError naming the command that finishes it."""
     families = families or finished_families(out_dir)
-    unknown = set(target.explicit or {}) - {json.loads((f / "metrics.json").read_text())["family"] for f in families}
+    unknown = set(target.explicit or {}) - {RunMetrics.load(FamilyPaths(f).metrics).family for f in families}
     if unknown:
         raise PushAccessError(f"--hub-repo-ids names families not in {out_dir}: {', '.join(sorted(unknown))}")
     pushed: dict[str, str] = {}

@@ -23,7 +23,6 @@ sets on the Hub (or `--token-secret` copies the deployer's token there). Re-depl
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from dpo_studio.hub.publish import (
 from dpo_studio.models.licenses import PROJECT_LICENSE
 from dpo_studio.names import family_label
 from dpo_studio.outputs.cards import TEMPLATES
+from dpo_studio.run_layout import FamilyPaths, RunMetrics
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed dpo_studio (site-packages or a checkout)
 SPACE_FILES = PACKAGE_DIR / "space_files"  # package data: the Space's app.py and its requirements per hardware
@@ -90,13 +90,13 @@ def _family_config(from_dir: Path, target: PushTarget) -> dict[str, dict[str, st
     """app_config.yaml's `families`: the pushed repos of every finished family in `from_dir`."""
     config: dict[str, dict[str, str]] = {}
     for family_dir in finished_families(from_dir):
-        metrics = json.loads((family_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = RunMetrics.load(FamilyPaths(family_dir).metrics)
         ids = repo_ids_for(family_dir, metrics, target)
-        config[metrics["family"]] = {"label": family_label(metrics["family"]), "base": ids.base,
-                                     "adapter": ids.adapter, "merged": ids.merged}
+        config[metrics.family] = {"label": family_label(metrics.family), "base": ids.base,
+                                  "adapter": ids.adapter, "merged": ids.merged}
         if target.revision:  # the app reads `revision` for adapter/merged and `base_revision` for the base
-            config[metrics["family"]].update(revision=target.revision,
-                                             **({"base_revision": target.revision} if ids.base_is_ours else {}))
+            config[metrics.family].update(revision=target.revision,
+                                          **({"base_revision": target.revision} if ids.base_is_ours else {}))
     return config
 
 

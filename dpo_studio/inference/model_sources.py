@@ -43,6 +43,7 @@ import yaml
 from dpo_studio.inference.generation import LoadedPair, load_pair
 from dpo_studio.names import DEFAULT_MODEL_IDS, DPO_CONFIG_FILE, FAMILY_LABELS, PUBLISHED_REPOS, family_label
 from dpo_studio.public_refs import is_local_path, local_path
+from dpo_studio.run_layout import FamilyPaths
 
 logger = logging.getLogger(__name__)
 
@@ -230,23 +231,23 @@ def discover_models_dir(models_dir: str | Path) -> dict[str, FamilySource]:
         raise AppConfigError(f"--models-dir {root}: not a directory")
     out: dict[str, FamilySource] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name.startswith(".") or folder.name.endswith(".old"):  # pipeline work/staging folders
+        if FamilyPaths.is_scratch(folder.name):  # pipeline work/staging folders
             continue
-        adapter = folder / "adapter"
-        merged = folder / "merged"
+        paths = FamilyPaths(folder)
+        adapter, merged = paths.adapter, paths.merged
         has_adapter = (adapter / "adapter_config.json").is_file()
         has_merged = (merged / "config.json").is_file()
         if not (has_adapter or has_merged):
             continue
         base: str | None = None
-        if (folder / "base" / "config.json").is_file():
-            base = str(folder / "base")
+        if (paths.base / "config.json").is_file():
+            base = str(paths.base)
         elif has_adapter:
             base = _json_field(adapter / "adapter_config.json", "base_model_name_or_path")
         if base is None and has_merged:
             base = _json_field(merged / DPO_CONFIG_FILE, "base_model")
         if base is not None:  # a demo's local base is written relative to adapter/ and merged/
-            base = _resolve_value(base, folder / "adapter")
+            base = _resolve_value(base, adapter)
         out[folder.name] = FamilySource(
             name=folder.name, label=family_label(folder.name), base=base,
             adapter=str(adapter) if has_adapter else None, merged=str(merged) if has_merged else None,

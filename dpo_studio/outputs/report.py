@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dpo_studio.evaluation.held_out import EVAL_METRICS  # noqa: E402  (TRL's metric names of the held-out table)
+from dpo_studio.run_layout import FamilyPaths, RunMetrics  # noqa: E402
 
 # One PNG per panel: file name -> (title, [(log key, legend label), ...]).
 PLOTS = {
@@ -80,16 +81,16 @@ def _table(header: list[str], rows: list[list[Any]], css_class: str = "") -> str
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _generation_section(metrics: dict[str, Any]) -> list[str]:
+def _generation_section(metrics: RunMetrics) -> list[str]:
     """report.html's base-vs-DPO generation table, health warnings, style judge and samples."""
     from dpo_studio.evaluation.evidence import summarize_for_card
 
     evaluation = {
-        "generation_before": metrics["generation_before"], "generation_after": metrics["generation_after"],
-        "comparison": metrics.get("generation_comparison", {}),
+        "generation_before": metrics.generation_before, "generation_after": metrics.generation_after,
+        "comparison": metrics.generation_comparison or {},
     }
     rows = [[r["metric"], r["base"], r["dpo"], r["note"]] for r in summarize_for_card(evaluation)]
-    settings = metrics.get("generation_settings", {})
+    settings = metrics.generation_settings or {}
     parts = [
         "<h2>Generations: base vs DPO</h2>",
         f"<p class='muted'>{settings.get('prompts', '?')} held-out prompts, temperature "
@@ -97,9 +98,9 @@ def _generation_section(metrics: dict[str, Any]) -> list[str]:
         f"{settings.get('max_new_tokens', '?')} new tokens, seed {settings.get('seed', '?')}, same for both.</p>",
         _table(["metric", "base", "DPO", "reading"], rows),
     ]
-    for warning in metrics.get("generation_warnings", []):
+    for warning in metrics.generation_warnings or []:
         parts.append(f"<p class='warn'>⚠ {html.escape(warning)}</p>")
-    judge = metrics.get("judge")
+    judge = metrics.judge
     if judge:
         preferred = ", ".join(html.escape(n) for n, _ in judge["top_features"]["preferred"])
         rejected = ", ".join(html.escape(n) for n, _ in judge["top_features"]["rejected"])
@@ -108,43 +109,43 @@ def _generation_section(metrics: dict[str, Any]) -> list[str]:
             f"training replies; held-out accuracy {judge['heldout_accuracy']:.3f}. Preferred-style cues: "
             f"{preferred}. Rejected-style cues: {rejected}.</p>"
         )
-    samples = metrics.get("samples", [])
+    samples = metrics.samples or []
     if samples:
         parts.append("<h2>Samples</h2>")
         parts.append(_table(["prompt", "base", "DPO"], [[s["prompt"], s["base"], s["dpo"]] for s in samples], "samples"))
     return parts
 
 
-def write_report_html(family_dir: Path, metrics: dict[str, Any]) -> Path:
+def write_report_html(family_dir: Path, metrics: RunMetrics) -> Path:
     """A self-contained page (plots embedded as data URIs) that opens in a browser with no server."""
-    family = html.escape(str(metrics["family"]))
-    before, after = metrics["eval_before"], metrics["eval_after"]
+    family = html.escape(str(metrics.family))
+    before, after = metrics.eval_before, metrics.eval_after
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>DPO report: {family}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>DPO report: {family}</h1>",
-        f"<p class='muted'>Base model: {html.escape(str(metrics['base_model']))} · data: "
-        f"{html.escape(str(metrics['dataset']))} · {metrics['data']['train_pairs']} training pairs, "
-        f"{metrics['data']['eval_pairs']} held-out · {metrics['train_runtime_s']:.1f} s "
-        f"({metrics['train_pairs_per_s']:.1f} pairs/s)</p>",
+        f"<p class='muted'>Base model: {html.escape(str(metrics.base_model))} · data: "
+        f"{html.escape(str(metrics.dataset))} · {metrics.data['train_pairs']} training pairs, "
+        f"{metrics.data['eval_pairs']} held-out · {metrics.train_runtime_s:.1f} s "
+        f"({metrics.train_pairs_per_s:.1f} pairs/s)</p>",
         "<h2>Held-out preference metrics</h2>",
-        f"<p class='muted'>Means over the {after.get('pairs', metrics['data']['eval_pairs'])} held-out pairs "
+        f"<p class='muted'>Means over the {after.get('pairs', metrics.data['eval_pairs'])} held-out pairs "
         "(reward accuracy = share of pairs whose chosen reply gets the strictly higher implicit reward). The curves "
         "below are Trainer's logs: means over each logging step's batches.</p>",
         _table(["metric", "before DPO", "after DPO"], [[k, before.get(k), after.get(k)] for k in (*EVAL_METRICS, "logps/gap")]),
         *([f"<p class='warn' id='degeneration'>⚠ {html.escape(advice)}</p>"]
-          if (advice := (metrics.get("degeneration") or {}).get("advice")) else []),
+          if (advice := (metrics.degeneration or {}).get("advice")) else []),
         "<h2>Training curves</h2><div class='plots'>",
     ]
     for file_name in PLOTS:
-        png = family_dir / "plots" / file_name
+        png = FamilyPaths(family_dir).plots / file_name
         if png.exists():
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(f"<img alt='{html.escape(file_name)}' src='data:image/png;base64,{data}'>")
     parts.append("</div>")
-    if "generation_before" in metrics:
+    if metrics.generation_before is not None:
         parts += _generation_section(metrics)
     parts.append("</body></html>")
-    path = family_dir / "report.html"
+    path = FamilyPaths(family_dir).report
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

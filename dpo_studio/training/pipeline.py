@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import DPOConfig
 
-from dpo_studio.config.arguments import ConfigError, ModelArguments, ScriptArguments, family_dir_name
+from dpo_studio.config.arguments import ConfigError, ModelArguments, ScriptArguments
 from dpo_studio.config.precision import Precision, PrecisionError, for_family, precision_of
 from dpo_studio.data.prompt_format import PromptFormat
 from dpo_studio.data.reading import to_dataset
@@ -44,22 +44,17 @@ from dpo_studio.models.families import (
     resolve_model_id,
 )
 from dpo_studio.models.licenses import base_lineage, base_model_license, dataset_license
-from dpo_studio.names import (
-    DPO_CONFIG_FILE,  # beta etc., read back by the app to score implicit rewards
-    FINISHED_MARKER,  # written last into the staging folder: a family folder with it is complete
-)
+from dpo_studio.names import DPO_CONFIG_FILE  # beta etc., read back by the app to score implicit rewards
 from dpo_studio.outputs.card_conventions import framework_versions
 from dpo_studio.outputs.report import write_plots, write_report_html
 from dpo_studio.public_refs import public_ref
-from dpo_studio.training.progress_log import PROGRESS_FILE, ProgressLog, carry
+from dpo_studio.run_layout import FamilyPaths, RunMetrics
+from dpo_studio.training.progress_log import ProgressLog, carry
 from dpo_studio.training.signals import StopOnSignal, TrainingInterrupted
 from dpo_studio.training.speed import settings_for, trainer_class_for
 from dpo_studio.training.tracking import log_held_out, tracking_record, with_tracking_defaults
 
 logger = logging.getLogger(__name__)
-
-
-DEMO_BASE_REF = "../base"  # a demo adapter's / merged model's base: DIR/F/base, relative to DIR/F/adapter
 
 
 class OutputExistsError(RuntimeError):
@@ -70,8 +65,22 @@ class OutputExistsError(RuntimeError):
 class FamilyResult:
     family: str
     output_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics | None  # None when skipped
     skipped: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What `train` hands on to `measure` and to the rank-0 tail: the trainer as trained and what it measured."""
+
+    trainer: Any  # the family's named DPO trainer (`speed.trainer_class_for`), after `train`
+    output: TrainOutput  # `Trainer.train`'s return (training_loss, global_step, ...)
+    runtime_s: float  # wall-clock seconds of `Trainer.train` in this process
+    truncation: dict[str, dict[str, int]]  # per split: pairs truncated / dropped to fit max_length (`count_truncation`)
+    lora_config: Any  # PEFT's `LoraConfig`, or None for full-parameter DPO
+    train_pairs: int
+    eval_before: dict[str, float]  # held-out metrics of the base (TRL's names, `evaluation.held_out`)
+    eval_after: dict[str, float]  # the same after DPO
 
 
 def is_main_process() -> bool:
@@ -80,12 +89,12 @@ def is_main_process() -> bool:
 
 # ------------------------------------------------------------------------------------------------------------ models
 def prepare_base(
-    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, work: Path, seed: int,
-    quant=None, device: str = "cpu",
+    family: str, data: PreparedData, script_args: ScriptArguments, model_args: ModelArguments, paths: FamilyPaths,
+    seed: int, quant=None, device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Architecture, str, bool]:
     """Returns (model, tokenizer, architecture, base model id, built_locally). With `quant` (bitsandbytes settings)
     the model is loaded quantized onto the run's `device` ("cuda" or "cpu"); the demo quantizes its warm-started base,
-    reloaded from `work/base`."""
+    reloaded from `paths.demo_base`."""
     if not script_args.demo:
         model_id = resolve_model_id(family)
         model, tokenizer, arch = load_model_and_tokenizer(
@@ -96,8 +105,8 @@ def prepare_base(
     from dpo_studio.models.demo import build_model, tokenizer_texts, train_tokenizer, warm_start
 
     encoder_decoder = family == "t5"  # `run` has checked that demo families are gpt2/t5
-    base_dir = work / "base"
-    if (base_dir / FINISHED_MARKER).exists():  # a resumed demo reuses the exact warm-started base
+    base_dir = paths.demo_base.folder
+    if paths.demo_base.is_finished():  # a resumed demo reuses the exact warm-started base
         model, tokenizer, arch = load_model_and_tokenizer(str(base_dir), quantization_config=quant, device=device)
         return model, tokenizer, arch, str(base_dir), True
     tokenizer = train_tokenizer(tokenizer_texts(data.train), script_args.demo_vocab_size, encoder_decoder)
@@ -114,10 +123,10 @@ def prepare_base(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         arch.prompt_format.save(tmp)
-        write_json(tmp / FINISHED_MARKER, {"warm_start_log_history": history})
+        write_json(FamilyPaths(tmp).metrics, {"warm_start_log_history": history})
         shutil.rmtree(base_dir, ignore_errors=True)
         os.replace(tmp, base_dir)
-    wait_for_every_rank()  # under torchrun no rank reads work/base before rank 0 has written it
+    wait_for_every_rank()  # under torchrun no rank reads the demo base before rank 0 has written it
     if quant is not None:  # QLoRA on the demo: DPO runs on the quantized warm-started base
         model = load_model(str(base_dir), arch, quantization_config=quant, device=device)
     return model, tokenizer, arch, str(base_dir), True
@@ -133,14 +142,14 @@ def wait_for_every_rank() -> None:
 
 # ----------------------------------------------------------------------------------------------------------- saving
 def save_outputs(
-    stage: Path,
+    stage: FamilyPaths,
     model,
     tokenizer: PreTrainedTokenizerBase,
     arch: Architecture,
     base_dir: Path | None,
     base_model_id: str,
     training_args: DPOConfig,
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
 ) -> None:
     """adapter/, merged/, base/ (demo), plots/, metrics.json (last) into the staging folder.
 
@@ -149,16 +158,16 @@ def save_outputs(
         model: the trained model (a PeftModel, or the full model with `--use-peft false`).
         base_dir: the locally built base (demo) to copy into base/, else None.
         base_model_id: the base's public ref (Hub id), recorded in the adapter config and the cards.
-        metrics: metrics.json's content, written last.
+        metrics: what metrics.json will hold (written last, by `save`).
     """
     prompt_format: PromptFormat = arch.prompt_format
     dpo_settings = {"beta": training_args.beta, "loss_type": list(training_args.loss_type), "base_model": base_model_id}
-    adapter_dir, merged_dir = stage / "adapter", stage / "merged"
+    adapter_dir, merged_dir = stage.adapter, stage.merged
     if hasattr(model, "peft_config"):
         model.peft_config["default"].base_model_name_or_path = base_model_id
         # A demo base is named relative to the adapter, which PEFT's vocabulary check cannot resolve (and the demo's
         # vocabulary never changes): skip the check rather than warn about a config it cannot find.
-        demo = {"save_embedding_layers": False} if base_model_id == DEMO_BASE_REF else {}
+        demo = {"save_embedding_layers": False} if base_model_id == FamilyPaths.DEMO_BASE_REF else {}
         model.save_pretrained(adapter_dir, safe_serialization=True, **demo)
         tokenizer.save_pretrained(adapter_dir)
         prompt_format.save(adapter_dir)
@@ -171,17 +180,17 @@ def save_outputs(
     prompt_format.save(merged_dir)
     write_json(merged_dir / DPO_CONFIG_FILE, dpo_settings)
     if base_dir is not None:
-        shutil.copytree(base_dir, stage / "base", ignore=shutil.ignore_patterns(FINISHED_MARKER))
-    write_plots(metrics["log_history"], stage / "plots", title_prefix=f"{metrics['family']}: ")
-    write_report_html(stage, metrics)
+        shutil.copytree(base_dir, stage.base, ignore=shutil.ignore_patterns(FamilyPaths.METRICS_FILE))
+    write_plots(metrics.log_history, stage.plots, title_prefix=f"{metrics.family}: ")
+    write_report_html(stage.folder, metrics)
     from dpo_studio.outputs.cards import write_model_cards
 
-    write_model_cards(stage, metrics)
+    write_model_cards(stage.folder, metrics)
 
 
-def publish_staging(stage: Path, final: Path) -> None:
+def publish_staging(stage: Path, paths: FamilyPaths) -> None:
     """Swap the complete staging folder into place; an existing finished folder is replaced only after that."""
-    old = final.with_name(final.name + ".old")
+    final, old = paths.folder, paths.old
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
@@ -314,9 +323,7 @@ class FamilyRun:
     """One family's run in progress: where it writes, what it resumes from, and the base it trains."""
 
     family: str
-    name: str  # the output folder's name
-    final: Path  # DIR/F, the finished outputs
-    work: Path  # DIR/.work/F: checkpoints, the demo base, staging
+    paths: FamilyPaths  # DIR/F, the finished outputs, and its work folder DIR/.work/F
     last_checkpoint: str | None
     quant: Any = None  # bitsandbytes settings (QLoRA), or None
     model: Any = None
@@ -329,8 +336,21 @@ class FamilyRun:
     reference_store: Path | None = None  # the keyed store of reference log-probs (speed.ref_cache)
 
     @property
+    def name(self) -> str:
+        """The output folder's name."""
+        return self.paths.name
+
+    @property
+    def final(self) -> Path:
+        return self.paths.folder
+
+    @property
+    def work(self) -> Path:
+        return self.paths.work
+
+    @property
     def checkpoints(self) -> Path:
-        return self.work / "checkpoints"
+        return self.paths.checkpoints
 
     def load_full_precision_base(self, trust_remote_code: bool, device: torch.device | str = "cpu") -> PreTrainedModel:
         """The full-precision base, reloaded onto `device` for a QLoRA merge and as the frozen side of full-DPO
@@ -341,23 +361,22 @@ class FamilyRun:
 def claim_output(family: str, script_args: ScriptArguments, out_root: Path,
                  checkpoint: str | None = None) -> FamilyRun | None:
     """The family's folders, or None when --resume finds it finished; refuses to overwrite finished outputs."""
-    name = family_dir_name(family)
-    final, work = out_root / name, out_root / ".work" / name
-    if (final / FINISHED_MARKER).exists():
+    paths = FamilyPaths.of(out_root, family)
+    final, work = paths.folder, paths.work
+    if paths.is_finished():
         if script_args.resume:
             logger.info("[%s] already finished in %s; skipping", family, final)
             return None
         if not script_args.overwrite:
             raise OutputExistsError(f"{final}: finished outputs already exist; pass --overwrite to replace them or --resume")
-    checkpoints = work / "checkpoints"
+    checkpoints = paths.checkpoints
     last_checkpoint = checkpoint or (  # checkpoint: --resume_from_checkpoint PATH
         get_last_checkpoint(str(checkpoints)) if script_args.resume and checkpoints.is_dir() else None)
     if is_main_process():  # under DDP only rank 0 touches the output tree
         if not script_args.resume:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-    store_root = Path(script_args.ref_logps_dir) if script_args.ref_logps_dir else out_root / ".ref_logps"
-    return FamilyRun(family, name, final, work, last_checkpoint, reference_store=store_root / name)
+    return FamilyRun(family, paths, last_checkpoint, reference_store=paths.reference_store(script_args.ref_logps_dir))
 
 
 def load_base(
@@ -368,13 +387,13 @@ def load_base(
     job.quant = quantization_config(model_args.load_in_4bit, model_args.load_in_8bit, precision,
                                     model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant)
     job.model, job.tokenizer, job.arch, job.base_model_id, job.built_locally = prepare_base(
-        job.family, data, script_args, model_args, job.work, seed, job.quant, precision.device
+        job.family, data, script_args, model_args, job.paths, seed, job.quant, precision.device
     )
     job.base_source, job.base_revision = (
-        (str(job.work / "base"), None) if job.built_locally else (job.base_model_id, model_args.model_revision)
+        (str(job.paths.demo_base.folder), None) if job.built_locally else (job.base_model_id, model_args.model_revision)
     )
     if job.built_locally:  # the copy in the finished folder, named relative to adapter/ and merged/ (no local path)
-        job.base_model_id = DEMO_BASE_REF
+        job.base_model_id = FamilyPaths.DEMO_BASE_REF
     prepare_tokenizer(job.tokenizer, job.arch)
 
 
@@ -390,19 +409,17 @@ def family_args(training_args: DPOConfig, precision: Precision | None, **changes
 
 
 def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_args: ModelArguments,
-          progress: ProgressLog | None = None, precision: Precision | None = None) -> dict[str, Any]:
+          progress: ProgressLog | None = None, precision: Precision | None = None) -> TrainOutcome:
     """Held-out metrics before, DPO (stoppable by a signal, resumable; its steps and logs in `progress`), held-out
-    metrics after, in the family's `precision`.
-
-    Returns the trainer, its output, the runtime, the truncation counts, the LoRA config and both evaluations."""
+    metrics after, in the family's `precision`."""
     arch = job.arch
     train_ds = to_dataset(data.train, arch.prompt_format)
     eval_ds = to_dataset(data.eval, arch.prompt_format)
     args = family_args(training_args, precision, output_dir=str(job.checkpoints))
     args = with_tracking_defaults(args, job.name, job.final.parent, job.work)  # trackio: project and run names
     if args.world_size > 1:
-        train_ds = shared_on_disk(train_ds, job.work / "data" / "train", args)
-        eval_ds = shared_on_disk(eval_ds, job.work / "data" / "eval", args)
+        train_ds = shared_on_disk(train_ds, job.paths.shared_split("train"), args)
+        eval_ds = shared_on_disk(eval_ds, job.paths.shared_split("eval"), args)
     lora_config = (
         arch.lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules)
         if model_args.use_peft
@@ -435,71 +452,66 @@ def train(job: FamilyRun, data: PreparedData, training_args: DPOConfig, model_ar
     )
     eval_after = evaluate_pairs(trainer)
     log_held_out(args, [(0, eval_before), (trainer.state.global_step, eval_after)])
-    return {
-        "trainer": trainer, "output": train_output, "runtime": runtime, "truncation": truncation,
-        "lora_config": lora_config, "train_pairs": len(train_ds), "eval_before": eval_before,
-        "eval_after": eval_after,
-    }
+    return TrainOutcome(trainer=trainer, output=train_output, runtime_s=runtime, truncation=truncation,
+                        lora_config=lora_config, train_pairs=len(train_ds), eval_before=eval_before,
+                        eval_after=eval_after)
 
 
 def measure(
-    job: FamilyRun, data: PreparedData, trained: dict[str, Any], model_args: ModelArguments, precision: Precision
-) -> dict[str, Any]:
+    job: FamilyRun, data: PreparedData, trained: TrainOutcome, model_args: ModelArguments, precision: Precision
+) -> RunMetrics:
     """metrics.json's content (without the generation evidence)."""
-    trainer, runtime, lora_config = trained["trainer"], trained["runtime"], trained["lora_config"]
+    trainer, runtime, lora_config = trained.trainer, trained.runtime_s, trained.lora_config
     args = trainer.args  # the settings as trained
     # Pairs trained in this process (a resumed run counts only the steps it ran itself).
     start_step = int(job.last_checkpoint.rsplit("-", 1)[-1]) if job.last_checkpoint else 0
     steps_run = trainer.state.global_step - start_step
     pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    pairs_seen = min(steps_run * pairs_per_step, trained["train_pairs"] * float(args.num_train_epochs))
+    pairs_seen = min(steps_run * pairs_per_step, trained.train_pairs * float(args.num_train_epochs))
     built_locally, base_model_id = job.built_locally, job.base_model_id
-    return {
-        "family": job.name,
-        "architecture": job.arch.kind,
-        "model_type": job.arch.model_type,
-        "base_model": public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
-        "base_license": base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
-        "base_lineage": base_lineage(base_model_id, built_locally=built_locally),  # round two: round one's repo
-        "dataset": data.info["dataset"],
-        "data": data.info,
-        "train_runtime_s": round(runtime, 3),
-        "train_pairs_per_s": round(pairs_seen / runtime, 3) if runtime > 0 else None,
-        "train_loss": trained["output"].training_loss,
-        "truncation": trained["truncation"],
-        "resumed_from_step": start_step or None,
-        "world_size": args.world_size,
-        "distributed": str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
-        "precision": precision.as_dict(),
-        "compile": trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
-        "training": "full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
-        "quantization": describe_quantization(job.quant),
-        "eval_before": trained["eval_before"],
-        "eval_after": trained["eval_after"],
-        "hyperparameters": selected_hyperparameters(args, model_args, lora_config),
-        "prompt_format": dataclasses.asdict(job.arch.prompt_format),
-        "versions": framework_versions(),  # as ran: the cards' "Framework versions"
-        "tracking": tracking_record(args),  # trackio's project/run (cards: TRL's `trackio` tag, dashboard link)
-        "log_history": trainer.state.log_history,
-    }
+    return RunMetrics(
+        family=job.name,
+        architecture=job.arch.kind,
+        model_type=job.arch.model_type,
+        base_model=public_ref(base_model_id) if not built_locally else f"{job.name} built from config (demo), see base/",
+        base_license=base_model_license(base_model_id, built_locally=built_locally),  # the cards' `license`
+        base_lineage=base_lineage(base_model_id, built_locally=built_locally),  # round two: round one's repo
+        dataset=data.info["dataset"],
+        data=data.info,
+        train_runtime_s=round(runtime, 3),
+        train_pairs_per_s=round(pairs_seen / runtime, 3) if runtime > 0 else None,
+        train_loss=trained.output.training_loss,
+        truncation=trained.truncation,
+        resumed_from_step=start_step or None,
+        world_size=args.world_size,
+        distributed=str(trainer.accelerator.distributed_type.value),  # NO, MULTI_CPU (DDP), FSDP, ...
+        precision=precision.as_dict(),
+        compile=trainer.compile_decision.as_dict(),  # whether training ran through torch.compile, and why
+        training="full-parameter DPO" if lora_config is None else "QLoRA DPO" if job.quant is not None else "LoRA DPO",
+        quantization=describe_quantization(job.quant),
+        eval_before=trained.eval_before,
+        eval_after=trained.eval_after,
+        hyperparameters=selected_hyperparameters(args, model_args, lora_config),
+        prompt_format=dataclasses.asdict(job.arch.prompt_format),
+        versions=framework_versions(),  # as ran: the cards' "Framework versions"
+        tracking=tracking_record(args),  # trackio's project/run (cards: TRL's `trackio` tag, dashboard link)
+        log_history=trainer.state.log_history,
+    )
 
 
-def save(job: FamilyRun, model, args: DPOConfig, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
+def save(job: FamilyRun, model, args: DPOConfig, metrics: RunMetrics, keep_checkpoints: bool) -> None:
     """Assemble the outputs in staging, metrics.json last, then swap them into DIR/F (rank 0 only)."""
-    stage = job.work / "staging"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    base_dir = job.work / "base" if job.built_locally else None
+    stage = job.paths.staging
+    shutil.rmtree(stage.folder, ignore_errors=True)
+    stage.folder.mkdir(parents=True)
+    base_dir = job.paths.demo_base.folder if job.built_locally else None
     save_outputs(stage, model, job.tokenizer, job.arch, base_dir, job.base_model_id, args, metrics)
-    write_json(stage / FINISHED_MARKER, metrics)  # last file: its presence marks the folder complete
-    carry(job.final, stage)  # the live progress log goes on in the swapped-in folder
-    publish_staging(stage, job.final)
+    metrics.save(stage.metrics)  # last file: its presence marks the folder complete
+    carry(job.paths, stage)  # the live progress log goes on in the swapped-in folder
+    publish_staging(stage.folder, job.paths)
     if not keep_checkpoints:
         shutil.rmtree(job.work, ignore_errors=True)
     logger.info("[%s] outputs written to %s", job.family, job.final)
-
-
-TRAINED_DIR = "trained"  # DIR/.work/F/trained: the trained adapter (or model), saved before anything can fail
 
 
 def save_trained(job: FamilyRun, trainer) -> Path:
@@ -507,7 +519,7 @@ def save_trained(job: FamilyRun, trainer) -> Path:
 
     `Trainer.save_model` is called by all ranks: under FSDP/DeepSpeed it gathers the full state dict (accelerate's
     `get_state_dict`) collectively and rank 0 writes it; under DDP or one process, rank 0 writes the adapter."""
-    path = job.work / TRAINED_DIR
+    path = job.paths.trained
     trainer.save_model(str(path))
     if trainer.is_world_process_zero():
         logger.info("[%s] trained %s saved in %s", job.family, "adapter" if hasattr(trainer.model, "peft_config") else "model", path)
@@ -530,9 +542,10 @@ def reload_trained(job: FamilyRun, saved: Path, load_full_precision_base, device
 
 
 def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData, script_args: ScriptArguments,
-                        metrics: dict[str, Any]) -> None:
+                        metrics: RunMetrics) -> RunMetrics:
     """Merge (QLoRA: onto the full-precision base), generate the evidence and write the outputs, all on the trained
-    model's device. Whatever fails here, the trained adapter stays in `saved` and the error says so."""
+    model's device; returns the metrics as written. Whatever fails here, the trained adapter stays in `saved` and the
+    error says so."""
 
     def load_full_precision_base(device: torch.device | str = "cpu") -> PreTrainedModel:
         return job.load_full_precision_base(script_args.trust_remote_code_models, device)
@@ -546,13 +559,14 @@ def finish_on_rank_zero(job: FamilyRun, trainer, saved: Path, data: PreparedData
             logger.info("[%s] generating from base and DPO on %d held-out prompts", job.family,
                         script_args.eval_generations)
             pair = serving_pair(model, load_full_precision_base, job.tokenizer, job.arch)
-            metrics.update(generation_evidence(pair, data, script_args, trainer.args.seed))
-            for warning in metrics["generation_warnings"]:
+            metrics = dataclasses.replace(metrics, **generation_evidence(pair, data, script_args, trainer.args.seed))
+            for warning in metrics.generation_warnings:
                 logger.warning("[%s] %s", job.family, warning)
-        metrics["degeneration"] = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
-        if metrics["degeneration"]["advice"]:
-            logger.warning("[%s] %s", job.family, metrics["degeneration"]["advice"])
+        metrics.degeneration = diagnose(metrics)  # with the remedy, for metrics.json, report.html and the cards
+        if metrics.degeneration["advice"]:
+            logger.warning("[%s] %s", job.family, metrics.degeneration["advice"])
         save(job, model, trainer.args, metrics, script_args.keep_checkpoints)
+        return metrics
     except BaseException:
         logger.error("[%s] the trained weights are kept in %s (nothing was published)", job.family, saved)
         raise
@@ -571,9 +585,8 @@ def train_family(
     `precision`: the family's own (`precision.for_family`), else the one its arguments carry."""
     job = claim_output(family, script_args, Path(training_args.output_dir), training_args.resume_from_checkpoint)
     if job is None:
-        name = family_dir_name(family)
-        return FamilyResult(family, Path(training_args.output_dir) / name, {}, skipped=True)
-    progress = ProgressLog(job.final / PROGRESS_FILE, append=script_args.resume, enabled=is_main_process())
+        return FamilyResult(family, FamilyPaths.of(training_args.output_dir, family).folder, None, skipped=True)
+    progress = ProgressLog(job.paths.progress, append=script_args.resume, enabled=is_main_process())
     with progress.outcome():  # its last line: finished (outputs saved), failed or cancelled
         return _train_family(job, data, script_args, training_args, model_args, precision, progress)
 
@@ -586,11 +599,11 @@ def _train_family(
     precision = precision or precision_of(training_args)
     load_base(job, data, script_args, model_args, training_args.seed, precision)
     trained = train(job, data, training_args, model_args, progress, precision)
-    trainer = trained["trainer"]
+    trainer = trained.trainer
     metrics = measure(job, data, trained, model_args, precision)
     saved = save_trained(job, trainer)  # every rank (sharded weights are gathered collectively)
     if trainer.is_world_process_zero():
-        finish_on_rank_zero(job, trainer, saved, data, script_args, metrics)
+        metrics = finish_on_rank_zero(job, trainer, saved, data, script_args, metrics)
     trainer.accelerator.wait_for_everyone()  # DDP: the other ranks wait here while rank 0 writes
     return FamilyResult(job.family, job.final, metrics)
 

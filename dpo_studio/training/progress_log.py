@@ -26,9 +26,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from dpo_studio.run_layout import FamilyPaths
 from dpo_studio.training.signals import TrainingInterrupted
 
-PROGRESS_FILE = "progress.jsonl"
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 STATUSES = ("finished", "failed", "cancelled")
 
@@ -106,11 +106,10 @@ class ProgressLog(TrainerCallback):
         self.end("finished")
 
 
-def carry(final: Path, stage: Path) -> None:
+def carry(final: FamilyPaths, stage: FamilyPaths) -> None:
     """Copy the progress file of `final` (the family folder being replaced) into `stage` (its replacement)."""
-    source = Path(final) / PROGRESS_FILE
-    if source.is_file():
-        shutil.copy2(source, Path(stage) / PROGRESS_FILE)
+    if final.progress.is_file():
+        shutil.copy2(final.progress, stage.progress)
 
 
 def read_progress(path: Path) -> list[dict[str, Any]]:

@@ -29,8 +29,8 @@ from typing import Any
 
 from dpo_studio.arena.votes import VoteStore
 from dpo_studio.inference.model_sources import AppConfigError, FamilySource, ModelRegistry, RoundSource
-from dpo_studio.names import FINISHED_MARKER, family_dir_name
-from dpo_studio.training.progress_log import PROGRESS_FILE, read_progress
+from dpo_studio.run_layout import FamilyPaths
+from dpo_studio.training.progress_log import read_progress
 from dpo_studio.ui.owner import OwnerOnly, OwnerPolicy
 
 logger = logging.getLogger(__name__)
@@ -201,9 +201,9 @@ class RoundTraining:
         votes_file = folder / VOTES_FILE
         votes_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in decisive), encoding="utf-8")
         self._check_split(votes_file)
-        output = folder / family_dir_name(model.merged)
+        output = FamilyPaths.of(folder, model.merged).folder
         cmd = [sys.executable, "-m", "dpo_studio", "train", "--models", model.merged, "--dataset", str(votes_file),
-               "--output-dir", str(folder), "--ref-logps-dir", str(self.output_dir / ".ref_logps"),  # kept across rounds
+               "--output-dir", str(folder), "--ref-logps-dir", str(FamilyPaths.reference_root(self.output_dir)),  # kept across rounds
                "--run_name", f"{source.name}-{round_name}", *self.settings.args()]
         if model.revision:
             cmd += ["--model-revision", model.revision]
@@ -228,7 +228,7 @@ class RoundTraining:
         while True:
             name = f"round{number}"
             folder = self.output_dir / f"{source.name}-{name}"
-            if name not in source.model_names and not list(folder.glob(f"*/{FINISHED_MARKER}")):
+            if name not in source.model_names and not FamilyPaths.finished_in(folder):
                 break
             number += 1
         shutil.rmtree(folder, ignore_errors=True)  # an earlier cancelled or failed attempt
@@ -250,12 +250,12 @@ class RoundTraining:
     def _watch(self, job: TrainJob) -> None:
         """Wait for the run to end, then record how it ended (and serve a finished round)."""
         code = job.process.wait()
-        ended = [r for r in read_progress(job.output / PROGRESS_FILE) if r.get("event") == "end"]
+        ended = [r for r in read_progress(FamilyPaths(job.output).progress) if r.get("event") == "end"]
         status = ended[-1].get("status") if ended else None
         label = self._label(job.family)
-        if status == FINISHED and (job.output / FINISHED_MARKER).is_file():
+        if status == FINISHED and FamilyPaths(job.output).is_finished():
             # The merged model only: the new adapter's base is the previous round, not the family's base.
-            merged = str(job.output / "merged")
+            merged = str(FamilyPaths(job.output).merged)
             try:
                 self.registry.add_round(job.family, RoundSource(job.round_name, merged=merged))
                 message = f"{label} {job.round_name} trained and added to the arena."
@@ -323,7 +323,7 @@ class RoundTraining:
         if job is None:
             return {"state": "idle", "message": "No training has run on this server yet.", "loss": [],
                     "rewards": [], "progress": None, "eta_s": None}
-        records = read_progress(job.output / PROGRESS_FILE)
+        records = read_progress(FamilyPaths(job.output).progress)
         positions = [r for r in records if r.get("event") in ("start", "step", "log", "end")]
         last = positions[-1] if positions else {}
         step, max_steps = last.get("step"), last.get("max_steps")

@@ -6,6 +6,10 @@ import torch
 
 # Tests never reach the Hub; the local_hub fixture lifts this for the tests that talk to the local server.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The app's decode product is chosen by timing at load (inference/decode_kernel.py): on a busy machine two processes
+# may choose differently, and sampled tokens then differ in the last bits. Tests (and the processes they start) use
+# one product; tests/test_decode_kernel.py covers the timed choice and both forced ones.
+os.environ.setdefault("DPO_STUDIO_DECODE_KERNEL", "linear")
 # tests/ has no __init__.py: pytest's default "prepend" import mode puts this folder on sys.path, so the tests' own
 # helpers import by name (`hub_server`, `tiny_models`); dpo_studio itself is the installed package (`pip install -e .`).
 from fake_cuda import fake_cuda  # noqa: E402,F401  (pytest fixture: GPUs of a chosen capability, at torch.cuda's level)

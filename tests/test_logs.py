@@ -36,7 +36,8 @@ def test_train_and_push_logs_no_http_lines_by_default(local_hub, tmp_path):
     assert quiet.count(HTTP_LINE) == 0
     assert "FutureWarning" not in quiet and "is_gradient_checkpointing" not in quiet
     assert "loss_type=None" not in quiet  # transformers' notice at GPT-2's warm start: it picks the right loss
-    assert re.search(r"dpo_studio\.[\w.]+ INFO", quiet) and "it/s]" in quiet  # our own lines and progress bars stay
+    # our own lines and the progress bars stay (tqdm says s/it instead of it/s on a slow or busy machine)
+    assert re.search(r"dpo_studio\.[\w.]+ INFO", quiet) and re.search(r"(it/s|s/it)\]", quiet)
     loud = train_and_push(tmp_path, "loud", "--log-level", "debug")
     requests = loud.count(HTTP_LINE)
     assert requests >= 10, loud[-2000:]  # one per request: whoami, create, preupload, commit, ... x 3 repos

@@ -5,6 +5,7 @@ config, a short training run and the app answering /compare. Slow (a wheel build
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ def venv(tmp_path_factory) -> Path:
     assert build.returncode == 0, f"building the wheel failed:\n{build.stderr[-3000:]}"
     (wheel,) = (root / "dist").glob("dpo_studio-*.whl")
     assert _run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], cwd=root).returncode == 0
+    # The test environment's packages (torch, TRL, ...) also where it is itself a venv, which --system-site-packages
+    # skips; the venv's own site-packages (the wheel) still comes first on sys.path.
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (root / "venv" / "lib" / version / "site-packages" / "test_env.pth").write_text("\n".join(site.getsitepackages()))
     install = _run([str(root / "venv" / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)], cwd=root)
     assert install.returncode == 0, f"installing the wheel failed:\n{install.stderr[-3000:]}"
     return root / "venv"

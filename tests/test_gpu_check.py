@@ -6,6 +6,7 @@ pipeline outputs. The whole run needs a GPU; none has been lent yet (docs/perfor
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def gpu_check():
+    # bench/common.py quiets a bench process through its environment (TRANSFORMERS_VERBOSITY=error, TQDM_DISABLE):
+    # restored here, or every later test's subprocess would inherit it (tests/test_logs.py saw no progress bars)
+    environ = dict(os.environ)
     sys.path.insert(0, str(REPO / "bench"))
     try:
         spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
@@ -25,6 +29,8 @@ def gpu_check():
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(REPO / "bench"))
+        os.environ.clear()
+        os.environ.update(environ)
     return module
 
 
